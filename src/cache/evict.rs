@@ -1,0 +1,94 @@
+//! Eviction: when the pool runs short, clean extents go, chosen by CLOCK over extents.
+//!
+//! The hand walks files round-robin and, inside a file, extents in offset order. An extent
+//! whose reference bit is set (it was read or written since the hand last passed) gets a second
+//! chance; otherwise it is evicted if it is clean (no DIRTY or WRITEBACK byte), no range lock
+//! overlaps it (taken with `try_lock_range`, never waiting), and nobody else holds its
+//! `ExtentPtr`. Dirty data is never evicted: writers wait for writeback instead.
+
+use super::inode_cache::InodeCache;
+use super::CacheContext;
+use crate::extent::state::Bits;
+use crate::pool::PAGE_SIZE;
+use crate::stats;
+use std::sync::atomic::Ordering;
+
+impl CacheContext {
+    /// Evict clean extents until about `pages` pages were freed or two sweeps found nothing.
+    /// Returns pages freed.
+    pub fn evict(&self, pages: u64) -> u64 {
+        let want = pages * PAGE_SIZE as u64;
+        let mut freed = 0u64;
+        let caches = self.all_caches();
+        if caches.is_empty() {
+            return 0;
+        }
+        let n = caches.len();
+        // Two sweeps: the first may only clear reference bits.
+        for _sweep in 0..2 {
+            for _ in 0..n {
+                let i = self.clock_hand.fetch_add(1, Ordering::Relaxed) % n;
+                freed += self.evict_from(&caches[i], want - freed.min(want));
+                if freed >= want {
+                    return freed / PAGE_SIZE as u64;
+                }
+            }
+        }
+        freed / PAGE_SIZE as u64
+    }
+
+    /// Sweep one file's extents from its hand; returns bytes evicted.
+    fn evict_from(&self, c: &InodeCache, want: u64) -> u64 {
+        let extents = c.map.extents();
+        if extents.is_empty() {
+            return 0;
+        }
+        let hand = c.evict_hand.load(Ordering::Relaxed);
+        let start = extents.partition_point(|&(s, _)| s < hand);
+        let mut freed = 0;
+        let mut last = hand;
+        for k in 0..extents.len() {
+            let (s, e) = extents[(start + k) % extents.len()];
+            last = e;
+            let Some(ptr) = c.map.get(s) else { continue };
+            if ptr.start() != s {
+                continue;
+            }
+            let referenced = ptr.take_referenced();
+            drop(ptr);
+            if referenced {
+                continue;
+            }
+            if let Some(n) = self.try_evict_extent(c, s, e) {
+                freed += n;
+                if freed >= want {
+                    break;
+                }
+            }
+        }
+        c.evict_hand.store(last, Ordering::Relaxed);
+        freed
+    }
+
+    /// Evict the extent `[s, e)` if it is clean, unlocked and unreferenced.
+    pub(crate) fn try_evict_extent(&self, c: &InodeCache, s: u64, e: u64) -> Option<u64> {
+        if !c.tree.try_lock_range(s, e - 1) {
+            return None;
+        }
+        let r = if c.tree.test_any(s, e - 1, Bits::DIRTY | Bits::WRITEBACK) {
+            None
+        } else {
+            c.map
+                .remove_extent_if(s, |p| p.end() == e)
+                .inspect(|_| {
+                    c.tree.clear_bits(s, e - 1, Bits::UPTODATE);
+                })
+        };
+        c.tree.unlock_range(s, e - 1);
+        if let Some(n) = r {
+            stats::add(&self.stats.evicted_extents, 1);
+            stats::add(&self.stats.evicted_bytes, n);
+        }
+        r
+    }
+}

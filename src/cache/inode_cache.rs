@@ -1,0 +1,389 @@
+//! `InodeCache`: the cached data of one SOURCE file (one per inode, shared by all its handles).
+//!
+//! It owns the file's [`ExtentStateTree`] (what is UPTODATE, DIRTY, LOCKED, under WRITEBACK)
+//! and [`ExtentMap`] (which pool pages hold which range), the open SOURCE file, and the file's
+//! logical size. The operations here never wait for memory: when the pool is short they return
+//! [`Again::NoMemory`] after undoing nothing that is visible, and the caller
+//! ([`super::CacheContext`]) releases its range lock, reclaims, and retries.
+//!
+//! Invariants (outside a LOCKED range):
+//! - a page is mapped in the map exactly when it is UPTODATE in the tree;
+//! - DIRTY bytes are UPTODATE; bytes under WRITEBACK are not DIRTY (a write in between waits);
+//! - bytes at or past `size` are never DIRTY, and cached bytes past `size` in the last page
+//!   are zero;
+//! - SOURCE's size never exceeds `size` (truncation reaches SOURCE at once; extension reaches
+//!   it by writeback).
+
+use crate::extent::map::{ExtentMap, NoMemory};
+use crate::extent::ptr::ExtentPtr;
+use crate::extent::state::{Bits, ExtentStateTree};
+use crate::fs::source::DataFile;
+use crate::pool::{PagePool, PAGE_SIZE};
+use std::cell::RefCell;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+pub(crate) const P: u64 = PAGE_SIZE as u64;
+
+/// The largest file offset we accept (the kernel's own limit for FUSE files).
+pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
+
+pub(crate) fn floor_page(x: u64) -> u64 {
+    x & !(P - 1)
+}
+
+/// Round up to a page; saturates at the last page boundary below 2^64.
+pub(crate) fn ceil_page(x: u64) -> u64 {
+    x.checked_add(P - 1).map(floor_page).unwrap_or(u64::MAX & !(P - 1))
+}
+
+/// Why an operation must be retried after the caller released its lock.
+#[derive(Debug)]
+pub enum Again {
+    NoMemory(u64),
+    Io(io::Error),
+}
+
+impl From<NoMemory> for Again {
+    fn from(n: NoMemory) -> Again {
+        Again::NoMemory(n.pages)
+    }
+}
+
+impl From<io::Error> for Again {
+    fn from(e: io::Error) -> Again {
+        Again::Io(e)
+    }
+}
+
+thread_local! {
+    static IOVECS: RefCell<Vec<libc::iovec>> = const { RefCell::new(Vec::new()) };
+    static HELD: RefCell<Vec<ExtentPtr>> = const { RefCell::new(Vec::new()) };
+    static BOUNCE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Identity of a SOURCE inode.
+pub type InodeKey = (u64, u64);
+
+pub struct InodeCache {
+    pub key: InodeKey,
+    pub tree: ExtentStateTree,
+    pub map: ExtentMap,
+    pub file: DataFile,
+    size: AtomicU64,
+    /// Monotonic ms when the file last went from clean to dirty (0 = clean).
+    pub(crate) dirty_since: AtomicU64,
+    /// errno of the last failed writeback not yet reported to fsync/flush.
+    wb_error: Mutex<Option<i32>>,
+    /// errno of the last failed writeback ever (stats).
+    pub last_wb_error: AtomicU64,
+    /// mtime of the last write not yet stamped on SOURCE (written after writeback).
+    pending_mtime: Mutex<Option<libc::timespec>>,
+    pub(crate) wb_queued: AtomicBool,
+    /// The kernel forgot the inode: drop the cache once clean.
+    pub(crate) forgotten: AtomicBool,
+    pub(crate) open_handles: AtomicU64,
+    last_read_end: AtomicU64,
+    pub hit_bytes: AtomicU64,
+    pub miss_bytes: AtomicU64,
+    /// Where the evictor's hand stands in this file.
+    pub(crate) evict_hand: AtomicU64,
+}
+
+impl InodeCache {
+    pub fn new(key: InodeKey, pool: Arc<PagePool>, file: DataFile) -> io::Result<InodeCache> {
+        let st = file.stat()?;
+        Ok(InodeCache {
+            key,
+            tree: ExtentStateTree::new(),
+            map: ExtentMap::new(pool),
+            file,
+            size: AtomicU64::new(st.st_size as u64),
+            dirty_since: AtomicU64::new(0),
+            wb_error: Mutex::new(None),
+            last_wb_error: AtomicU64::new(0),
+            pending_mtime: Mutex::new(None),
+            wb_queued: AtomicBool::new(false),
+            forgotten: AtomicBool::new(false),
+            open_handles: AtomicU64::new(0),
+            last_read_end: AtomicU64::new(u64::MAX),
+            hit_bytes: AtomicU64::new(0),
+            miss_bytes: AtomicU64::new(0),
+            evict_hand: AtomicU64::new(0),
+        })
+    }
+
+    /// The logical file size (what the kernel is told).
+    pub fn size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_size(&self, s: u64) {
+        self.size.store(s, Ordering::Release);
+    }
+
+    pub(crate) fn extend_size(&self, end: u64) {
+        self.size.fetch_max(end, Ordering::AcqRel);
+    }
+
+    pub fn dirty_bytes(&self) -> u64 {
+        self.tree.dirty_bytes()
+    }
+
+    pub fn is_clean(&self) -> bool {
+        self.tree.dirty_bytes() == 0 && self.tree.writeback_bytes() == 0
+    }
+
+    /// Trees' heap use: state tree plus extent map.
+    pub fn metadata_bytes(&self) -> usize {
+        self.tree.metadata_bytes() + self.map.metadata_bytes()
+    }
+
+    pub fn mtime_override(&self) -> Option<libc::timespec> {
+        *self.pending_mtime.lock().unwrap()
+    }
+
+    pub(crate) fn set_pending_mtime(&self, t: Option<libc::timespec>) {
+        *self.pending_mtime.lock().unwrap() = t;
+    }
+
+    pub(crate) fn record_write_time(&self) {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+        *self.pending_mtime.lock().unwrap() = Some(ts);
+    }
+
+    /// After a complete writeback: stamp the recorded mtime on SOURCE.
+    pub(crate) fn apply_pending_mtime(&self) {
+        let mut g = self.pending_mtime.lock().unwrap();
+        if let Some(t) = *g {
+            if self.is_clean() {
+                if self.file.set_mtime(t).is_ok() {
+                    *g = None;
+                }
+            }
+        }
+    }
+
+    pub(crate) fn record_wb_error(&self, errno: i32) {
+        *self.wb_error.lock().unwrap() = Some(errno);
+        self.last_wb_error.store(errno as u64, Ordering::Relaxed);
+    }
+
+    /// Report (and forget) a writeback error, like the kernel's errseq for fsync/close.
+    pub fn take_wb_error(&self) -> Option<i32> {
+        self.wb_error.lock().unwrap().take()
+    }
+
+    pub fn peek_wb_error(&self) -> Option<i32> {
+        *self.wb_error.lock().unwrap()
+    }
+
+    /// Is `off` where the previous read ended (a sequential reader)?
+    pub(crate) fn is_sequential(&self, off: u64) -> bool {
+        off == 0 || self.last_read_end.load(Ordering::Relaxed) == off
+    }
+
+    pub(crate) fn note_read_end(&self, end: u64) {
+        self.last_read_end.store(end, Ordering::Relaxed);
+    }
+
+    // ---- operations under a range lock held by the caller ----
+
+    /// Make page-aligned `[a, b)` UPTODATE: map memory over the missing pieces and read them
+    /// from SOURCE in as few large reads as possible. Returns bytes read from SOURCE.
+    /// Caller holds LOCKED over `[a, b)`.
+    pub(crate) fn fill(&self, a: u64, b: u64) -> Result<u64, Again> {
+        if self.tree.test_range(a, b - 1, Bits::UPTODATE) {
+            return Ok(0);
+        }
+        let mut missing: Vec<(u64, u64)> = Vec::new();
+        self.tree
+            .for_each_missing(a, b - 1, Bits::UPTODATE, |s, e| missing.push((s, e + 1)));
+        let mut read = 0;
+        for (s, e) in missing {
+            self.map_range(s, e)?;
+            read += self.read_from_source(s, e)?;
+            self.tree.set_bits(s, e - 1, Bits::UPTODATE);
+        }
+        Ok(read)
+    }
+
+    /// Map memory over every unmapped page of `[s, e)` (page aligned).
+    pub(crate) fn map_range(&self, s: u64, e: u64) -> Result<(), NoMemory> {
+        let mut gaps: [(u64, u64); 8] = [(0, 0); 8];
+        loop {
+            let mut n = 0;
+            let mut more = false;
+            self.map.for_each_gap(s, e, |gs, ge| {
+                if n < gaps.len() {
+                    gaps[n] = (gs, ge);
+                    n += 1;
+                } else {
+                    more = true;
+                }
+            });
+            for &(gs, ge) in &gaps[..n] {
+                self.map.map_gap(gs, ge)?;
+            }
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Read `[s, e)` of SOURCE into the mapped pool pages; zero what lies past SOURCE's EOF.
+    fn read_from_source(&self, s: u64, e: u64) -> io::Result<u64> {
+        let n = self.with_iovecs(s, e, |iov| self.file.read_full(iov, s))?;
+        if (n as u64) < e - s {
+            self.zero_range(s + n as u64, e);
+        }
+        Ok(n as u64)
+    }
+
+    /// Run `f` over iovecs covering the mapped range `[s, e)`, holding its extents alive.
+    pub(crate) fn with_iovecs<R>(
+        &self,
+        s: u64,
+        e: u64,
+        f: impl FnOnce(&mut [libc::iovec]) -> io::Result<R>,
+    ) -> io::Result<R> {
+        IOVECS.with(|iov_cell| {
+            HELD.with(|held_cell| {
+                let mut iov = iov_cell.borrow_mut();
+                let mut held = held_cell.borrow_mut();
+                iov.clear();
+                held.clear();
+                let mut cur = s;
+                while cur < e {
+                    let Some(ptr) = self.map.get(cur) else {
+                        held.clear();
+                        return Err(io::Error::other(format!(
+                            "extentfs bug: no pool memory mapped at {cur:#x}"
+                        )));
+                    };
+                    let t = ptr.end().min(e);
+                    // SAFETY: caller holds LOCKED or WRITEBACK over [s, e).
+                    unsafe { ptr.iovecs(cur, (t - cur) as usize, &mut iov) };
+                    ptr.mark_referenced();
+                    held.push(ptr);
+                    cur = t;
+                }
+                let r = f(&mut iov);
+                held.clear();
+                iov.clear();
+                r
+            })
+        })
+    }
+
+    /// Zero the mapped range `[s, e)`. Caller holds LOCKED.
+    pub(crate) fn zero_range(&self, s: u64, e: u64) {
+        let mut cur = s;
+        while cur < e {
+            let Some(ptr) = self.map.get(cur) else {
+                // Unmapped: nothing cached to zero; skip to the next extent.
+                match self.map.next_from(cur) {
+                    Some(p) if p.start() < e => {
+                        cur = p.start();
+                        continue;
+                    }
+                    _ => return,
+                }
+            };
+            let t = ptr.end().min(e);
+            unsafe { ptr.zero(cur, (t - cur) as usize) };
+            cur = t;
+        }
+    }
+
+    /// Copy `data` into the mapped range starting at `off`. Caller holds LOCKED.
+    pub(crate) fn copy_in(&self, off: u64, data: &[u8]) {
+        let mut cur = off;
+        let mut done = 0usize;
+        while done < data.len() {
+            let ptr = self.map.get(cur).expect("write range is mapped");
+            let n = ((ptr.end() - cur) as usize).min(data.len() - done);
+            unsafe { ptr.copy_in(cur, &data[done..done + n]) };
+            ptr.mark_referenced();
+            done += n;
+            cur += n as u64;
+        }
+    }
+
+    /// Call `f` with the bytes `[off, off+len)`, straight from pool memory when they lie in one
+    /// contiguous run, else gathered into a per-thread buffer. Caller holds LOCKED.
+    pub(crate) fn with_bytes<R>(&self, off: u64, len: usize, f: impl FnOnce(&[u8]) -> R) -> R {
+        if len == 0 {
+            return f(&[]);
+        }
+        let first = self.map.get(off).expect("read range is mapped");
+        first.mark_referenced();
+        if off + len as u64 <= first.end() {
+            // SAFETY: caller holds LOCKED over the range.
+            if let Some(s) = unsafe { first.slice(off, len) } {
+                return f(s);
+            }
+        }
+        BOUNCE.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            buf.clear();
+            buf.resize(len, 0);
+            let mut cur = off;
+            let mut done = 0usize;
+            while done < len {
+                let ptr = self.map.get(cur).expect("read range is mapped");
+                let n = ((ptr.end() - cur) as usize).min(len - done);
+                unsafe { ptr.copy_out(cur, &mut buf[done..done + n]) };
+                done += n;
+                cur += n as u64;
+            }
+            f(&buf)
+        })
+    }
+
+    /// Prepare page-aligned `[a, b)` for a write of `[off, end)`: map memory over pages that
+    /// are not UPTODATE, and read from SOURCE the edge pages the write covers only in part.
+    /// Caller holds LOCKED and waited for WRITEBACK over `[a, b)`.
+    pub(crate) fn prepare_write(&self, a: u64, b: u64, off: u64, end: u64) -> Result<u64, Again> {
+        if self.tree.test_range(a, b - 1, Bits::UPTODATE) {
+            return Ok(0);
+        }
+        let mut missing: [(u64, u64); 4] = [(0, 0); 4];
+        let mut n = 0;
+        let mut overflow = false;
+        self.tree
+            .for_each_missing(a, b - 1, Bits::UPTODATE, |s, e| {
+                if n < missing.len() {
+                    missing[n] = (s, e + 1);
+                    n += 1;
+                } else {
+                    overflow = true;
+                }
+            });
+        if overflow {
+            // Many holes: make everything UPTODATE the simple way.
+            return self.fill(a, b);
+        }
+        let mut read = 0;
+        for &(s, e) in &missing[..n] {
+            self.map_range(s, e)?;
+            // Edge pages the write does not cover fully must hold the old bytes.
+            let head = floor_page(off);
+            let tail = floor_page(end - 1);
+            if off > head && head >= s && head < e {
+                read += self.read_from_source(head, head + P)?;
+            }
+            if end < tail + P && tail >= s && tail < e && (tail != head || off == head) {
+                read += self.read_from_source(tail, tail + P)?;
+            }
+            // Pages past the old EOF that the write will not cover are zero (fresh memory
+            // from the pool may hold old data).
+        }
+        Ok(read)
+    }
+}

@@ -1,0 +1,508 @@
+//! The cache as a whole: every file's [`InodeCache`], the shared [`PagePool`], and the data
+//! paths that need more than one file (reclaim, throttling, writeback scheduling).
+//!
+//! `CacheContext` is the only entry point the FUSE layer uses for file data:
+//! [`CacheContext::read`], [`CacheContext::write`], [`CacheContext::truncate`],
+//! [`CacheContext::punch`], [`CacheContext::sync_file`]... Each takes the file's range lock in
+//! its state tree, works on pool memory through `ExtentPtr`s, and never waits for memory or for
+//! writeback while holding a range lock (it unlocks, reclaims or waits, and retries), so a
+//! full pool cannot deadlock the writers against the writeback threads.
+
+pub mod evict;
+pub mod inode_cache;
+pub mod writeback;
+
+use crate::extent::state::Bits;
+use crate::fs::source::DataFile;
+use crate::pool::PagePool;
+use crate::stats::{self, Counters};
+use inode_cache::{ceil_page, floor_page, Again, InodeCache, InodeKey, MAX_FILE_SIZE, P};
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Tunables of the cache (from the mount options).
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    /// Dirty bytes above which writers wait for writeback.
+    pub dirty_limit: u64,
+    pub dirty_expire: Duration,
+    pub writeback_threads: usize,
+    /// Bytes read ahead of a sequential reader.
+    pub readahead: u64,
+    /// Largest single write to SOURCE.
+    pub max_writeback: u64,
+    pub read_only: bool,
+}
+
+impl CacheConfig {
+    pub fn new(pool_bytes: u64, dirty_limit_share: f64) -> CacheConfig {
+        CacheConfig {
+            dirty_limit: ((pool_bytes as f64 * dirty_limit_share) as u64).max(4 << 20),
+            dirty_expire: Duration::from_secs(5),
+            writeback_threads: 2,
+            readahead: (2u64 << 20).min(pool_bytes / 16),
+            max_writeback: 16 << 20,
+            read_only: false,
+        }
+    }
+}
+
+pub struct CacheContext {
+    pub pool: Arc<PagePool>,
+    pub cfg: CacheConfig,
+    pub stats: Counters,
+    caches: Mutex<HashMap<InodeKey, Arc<InodeCache>>>,
+    /// Sum of every file's DIRTY bytes (kept by the paths that set and clear DIRTY).
+    dirty: AtomicU64,
+    /// Bumped whenever writeback or eviction makes progress; waiters sleep on `progress_cv`.
+    progress: Mutex<u64>,
+    progress_cv: Condvar,
+    /// errno of the most recent failed writeback anywhere (0 = none since the last success).
+    last_wb_errno: AtomicU64,
+    clock_hand: AtomicUsize,
+    flusher: writeback::Flusher,
+    started: Instant,
+    pub shutting_down: AtomicBool,
+}
+
+impl CacheContext {
+    pub fn new(pool: Arc<PagePool>, cfg: CacheConfig) -> Arc<CacheContext> {
+        Arc::new(CacheContext {
+            pool,
+            cfg,
+            stats: Counters::default(),
+            caches: Mutex::new(HashMap::new()),
+            dirty: AtomicU64::new(0),
+            progress: Mutex::new(0),
+            progress_cv: Condvar::new(),
+            last_wb_errno: AtomicU64::new(0),
+            clock_hand: AtomicUsize::new(0),
+            flusher: writeback::Flusher::new(),
+            started: Instant::now(),
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    /// Milliseconds since the cache started (monotonic; never 0 for a real time stamp).
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64 + 1
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn dirty_bytes(&self) -> u64 {
+        self.dirty.load(Ordering::Relaxed)
+    }
+
+    pub fn writeback_bytes(&self) -> u64 {
+        self.all_caches().iter().map(|c| c.tree.writeback_bytes()).sum()
+    }
+
+    /// The cache of the SOURCE inode `key`, created (with `open_file`) on first use.
+    pub fn get_or_create(
+        &self,
+        key: InodeKey,
+        open_file: impl FnOnce() -> io::Result<DataFile>,
+    ) -> io::Result<Arc<InodeCache>> {
+        let mut m = self.caches.lock().unwrap();
+        if let Some(c) = m.get(&key) {
+            c.forgotten.store(false, Ordering::Relaxed);
+            return Ok(c.clone());
+        }
+        let c = Arc::new(InodeCache::new(key, self.pool.clone(), open_file()?)?);
+        m.insert(key, c.clone());
+        Ok(c)
+    }
+
+    pub fn get(&self, key: InodeKey) -> Option<Arc<InodeCache>> {
+        self.caches.lock().unwrap().get(&key).cloned()
+    }
+
+    pub fn all_caches(&self) -> Vec<Arc<InodeCache>> {
+        self.caches.lock().unwrap().values().cloned().collect()
+    }
+
+    /// The kernel forgot the inode: its cache goes once it is clean.
+    pub fn forget(&self, key: InodeKey) {
+        let mut m = self.caches.lock().unwrap();
+        if let Some(c) = m.get(&key) {
+            c.forgotten.store(true, Ordering::Relaxed);
+            if c.is_clean() && c.open_handles.load(Ordering::Relaxed) == 0 && Arc::strong_count(c) == 1 {
+                m.remove(&key);
+            }
+        }
+    }
+
+    /// Drop caches of forgotten, clean, unopened files (called by the flusher).
+    pub(crate) fn prune(&self) {
+        let mut m = self.caches.lock().unwrap();
+        m.retain(|_, c| {
+            !(c.forgotten.load(Ordering::Relaxed)
+                && c.is_clean()
+                && c.open_handles.load(Ordering::Relaxed) == 0
+                && Arc::strong_count(c) == 1)
+        });
+    }
+
+    pub(crate) fn bump_progress(&self) {
+        *self.progress.lock().unwrap() += 1;
+        self.progress_cv.notify_all();
+    }
+
+    fn wait_progress(&self, timeout: Duration) {
+        let g = self.progress.lock().unwrap();
+        let gen = *g;
+        let _ = self
+            .progress_cv
+            .wait_timeout_while(g, timeout, |g| *g == gen)
+            .unwrap();
+    }
+
+    // ---- DIRTY accounting: every DIRTY set/clear goes through these two ----
+
+    pub(crate) fn set_dirty(&self, c: &InodeCache, s: u64, e_incl: u64) {
+        let added = c.tree.set_bits(s, e_incl, Bits::DIRTY);
+        if added > 0 {
+            self.dirty.fetch_add(added, Ordering::Relaxed);
+            let _ = c
+                .dirty_since
+                .compare_exchange(0, self.now_ms(), Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
+    /// Clear DIRTY over `[s, e_incl]` and then set `set` there (e.g. WRITEBACK). The caller
+    /// holds LOCKED over the range, so nobody sees the moment in between.
+    pub(crate) fn clear_dirty(&self, c: &InodeCache, s: u64, e_incl: u64, set: Bits) -> u64 {
+        let removed = c.tree.clear_bits(s, e_incl, Bits::DIRTY);
+        if !set.is_empty() {
+            c.tree.set_bits(s, e_incl, set);
+        }
+        if removed > 0 {
+            self.dirty.fetch_sub(removed, Ordering::Relaxed);
+        }
+        if c.tree.dirty_bytes() == 0 {
+            c.dirty_since.store(0, Ordering::Relaxed);
+        }
+        removed
+    }
+
+    // ---- reads ----
+
+    /// Read `[off, off+size)` (clipped at EOF) and hand the bytes to `out` straight from pool
+    /// memory while the range is locked.
+    pub fn read<R>(
+        &self,
+        c: &InodeCache,
+        off: u64,
+        size: u32,
+        out: impl FnOnce(&[u8]) -> R,
+    ) -> io::Result<R> {
+        stats::add(&self.stats.read_requests, 1);
+        let fsize = c.size();
+        if off >= fsize || size == 0 {
+            return Ok(out(&[]));
+        }
+        let want_end = off.saturating_add(size as u64).min(fsize);
+        let a = floor_page(off);
+        let mut b = ceil_page(want_end);
+        // Sequential reader: read ahead while we are at it.
+        let mut ra = 0;
+        if self.cfg.readahead > 0
+            && c.is_sequential(off)
+            && !c.tree.test_range(a, b - 1, Bits::UPTODATE)
+        {
+            let nb = ceil_page(fsize).min(b.saturating_add(self.cfg.readahead));
+            ra = nb - b;
+            b = nb;
+        }
+        loop {
+            c.tree.lock_range(a, b - 1);
+            match c.fill(a, b) {
+                Ok(read) => {
+                    let len = (want_end.min(c.size()).max(off) - off) as usize;
+                    let hit = (len as u64).saturating_sub(read.min(len as u64));
+                    stats::add(&self.stats.read_bytes, len as u64);
+                    stats::add(&self.stats.read_hit_bytes, hit);
+                    stats::add(&c.hit_bytes, hit);
+                    if read > 0 {
+                        stats::add(&self.stats.source_read_ops, 1);
+                        let miss = read.min(len as u64);
+                        stats::add(&self.stats.read_miss_bytes, miss);
+                        stats::add(&c.miss_bytes, miss);
+                        stats::add(&self.stats.readahead_bytes, read.saturating_sub(miss).min(ra));
+                    }
+                    let r = c.with_bytes(off, len, out);
+                    c.tree.unlock_range(a, b - 1);
+                    c.note_read_end(off + len as u64);
+                    return Ok(r);
+                }
+                Err(Again::NoMemory(pages)) => {
+                    c.tree.unlock_range(a, b - 1);
+                    if ra > 0 {
+                        // Under memory pressure, give up the read-ahead first.
+                        b = ceil_page(want_end);
+                        ra = 0;
+                        continue;
+                    }
+                    self.reclaim(pages)?;
+                }
+                Err(Again::Io(e)) => {
+                    c.tree.unlock_range(a, b - 1);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    // ---- writes ----
+
+    /// Write `data` at `off` (at EOF when `append`) into the pool; mark it DIRTY. Returns the
+    /// offset written at. SOURCE is not touched except to read partial edge pages.
+    pub fn write(&self, c: &InodeCache, off: u64, data: &[u8], append: bool) -> io::Result<u64> {
+        stats::add(&self.stats.write_requests, 1);
+        if self.cfg.read_only || !c.file.writable() {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        if data.is_empty() {
+            return Ok(off);
+        }
+        self.throttle()?;
+        loop {
+            let off = if append { c.size() } else { off };
+            let end = off
+                .checked_add(data.len() as u64)
+                .filter(|&e| e <= MAX_FILE_SIZE)
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::EFBIG))?;
+            let a = floor_page(off);
+            let b = ceil_page(end);
+            c.tree.lock_range_waiting(a, b - 1, Bits::WRITEBACK);
+            if append && c.size() != off {
+                c.tree.unlock_range(a, b - 1);
+                continue;
+            }
+            match c.prepare_write(a, b, off, end) {
+                Ok(_) => {}
+                Err(Again::NoMemory(pages)) => {
+                    c.tree.unlock_range(a, b - 1);
+                    self.reclaim(pages)?;
+                    continue;
+                }
+                Err(Again::Io(e)) => {
+                    c.tree.unlock_range(a, b - 1);
+                    return Err(e);
+                }
+            }
+            c.copy_in(off, data);
+            c.tree.set_bits(a, b - 1, Bits::UPTODATE);
+            self.set_dirty(c, off, end - 1);
+            c.extend_size(end);
+            c.record_write_time();
+            c.tree.unlock_range(a, b - 1);
+            stats::add(&self.stats.write_bytes, data.len() as u64);
+            return Ok(off);
+        }
+    }
+
+    /// Writers wait here while more than `dirty_limit` bytes are dirty.
+    fn throttle(&self) -> io::Result<()> {
+        if self.dirty_bytes() <= self.cfg.dirty_limit {
+            return Ok(());
+        }
+        stats::add(&self.stats.backpressure_waits, 1);
+        let mut last = self.dirty_bytes();
+        let mut stalled = 0;
+        while self.dirty_bytes() > self.cfg.dirty_limit {
+            self.flusher.kick(true);
+            self.wait_progress(Duration::from_millis(100));
+            let now = self.dirty_bytes();
+            if now < last {
+                stalled = 0;
+            } else {
+                stalled += 1;
+            }
+            last = now;
+            let errno = self.last_wb_errno.load(Ordering::Relaxed);
+            // Writeback keeps failing and nothing drains: fail the write rather than hang.
+            if errno != 0 && stalled >= 50 {
+                return Err(io::Error::from_raw_os_error(errno as i32));
+            }
+        }
+        Ok(())
+    }
+
+    /// Free at least `pages` pool pages: evict clean extents, else wait for writeback.
+    pub fn reclaim(&self, pages: u64) -> io::Result<()> {
+        let slack = (self.pool.capacity_pages() as u64 / 64).max(256);
+        let mut waited = 0;
+        loop {
+            if self.pool.free_pages() as u64 >= pages {
+                return Ok(());
+            }
+            self.evict(pages + slack);
+            if self.pool.free_pages() as u64 >= pages {
+                return Ok(());
+            }
+            // Nothing clean to evict: everything cached is dirty, locked or in use.
+            stats::add(&self.stats.backpressure_waits, 1);
+            self.flusher.kick(true);
+            self.wait_progress(Duration::from_millis(20));
+            waited += 1;
+            let errno = self.last_wb_errno.load(Ordering::Relaxed);
+            if errno != 0 && waited > 500 {
+                return Err(io::Error::from_raw_os_error(errno as i32));
+            }
+            if pages > self.pool.capacity_pages() as u64 {
+                return Err(io::Error::from_raw_os_error(libc::ENOMEM));
+            }
+        }
+    }
+
+    // ---- size changes and holes ----
+
+    /// Set the file size to `new_size`, in the cache and in SOURCE.
+    pub fn truncate(&self, c: &InodeCache, new_size: u64) -> io::Result<()> {
+        if new_size > MAX_FILE_SIZE {
+            return Err(io::Error::from_raw_os_error(libc::EFBIG));
+        }
+        let a = floor_page(new_size);
+        c.tree.lock_range_waiting(a, u64::MAX, Bits::WRITEBACK);
+        let r = (|| {
+            c.file.set_len(new_size)?;
+            let tail = ceil_page(new_size);
+            if new_size % P != 0 && c.tree.test_range(a, a + P - 1, Bits::UPTODATE) {
+                c.zero_range(new_size, tail);
+            }
+            self.clear_dirty(c, new_size, u64::MAX, Bits::NONE);
+            c.map.unmap(tail, u64::MAX & !(P - 1));
+            c.tree.clear_bits(tail, u64::MAX, Bits::UPTODATE);
+            c.set_size(new_size);
+            c.record_write_time();
+            Ok(())
+        })();
+        c.tree.unlock_range(a, u64::MAX);
+        self.bump_progress();
+        r
+    }
+
+    /// Make `[off, off+len)` read as zero in the cache, dropping whole pages and zeroing the
+    /// partial ones at the edges, then run `on_source` (the fallocate on SOURCE) under the lock.
+    pub fn punch(
+        &self,
+        c: &InodeCache,
+        off: u64,
+        len: u64,
+        on_source: impl FnOnce() -> io::Result<()>,
+    ) -> io::Result<()> {
+        let end = off.saturating_add(len).min(MAX_FILE_SIZE);
+        if end <= off {
+            return on_source();
+        }
+        let a = floor_page(off);
+        let b = ceil_page(end);
+        c.tree.lock_range_waiting(a, b - 1, Bits::WRITEBACK);
+        let r = (|| {
+            on_source()?;
+            let inner_a = ceil_page(off);
+            let inner_b = floor_page(end);
+            // Partial edge pages: zero the punched bytes where cached.
+            for (s, e) in [(off, end.min(inner_a)), (inner_b.max(off), end)] {
+                if s < e && c.tree.test_range(floor_page(s), floor_page(s) + P - 1, Bits::UPTODATE) {
+                    c.zero_range(s, e);
+                }
+            }
+            self.clear_dirty(c, off, end - 1, Bits::NONE);
+            if inner_a < inner_b {
+                c.map.unmap(inner_a, inner_b);
+                c.tree.clear_bits(inner_a, inner_b - 1, Bits::UPTODATE);
+            }
+            c.record_write_time();
+            Ok(())
+        })();
+        c.tree.unlock_range(a, b - 1);
+        self.bump_progress();
+        r
+    }
+
+    /// Write back everything and drop every cached page of the file (before operations that
+    /// move data around in SOURCE, e.g. collapse/insert range).
+    pub fn invalidate(&self, c: &InodeCache) -> io::Result<()> {
+        self.writeback_file(c, true)?;
+        c.tree.lock_range_waiting(0, u64::MAX, Bits::WRITEBACK);
+        // Anything dirtied in between is written now, under the lock.
+        let r = self.writeback_locked_all(c);
+        c.map.unmap(0, u64::MAX & !(P - 1));
+        c.tree.clear_bits(0, u64::MAX, Bits::UPTODATE);
+        c.tree.unlock_range(0, u64::MAX);
+        self.bump_progress();
+        r
+    }
+
+    /// Re-read the size from SOURCE after an operation that changed it there.
+    pub fn refresh_size(&self, c: &InodeCache) -> io::Result<()> {
+        let st = c.file.stat()?;
+        c.extend_size(st.st_size as u64);
+        Ok(())
+    }
+
+    /// Drop the clean cached data of one file (ctl `drop`). Returns bytes dropped.
+    pub fn drop_clean(&self, c: &InodeCache) -> u64 {
+        let mut dropped = 0;
+        for (s, e) in c.map.extents() {
+            dropped += self.try_evict_extent(c, s, e).unwrap_or(0);
+        }
+        self.bump_progress();
+        dropped
+    }
+
+    /// fsync: write back the file's dirty data and make it durable in SOURCE.
+    pub fn sync_file(&self, c: &InodeCache, datasync: bool) -> io::Result<()> {
+        let r = self.writeback_file(c, true);
+        if let Some(errno) = c.take_wb_error() {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        r?;
+        c.apply_pending_mtime();
+        c.file.sync(datasync)
+    }
+
+    /// Write back every file and fsync it (unmount, SIGTERM, ctl sync). Returns the first error.
+    pub fn sync_all(&self) -> io::Result<()> {
+        let mut first: Option<io::Error> = None;
+        for c in self.all_caches() {
+            let r = self.writeback_file(&c, true).and_then(|_| {
+                c.apply_pending_mtime();
+                if c.file.writable() {
+                    c.file.sync(false)
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(e) = r {
+                tracing::error!(
+                    "writeback of inode {:?} failed: {e}; its dirty data stays in the cache",
+                    c.key
+                );
+                first.get_or_insert(e);
+            }
+        }
+        match first {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// SEEK_DATA/SEEK_HOLE: answered by SOURCE once the file's dirty data is written back.
+    pub fn seek(&self, c: &InodeCache, off: i64, whence: i32) -> io::Result<i64> {
+        self.writeback_file(c, true)?;
+        c.file.lseek(off, whence)
+    }
+}
+
+pub(crate) fn errno_of(e: &io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}

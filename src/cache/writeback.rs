@@ -1,0 +1,279 @@
+//! Writeback: DIRTY ranges go back to SOURCE, coalesced into large `pwritev` calls.
+//!
+//! One flusher thread decides *which* files to write back (dirty for longer than
+//! `dirty_expire`, more than half the dirty limit in use, or a kick from a waiting writer) and
+//! hands them to `writeback_threads` workers over a crossbeam channel. fsync and unmount write
+//! back synchronously in the calling thread with the same code.
+//!
+//! Protocol for one range, in the file's state tree: lock it; turn its DIRTY bytes into
+//! WRITEBACK; unlock (readers go on; writers of those bytes wait for WRITEBACK to clear, so the
+//! bytes are stable while they are written); pwritev from pool memory; clear WRITEBACK. On
+//! failure the bytes become DIRTY again (nothing is dropped, nothing is written twice by
+//! design), the error is recorded for the file's next fsync/flush, and logged.
+
+use super::inode_cache::InodeCache;
+use super::{errno_of, CacheContext};
+use crate::extent::state::Bits;
+use crate::stats;
+use crossbeam::channel::{self, Receiver, Sender};
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Wakes the flusher thread.
+pub(crate) struct Flusher {
+    kicked: Mutex<(bool, bool)>, // (kicked, write everything)
+    cv: Condvar,
+}
+
+impl Flusher {
+    pub(crate) fn new() -> Flusher {
+        Flusher {
+            kicked: Mutex::new((false, false)),
+            cv: Condvar::new(),
+        }
+    }
+
+    /// Ask for a writeback pass now; `all` writes every dirty file regardless of age.
+    pub(crate) fn kick(&self, all: bool) {
+        let mut g = self.kicked.lock().unwrap();
+        g.0 = true;
+        g.1 |= all;
+        self.cv.notify_one();
+    }
+
+    fn wait(&self, timeout: Duration) -> bool {
+        let g = self.kicked.lock().unwrap();
+        let (mut g, _) = self.cv.wait_timeout_while(g, timeout, |g| !g.0).unwrap();
+        let all = g.1;
+        *g = (false, false);
+        all
+    }
+}
+
+/// The running writeback threads.
+pub struct WritebackThreads {
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl CacheContext {
+    /// Start the flusher and the workers.
+    pub fn start_writeback(self: &Arc<Self>) -> io::Result<WritebackThreads> {
+        let (tx, rx): (Sender<Arc<InodeCache>>, Receiver<Arc<InodeCache>>) =
+            channel::bounded(1024);
+        let mut handles = Vec::new();
+        for i in 0..self.cfg.writeback_threads.max(1) {
+            let ctx = self.clone();
+            let rx = rx.clone();
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("writeback-{i}"))
+                    .spawn(move || {
+                        for c in rx.iter() {
+                            if let Err(e) = ctx.writeback_file(&c, false) {
+                                tracing::warn!("background writeback of {:?}: {e}", c.key);
+                            }
+                            c.apply_pending_mtime();
+                            c.wb_queued.store(false, Ordering::Release);
+                            ctx.bump_progress();
+                        }
+                    })?,
+            );
+        }
+        let ctx = self.clone();
+        handles.push(
+            std::thread::Builder::new()
+                .name("flusher".into())
+                .spawn(move || ctx.flusher_loop(tx))?,
+        );
+        Ok(WritebackThreads { handles })
+    }
+
+    fn flusher_loop(&self, tx: Sender<Arc<InodeCache>>) {
+        let tick = (self.cfg.dirty_expire / 4).clamp(Duration::from_millis(10), Duration::from_millis(500));
+        while !self.shutting_down.load(Ordering::Relaxed) {
+            let all = self.flusher.wait(tick);
+            let now = self.now_ms();
+            let expire = self.cfg.dirty_expire.as_millis() as u64;
+            let pressure = all || self.dirty_bytes() > self.cfg.dirty_limit / 2;
+            for c in self.all_caches() {
+                if c.tree.dirty_bytes() == 0 {
+                    continue;
+                }
+                let mut since = c.dirty_since.load(Ordering::Relaxed);
+                if since == 0 {
+                    // Dirtied while a writeback was marking the file clean: start its clock.
+                    since = now;
+                    c.dirty_since.store(now, Ordering::Relaxed);
+                }
+                // A file whose writeback failed is retried, but not in a tight loop.
+                if c.peek_wb_error().is_some() && !all && now.saturating_sub(since) < expire * 2 {
+                    continue;
+                }
+                if (pressure || now.saturating_sub(since) >= expire)
+                    && !c.wb_queued.swap(true, Ordering::AcqRel)
+                    && tx.send(c.clone()).is_err()
+                {
+                    return;
+                }
+            }
+            self.prune();
+        }
+    }
+
+    /// Write back all DIRTY data of `c`. With `wait`, also waits for ranges another thread is
+    /// writing or locking, so that on return everything dirty before the call is in SOURCE
+    /// (or the error is returned).
+    pub fn writeback_file(&self, c: &InodeCache, wait: bool) -> io::Result<()> {
+        let mut from = 0u64;
+        let mut result = Ok(());
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        loop {
+            let Some((s, e)) = c.tree.find_contiguous(from, Bits::DIRTY, self.cfg.max_writeback)
+            else {
+                break;
+            };
+            if wait {
+                c.tree.lock_range(s, e);
+            } else if !c.tree.try_lock_range(s, e) {
+                from = match e.checked_add(1) {
+                    Some(f) => f,
+                    None => break,
+                };
+                continue;
+            }
+            // Under the lock: what in [s, e] is still dirty becomes WRITEBACK.
+            ranges.clear();
+            c.tree.for_each(s, e, |st| {
+                if st.bits.contains(Bits::DIRTY) {
+                    ranges.push((st.start, st.end));
+                }
+            });
+            for &(rs, re) in &ranges {
+                self.clear_dirty(c, rs, re, Bits::WRITEBACK);
+            }
+            c.tree.unlock_range(s, e);
+            for &(rs, re) in &ranges {
+                if let Err(err) = self.write_range(c, rs, re) {
+                    result = Err(err);
+                }
+            }
+            self.bump_progress();
+            if result.is_err() {
+                break;
+            }
+            from = match e.checked_add(1) {
+                Some(f) => f,
+                None => break,
+            };
+        }
+        if wait && result.is_ok() {
+            // Ranges that other threads had under WRITEBACK when we looked.
+            c.tree.wait_clear(0, u64::MAX, Bits::WRITEBACK);
+            if let Some(errno) = c.peek_wb_error() {
+                if c.tree.dirty_bytes() > 0 {
+                    result = Err(io::Error::from_raw_os_error(errno));
+                }
+            }
+            if result.is_ok() && c.tree.dirty_bytes() > 0 {
+                // Dirtied again meanwhile, or re-dirtied by a failed concurrent writeback:
+                // one more pass picks it up.
+                return self.writeback_pass_locked(c);
+            }
+        }
+        result
+    }
+
+    /// A last synchronous pass used by `writeback_file(wait)`.
+    fn writeback_pass_locked(&self, c: &InodeCache) -> io::Result<()> {
+        let mut from = 0;
+        while let Some((s, e)) = c.tree.find_contiguous(from, Bits::DIRTY, self.cfg.max_writeback) {
+            c.tree.lock_range(s, e);
+            let r = self.writeback_locked_range(c, s, e);
+            c.tree.unlock_range(s, e);
+            r?;
+            from = match e.checked_add(1) {
+                Some(f) => f,
+                None => break,
+            };
+        }
+        c.tree.wait_clear(0, u64::MAX, Bits::WRITEBACK);
+        Ok(())
+    }
+
+    /// Write back everything dirty while the caller holds LOCKED over the whole file.
+    pub(crate) fn writeback_locked_all(&self, c: &InodeCache) -> io::Result<()> {
+        let mut from = 0;
+        while let Some((s, e)) = c.tree.find_contiguous(from, Bits::DIRTY, self.cfg.max_writeback) {
+            self.writeback_locked_range(c, s, e)?;
+            from = match e.checked_add(1) {
+                Some(f) => f,
+                None => break,
+            };
+        }
+        Ok(())
+    }
+
+    fn writeback_locked_range(&self, c: &InodeCache, s: u64, e: u64) -> io::Result<()> {
+        let mut ranges = Vec::new();
+        c.tree.for_each(s, e, |st| {
+            if st.bits.contains(Bits::DIRTY) {
+                ranges.push((st.start, st.end));
+            }
+        });
+        for (rs, re) in ranges {
+            self.clear_dirty(c, rs, re, Bits::WRITEBACK);
+            self.write_range(c, rs, re)?;
+        }
+        Ok(())
+    }
+
+    /// pwritev `[s, e]` (inclusive, under WRITEBACK) from pool memory, then clear WRITEBACK.
+    fn write_range(&self, c: &InodeCache, s: u64, e: u64) -> io::Result<()> {
+        // Bytes past EOF are never dirty (truncate clears them under the lock), but clip anyway.
+        let size = c.size();
+        let end = (e + 1).min(size.max(s));
+        let r = if end > s {
+            c.with_iovecs(s, end, |iov| c.file.write_all(iov, s))
+        } else {
+            Ok(())
+        };
+        match r {
+            Ok(()) => {
+                c.tree.clear_bits(s, e, Bits::WRITEBACK);
+                stats::add(&self.stats.writeback_ops, 1);
+                stats::add(&self.stats.writeback_bytes, end - s);
+                self.last_wb_errno.store(0, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(err) => {
+                let errno = errno_of(&err);
+                tracing::error!(
+                    "writeback of {} bytes at {s} of inode {:?} failed: {err}; data kept dirty",
+                    end - s,
+                    c.key
+                );
+                // Back to DIRTY: the data stays in the cache for a later attempt.
+                self.set_dirty(c, s, e);
+                c.tree.clear_bits(s, e, Bits::WRITEBACK);
+                c.record_wb_error(errno);
+                stats::add(&self.stats.writeback_errors, 1);
+                self.last_wb_errno.store(errno as u64, Ordering::Relaxed);
+                Err(err)
+            }
+        }
+    }
+}
+
+impl WritebackThreads {
+    /// Stop the threads (after the final sync). Dropping the context's sender ends the workers.
+    pub fn stop(self, ctx: &CacheContext) {
+        ctx.shutting_down.store(true, Ordering::Relaxed);
+        ctx.flusher.kick(false);
+        for h in self.handles {
+            let _ = h.join();
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! The two per-file trees of the extent-mapped page cache and the pointer that ties them to
+//! the pool: [`state::ExtentStateTree`] (byte ranges x state bits, range locks),
+//! [`map::ExtentMap`] (file ranges -> pool memory) and [`ptr::ExtentPtr`].
+
+pub mod map;
+pub mod ptr;
+pub mod state;

@@ -1,0 +1,1660 @@
+//! Extent state tree: per-file, byte-granular state bits kept as ranges.
+//!
+//! # What it owns
+//!
+//! One [`ExtentStateTree`] per file records, for every byte offset, a small
+//! set of state [`Bits`] (`UPTODATE`, `DIRTY`, `LOCKED`, `WRITEBACK`, and
+//! room for more). Instead of a per-page flag word, the states are stored as
+//! sorted, non-overlapping *inclusive* ranges `[start, end]` (an
+//! [`ExtentState`]) in a `BTreeMap<start, (end, bits)>`. A byte not covered by
+//! any state has no bits at all (a "hole"). Inclusive ends mean a range can
+//! end at `u64::MAX` with no overflow anywhere.
+//!
+//! The tree also owns the *range lock*: `LOCKED` is an ordinary state bit, and
+//! [`ExtentStateTree::lock_range`] waits on the tree's `Condvar` until no byte
+//! of the range is `LOCKED` (or carries any extra bit the caller names, such
+//! as `WRITEBACK`), then sets `LOCKED` on the whole range.
+//!
+//! # Invariants (checked by [`ExtentStateTree::check_invariants`])
+//!
+//! * states are sorted by `start`, `start <= end`, and never overlap;
+//! * no state has empty bits (clearing the last bit removes the state);
+//! * two *adjacent* states (`a.end + 1 == b.start`) never carry equal bits,
+//!   unless they carry `LOCKED`: a `LOCKED` state is never merged with
+//!   anything, so each locker's range stays (at least) its own state(s) and
+//!   two lockers of `[0,9]` and `[10,19]` stay visibly separate. Unlocking
+//!   merges the range back with its equal neighbours;
+//! * the byte counters (`dirty`, `uptodate`, `writeback`, `locked`) equal the
+//!   sum over the states exactly. They are kept as `u128` internally, so they
+//!   are exact even for the full `2^64`-byte space; the public getters
+//!   saturate at `u64::MAX`, which can only be reached by a bit covering all
+//!   `2^64` bytes (the one count that does not fit in a `u64`). Returned
+//!   "bytes changed" counts saturate the same way.
+//!
+//! # Mapping to btrfs's `extent_io_tree`
+//!
+//! | btrfs (`fs/btrfs/extent-io-tree.c`) | here |
+//! | --- | --- |
+//! | `struct extent_io_tree` (rb-tree + spinlock) | `Mutex<Inner>` holding a `BTreeMap` |
+//! | `struct extent_state {start, end, state}` | map entry `start -> (end, Bits)` / [`ExtentState`] |
+//! | `set_extent_bit` (split, fill holes, merge) | [`ExtentStateTree::set_bits`] |
+//! | `clear_extent_bit` (free empty states, wake) | [`ExtentStateTree::clear_bits`] |
+//! | `convert_extent_bit` | [`ExtentStateTree::set_clear_bits`] |
+//! | `test_range_bit` (all / any) | [`ExtentStateTree::test_range`] / [`ExtentStateTree::test_any`] |
+//! | `find_first_extent_bit` | [`ExtentStateTree::find_first`] |
+//! | `find_contiguous_extent_bit` / `find_lock_delalloc_range`'s walk | [`ExtentStateTree::find_contiguous`] |
+//! | `lock_extent` / `try_lock_extent` / `unlock_extent` | [`ExtentStateTree::lock_range`] / [`ExtentStateTree::try_lock_range`] / [`ExtentStateTree::unlock_range`] |
+//! | `wait_extent_bit` + per-state wait queues | [`ExtentStateTree::wait_clear`] + one tree-wide `Condvar` |
+//! | `merge_state` (never merges `EXTENT_LOCKED`/boundary) | same rule: never merge `LOCKED` states |
+//!
+//! Differences from btrfs: one tree-wide `Condvar` instead of a wait queue per
+//! state (waiters recheck their range after any clear); the lock is taken
+//! atomically (see below) instead of piecewise; memory is never preallocated
+//! because there is no atomic context to worry about.
+//!
+//! # Lock strategy: whole range, atomically, once free
+//!
+//! `lock_range*` takes the mutex, checks whether any byte of `[start, end]`
+//! has `LOCKED` (or an extra waited-for bit); if none does, it sets `LOCKED`
+//! on the whole range in the same critical section and returns. Otherwise it
+//! waits on the `Condvar` (which releases the mutex) and rechecks after every
+//! wake-up. A thread therefore never holds part of a range while waiting for
+//! the rest, so there is no hold-and-wait and no deadlock for any number of
+//! threads locking any overlapping ranges (a thread that already holds a lock
+//! and locks an overlapping range deadlocks on itself, as in btrfs). The price
+//! is fairness: a large range can be overtaken repeatedly by small ones.
+//!
+//! # Complexity and concurrency
+//!
+//! Every operation holds the mutex for its own duration only, never across a
+//! wait. Mutations are `O(k · log n)` for `k` states touched: std's
+//! `BTreeMap` has no stable cursor API, so each split/insert/remove is its own
+//! `O(log n)` lookup (two splits, one step per touched state, one merge step
+//! per touched state). Queries are `O(log n + k)`. Nothing allocates except
+//! the `BTreeMap`'s own nodes (and [`ExtentStateTree::states`], which returns a
+//! `Vec`). Callbacks of `for_each*` run *outside* the mutex, fed in batches
+//! from a fixed-size stack buffer, so they may call back into the tree; the
+//! price is that a walk longer than one batch is not a single atomic snapshot.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::{BitAnd, BitAndAssign, BitOr, BitOrAssign, Not};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+
+/// A set of extent state bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Bits(pub u32);
+
+impl Bits {
+    /// No bits.
+    pub const NONE: Bits = Bits(0);
+    /// The page cache holds the current contents of these bytes.
+    pub const UPTODATE: Bits = Bits(1 << 0);
+    /// The bytes were modified and must be written back.
+    pub const DIRTY: Bits = Bits(1 << 1);
+    /// The range is locked by someone (see [`ExtentStateTree::lock_range`]).
+    pub const LOCKED: Bits = Bits(1 << 2);
+    /// The bytes are being written back.
+    pub const WRITEBACK: Bits = Bits(1 << 3);
+    /// Every bit, including those not named yet.
+    pub const ALL: Bits = Bits(!0);
+
+    /// True if every bit of `other` is in `self` (always true for `NONE`).
+    pub const fn contains(self, other: Bits) -> bool {
+        self.0 & other.0 == other.0
+    }
+    /// True if `self` and `other` share a bit.
+    pub const fn intersects(self, other: Bits) -> bool {
+        self.0 & other.0 != 0
+    }
+    /// True if no bit is set.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl BitOr for Bits {
+    type Output = Bits;
+    fn bitor(self, rhs: Bits) -> Bits {
+        Bits(self.0 | rhs.0)
+    }
+}
+impl BitOrAssign for Bits {
+    fn bitor_assign(&mut self, rhs: Bits) {
+        self.0 |= rhs.0;
+    }
+}
+impl BitAnd for Bits {
+    type Output = Bits;
+    fn bitand(self, rhs: Bits) -> Bits {
+        Bits(self.0 & rhs.0)
+    }
+}
+impl BitAndAssign for Bits {
+    fn bitand_assign(&mut self, rhs: Bits) {
+        self.0 &= rhs.0;
+    }
+}
+impl Not for Bits {
+    type Output = Bits;
+    fn not(self) -> Bits {
+        Bits(!self.0)
+    }
+}
+
+const BIT_NAMES: [(Bits, &str); 4] = [
+    (Bits::UPTODATE, "UPTODATE"),
+    (Bits::DIRTY, "DIRTY"),
+    (Bits::LOCKED, "LOCKED"),
+    (Bits::WRITEBACK, "WRITEBACK"),
+];
+
+impl fmt::Display for Bits {
+    /// `UPTODATE|DIRTY`, `-` for no bits; unnamed bits print as one hex word.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return f.write_str("-");
+        }
+        let mut rest = self.0;
+        let mut sep = "";
+        for (bit, name) in BIT_NAMES {
+            if self.contains(bit) {
+                write!(f, "{sep}{name}")?;
+                sep = "|";
+                rest &= !bit.0;
+            }
+        }
+        if rest != 0 {
+            write!(f, "{sep}{rest:#x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One range of bytes `[start, end]` (inclusive) sharing the same bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExtentState {
+    pub start: u64,
+    /// Inclusive.
+    pub end: u64,
+    pub bits: Bits,
+}
+
+impl ExtentState {
+    /// Number of bytes, saturating: a `[0, u64::MAX]` range reports `u64::MAX`.
+    pub fn len(&self) -> u64 {
+        (self.end - self.start).saturating_add(1)
+    }
+
+    /// Never true for a state of the tree (kept for clippy's `len` rule).
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+impl fmt::Display for ExtentState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}, {}] {}", self.start, self.end, self.bits)
+    }
+}
+
+/// Exact byte count of `[s, e]`.
+#[inline]
+fn len128(s: u64, e: u64) -> u128 {
+    (e - s) as u128 + 1
+}
+
+#[inline]
+fn sat(v: u128) -> u64 {
+    u64::try_from(v).unwrap_or(u64::MAX)
+}
+
+#[inline]
+#[track_caller]
+fn check_range(start: u64, end: u64) {
+    assert!(
+        start <= end,
+        "extent range [{start}, {end}] has start > end"
+    );
+}
+
+type Map = BTreeMap<u64, (u64, Bits)>;
+
+/// States overlapping `[start, end]`, unclipped, in order.
+fn overlapping(map: &Map, start: u64, end: u64) -> impl Iterator<Item = (u64, u64, Bits)> + '_ {
+    let first = map
+        .range(..start)
+        .next_back()
+        .filter(|(_, (e, _))| *e >= start);
+    first
+        .into_iter()
+        .chain(map.range(start..=end))
+        .map(|(&s, &(e, b))| (s, e, b))
+}
+
+fn any_in(map: &Map, start: u64, end: u64, bits: Bits) -> bool {
+    !bits.is_empty() && overlapping(map, start, end).any(|(_, _, b)| b.intersects(bits))
+}
+
+fn all_in(map: &Map, start: u64, end: u64, bits: Bits) -> bool {
+    if bits.is_empty() {
+        return true;
+    }
+    let mut pos = start;
+    for (s, e, b) in overlapping(map, start, end) {
+        if s > pos || !b.contains(bits) {
+            return false;
+        }
+        if e >= end {
+            return true;
+        }
+        pos = e + 1;
+    }
+    false
+}
+
+/// Mutex-protected part of the tree.
+#[derive(Default)]
+struct Inner {
+    map: Map,
+    uptodate: u128,
+    dirty: u128,
+    locked: u128,
+    writeback: u128,
+    /// Threads currently blocked on the condvar (skip `notify_all` if zero).
+    waiters: usize,
+}
+
+impl Inner {
+    fn account(&mut self, old: Bits, new: Bits, len: u128) {
+        for (bit, ctr) in [
+            (Bits::UPTODATE, &mut self.uptodate),
+            (Bits::DIRTY, &mut self.dirty),
+            (Bits::LOCKED, &mut self.locked),
+            (Bits::WRITEBACK, &mut self.writeback),
+        ] {
+            match (old.contains(bit), new.contains(bit)) {
+                (true, false) => *ctr -= len,
+                (false, true) => *ctr += len,
+                _ => {}
+            }
+        }
+    }
+
+    /// Make sure no state straddles `at - 1 | at`.
+    fn split_before(&mut self, at: u64) {
+        if at == 0 {
+            return;
+        }
+        let Some((_, v)) = self.map.range_mut(..at).next_back() else {
+            return;
+        };
+        if v.0 < at {
+            return;
+        }
+        let (old_end, b) = *v;
+        v.0 = at - 1;
+        self.map.insert(at, (old_end, b));
+    }
+
+    /// Apply `new = (old & !clear) | set` to every byte of `[start, end]`
+    /// (holes count as `old = NONE`). Returns (bytes changed, whether any bit
+    /// was removed from any byte).
+    fn modify(&mut self, start: u64, end: u64, set: Bits, clear: Bits) -> (u128, bool) {
+        let clear = Bits(clear.0 & !set.0);
+        // Fast path: one state covers the whole range and would not change.
+        if let Some((_, &(e, b))) = self.map.range(..=start).next_back() {
+            if e >= end && Bits((b.0 & !clear.0) | set.0) == b {
+                return (0, false);
+            }
+        }
+        self.split_before(start);
+        if end < u64::MAX {
+            self.split_before(end + 1);
+        }
+        let mut changed = 0u128;
+        let mut cleared = false;
+        let mut pos = start;
+        loop {
+            let next = self.map.range_mut(pos..=end).next();
+            let Some((&s, v)) = next else {
+                if !set.is_empty() {
+                    self.map.insert(pos, (end, set));
+                    let len = len128(pos, end);
+                    self.account(Bits::NONE, set, len);
+                    changed += len;
+                }
+                break;
+            };
+            let (e, b) = *v;
+            let nb = Bits((b.0 & !clear.0) | set.0);
+            if nb != b && !nb.is_empty() {
+                v.1 = nb; // in place: no second lookup
+            }
+            if s > pos && !set.is_empty() {
+                self.map.insert(pos, (s - 1, set));
+                let len = len128(pos, s - 1);
+                self.account(Bits::NONE, set, len);
+                changed += len;
+            }
+            if nb != b {
+                let len = len128(s, e);
+                self.account(b, nb, len);
+                changed += len;
+                cleared |= b.intersects(clear);
+                if nb.is_empty() {
+                    self.map.remove(&s);
+                }
+            }
+            // The split at end + 1 guarantees e <= end.
+            if e >= end {
+                break;
+            }
+            pos = e + 1;
+        }
+        self.merge_around(start, end);
+        (changed, cleared)
+    }
+
+    /// Merge equal, adjacent, unlocked states among those touching
+    /// `[start - 1, end + 1]`.
+    fn merge_around(&mut self, start: u64, end: u64) {
+        let first = self
+            .map
+            .range(..start)
+            .next_back()
+            .or_else(|| self.map.range(start..).next())
+            .map(|(&k, _)| k);
+        let Some(mut cur) = first else { return };
+        // One descent per step: look at `cur` and its successor together.
+        loop {
+            let mut it = self.map.range(cur..);
+            let Some((_, &(ce, cb))) = it.next() else {
+                return;
+            };
+            match it.next().map(|(&k, &v)| (k, v)) {
+                Some((nk, (ne, nb)))
+                    if ce.checked_add(1) == Some(nk)
+                        && nb == cb
+                        && !cb.intersects(Bits::LOCKED) =>
+                {
+                    self.map.remove(&nk);
+                    if let Some(v) = self.map.get_mut(&cur) {
+                        v.0 = ne;
+                    }
+                }
+                // States starting after `end` have untouched successors.
+                Some((nk, _)) if nk <= end => cur = nk,
+                _ => return,
+            }
+        }
+    }
+}
+
+/// Number of items handed to a `for_each*` callback per mutex acquisition.
+const BATCH: usize = 32;
+
+/// Estimated heap bytes per map entry, see [`ExtentStateTree::metadata_bytes`].
+pub const METADATA_BYTES_PER_ENTRY: usize = 48;
+
+/// Per-file extent state tree. See the module docs.
+pub struct ExtentStateTree {
+    inner: Mutex<Inner>,
+    cv: Condvar,
+}
+
+impl Default for ExtentStateTree {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for ExtentStateTree {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let g = self.lock();
+        f.debug_list()
+            .entries(g.map.iter().map(|(&s, &(e, b))| ExtentState {
+                start: s,
+                end: e,
+                bits: b,
+            }))
+            .finish()
+    }
+}
+
+impl ExtentStateTree {
+    pub fn new() -> Self {
+        ExtentStateTree {
+            inner: Mutex::new(Inner::default()),
+            cv: Condvar::new(),
+        }
+    }
+
+    /// Critical sections never panic except on an internal bug, so a
+    /// poisoned mutex is simply taken over.
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wait<'a>(&self, mut g: MutexGuard<'a, Inner>) -> MutexGuard<'a, Inner> {
+        g.waiters += 1;
+        let mut g = self.cv.wait(g).unwrap_or_else(PoisonError::into_inner);
+        g.waiters -= 1;
+        g
+    }
+
+    /// Set `bits` on `[start, end]`, splitting states at both ends, filling
+    /// holes with new states and merging with equal neighbours. Returns the
+    /// number of bytes whose bits changed (saturating). Setting `LOCKED` this
+    /// way does not wait: use [`Self::lock_range`] for locking.
+    ///
+    /// Panics if `start > end` (as do all range methods).
+    pub fn set_bits(&self, start: u64, end: u64, bits: Bits) -> u64 {
+        self.set_clear_bits(start, end, bits, Bits::NONE)
+    }
+
+    /// Clear `bits` on `[start, end]`; a state whose bits reach zero
+    /// disappears; neighbours left equal are merged. Clearing any bit wakes
+    /// waiters. Returns bytes changed (saturating).
+    pub fn clear_bits(&self, start: u64, end: u64, bits: Bits) -> u64 {
+        self.set_clear_bits(start, end, Bits::NONE, bits)
+    }
+
+    /// Set `set` and clear `clear` over `[start, end]` in one atomic step:
+    /// each byte becomes `(old & !clear) | set` (a bit in both is set).
+    /// Returns bytes changed (saturating).
+    pub fn set_clear_bits(&self, start: u64, end: u64, set: Bits, clear: Bits) -> u64 {
+        check_range(start, end);
+        let mut g = self.lock();
+        let (changed, cleared) = g.modify(start, end, set, clear);
+        let wake = cleared && g.waiters > 0;
+        drop(g);
+        if wake {
+            self.cv.notify_all();
+        }
+        sat(changed)
+    }
+
+    /// True if every byte of `[start, end]` has all of `bits` (a hole fails;
+    /// `bits == NONE` is vacuously true).
+    pub fn test_range(&self, start: u64, end: u64, bits: Bits) -> bool {
+        check_range(start, end);
+        all_in(&self.lock().map, start, end, bits)
+    }
+
+    /// True if any byte of `[start, end]` has any of `bits`.
+    pub fn test_any(&self, start: u64, end: u64, bits: Bits) -> bool {
+        check_range(start, end);
+        any_in(&self.lock().map, start, end, bits)
+    }
+
+    /// First state ending at or after `from` that has any of `bits`, clipped
+    /// so that `start >= from`.
+    pub fn find_first(&self, from: u64, bits: Bits) -> Option<ExtentState> {
+        if bits.is_empty() {
+            return None;
+        }
+        let g = self.lock();
+        let found = overlapping(&g.map, from, u64::MAX).find(|(_, _, b)| b.intersects(bits));
+        found.map(|(s, e, b)| ExtentState {
+            start: s.max(from),
+            end: e,
+            bits: b,
+        })
+    }
+
+    /// Like [`Self::find_first`], then extend over following adjacent states
+    /// (no hole between) that also have any of `bits`. Returns `(start, end)`
+    /// of the run; `max_len` caps its length in bytes (0 = no cap).
+    pub fn find_contiguous(&self, from: u64, bits: Bits, max_len: u64) -> Option<(u64, u64)> {
+        if bits.is_empty() {
+            return None;
+        }
+        let g = self.lock();
+        let mut it = overlapping(&g.map, from, u64::MAX);
+        let (s, e, _) = it.by_ref().find(|(_, _, b)| b.intersects(bits))?;
+        let rs = s.max(from);
+        let cap_end = match max_len {
+            0 => u64::MAX,
+            n => rs.saturating_add(n - 1),
+        };
+        let mut re = e;
+        if re >= cap_end {
+            return Some((rs, cap_end));
+        }
+        for (s, e, b) in it {
+            // re < cap_end <= u64::MAX here, so re + 1 cannot overflow.
+            if s != re + 1 || !b.intersects(bits) {
+                break;
+            }
+            re = e;
+            if re >= cap_end {
+                re = cap_end;
+                break;
+            }
+        }
+        Some((rs, re))
+    }
+
+    /// Call `f(start, end)` for each maximal sub-range of `[start, end]` whose
+    /// bytes do not all have every bit of `bits` (holes included), in order.
+    /// `f` runs outside the mutex (batches of 32 runs per lock hold).
+    pub fn for_each_missing(&self, start: u64, end: u64, bits: Bits, mut f: impl FnMut(u64, u64)) {
+        check_range(start, end);
+        if bits.is_empty() {
+            return;
+        }
+        let mut pos = start;
+        loop {
+            let mut acc = MissingAcc::default();
+            {
+                let g = self.lock();
+                let mut cursor = pos;
+                let mut done = false;
+                for (s, e, b) in overlapping(&g.map, pos, end) {
+                    let cs = s.max(cursor);
+                    let ce = e.min(end);
+                    if cs > cursor {
+                        acc.add(cursor, cs - 1);
+                    }
+                    if !b.contains(bits) {
+                        acc.add(cs, ce);
+                    }
+                    if ce >= end {
+                        done = true;
+                        break;
+                    }
+                    cursor = ce + 1;
+                    if acc.resume.is_some() {
+                        break;
+                    }
+                }
+                if !done && acc.resume.is_none() {
+                    acc.add(cursor, end);
+                }
+                acc.finish();
+            }
+            for &(a, b) in &acc.buf[..acc.n] {
+                f(a, b);
+            }
+            match acc.resume {
+                Some(p) => pos = p,
+                None => return,
+            }
+        }
+    }
+
+    /// Visit the states overlapping `[start, end]`, clipped to it, in order.
+    /// `f` runs outside the mutex (batches of 32 states per lock hold).
+    pub fn for_each(&self, start: u64, end: u64, mut f: impl FnMut(ExtentState)) {
+        check_range(start, end);
+        let empty = ExtentState {
+            start: 0,
+            end: 0,
+            bits: Bits::NONE,
+        };
+        let mut pos = start;
+        loop {
+            let mut buf = [empty; BATCH];
+            let mut n = 0;
+            let mut resume = None;
+            {
+                let g = self.lock();
+                for (s, e, b) in overlapping(&g.map, pos, end) {
+                    if n == BATCH {
+                        resume = Some(s);
+                        break;
+                    }
+                    buf[n] = ExtentState {
+                        start: s.max(pos),
+                        end: e.min(end),
+                        bits: b,
+                    };
+                    n += 1;
+                }
+            }
+            for st in &buf[..n] {
+                f(*st);
+            }
+            match resume {
+                Some(p) => pos = p,
+                None => return,
+            }
+        }
+    }
+
+    /// Every state, in order (allocates; for tests and stats).
+    pub fn states(&self) -> Vec<ExtentState> {
+        let g = self.lock();
+        g.map
+            .iter()
+            .map(|(&s, &(e, b))| ExtentState {
+                start: s,
+                end: e,
+                bits: b,
+            })
+            .collect()
+    }
+
+    /// Exclusive range lock: waits until no byte of `[start, end]` is
+    /// `LOCKED`, then sets `LOCKED` on the whole range atomically (see the
+    /// module docs for why this is deadlock-free).
+    pub fn lock_range(&self, start: u64, end: u64) {
+        self.lock_range_waiting(start, end, Bits::NONE);
+    }
+
+    /// Like [`Self::lock_range`], but also waits until no byte of the range
+    /// has any of `also_wait_for` (e.g. `WRITEBACK`).
+    pub fn lock_range_waiting(&self, start: u64, end: u64, also_wait_for: Bits) {
+        check_range(start, end);
+        let conflict = Bits::LOCKED | also_wait_for;
+        let mut g = self.lock();
+        loop {
+            if !any_in(&g.map, start, end, conflict) {
+                g.modify(start, end, Bits::LOCKED, Bits::NONE);
+                return;
+            }
+            tracing::trace!(start, end, bits = %conflict, "lock_range: waiting");
+            g = self.wait(g);
+        }
+    }
+
+    /// Lock `[start, end]` if no byte of it is `LOCKED`; never waits.
+    pub fn try_lock_range(&self, start: u64, end: u64) -> bool {
+        check_range(start, end);
+        let mut g = self.lock();
+        if any_in(&g.map, start, end, Bits::LOCKED) {
+            return false;
+        }
+        g.modify(start, end, Bits::LOCKED, Bits::NONE);
+        true
+    }
+
+    /// Clear `LOCKED` on `[start, end]` and wake waiters. The caller must hold
+    /// the lock on the whole range (checked in debug builds).
+    pub fn unlock_range(&self, start: u64, end: u64) {
+        self.unlock_range_with(start, end, Bits::NONE, Bits::NONE);
+    }
+
+    /// Unlock and, in the same atomic step, set `set` and clear `clear`
+    /// (`LOCKED` is always cleared, even if named in `set`).
+    pub fn unlock_range_with(&self, start: u64, end: u64, set: Bits, clear: Bits) {
+        check_range(start, end);
+        let mut g = self.lock();
+        debug_assert!(
+            all_in(&g.map, start, end, Bits::LOCKED),
+            "unlock_range({start}, {end}) on a range that is not wholly locked"
+        );
+        g.modify(start, end, set & !Bits::LOCKED, clear | Bits::LOCKED);
+        let wake = g.waiters > 0;
+        drop(g);
+        if wake {
+            self.cv.notify_all();
+        }
+    }
+
+    /// Block until no byte of `[start, end]` has any of `bits`.
+    pub fn wait_clear(&self, start: u64, end: u64, bits: Bits) {
+        check_range(start, end);
+        let mut g = self.lock();
+        while any_in(&g.map, start, end, bits) {
+            tracing::trace!(start, end, bits = %bits, "wait_clear: waiting");
+            g = self.wait(g);
+        }
+    }
+
+    /// Bytes with `DIRTY` (saturating, see module docs).
+    pub fn dirty_bytes(&self) -> u64 {
+        sat(self.lock().dirty)
+    }
+    /// Bytes with `UPTODATE` (saturating).
+    pub fn uptodate_bytes(&self) -> u64 {
+        sat(self.lock().uptodate)
+    }
+    /// Bytes with `WRITEBACK` (saturating).
+    pub fn writeback_bytes(&self) -> u64 {
+        sat(self.lock().writeback)
+    }
+    /// Bytes with `LOCKED` (saturating).
+    pub fn locked_bytes(&self) -> u64 {
+        sat(self.lock().locked)
+    }
+
+    /// Number of states.
+    pub fn entries(&self) -> usize {
+        self.lock().map.len()
+    }
+
+    /// Estimated heap bytes used by the tree:
+    /// `size_of::<ExtentStateTree>() + entries * METADATA_BYTES_PER_ENTRY`
+    /// (48). Derivation: a std `BTreeMap<u64, (u64, Bits)>` leaf holds up to
+    /// 11 entries of 8 + 16 bytes plus parent pointer/index/len, 280 bytes;
+    /// leaves are ~2/3 full on average (~7.3 entries), ≈ 38 bytes/entry;
+    /// internal nodes (376 bytes, one per ~8 leaves) add ≈ 7; round up to 48.
+    pub fn metadata_bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + self.entries() * METADATA_BYTES_PER_ENTRY
+    }
+
+    /// Panic with a description if any invariant of the module docs is
+    /// broken (sortedness, non-overlap, no empty state, merge rule, exact
+    /// counters). `O(n)`; for tests and debugging.
+    pub fn check_invariants(&self) {
+        let g = self.lock();
+        let mut prev: Option<(u64, u64, Bits)> = None;
+        let (mut up, mut di, mut lo, mut wb) = (0u128, 0u128, 0u128, 0u128);
+        for (&s, &(e, b)) in &g.map {
+            assert!(s <= e, "state [{s}, {e}] has start > end");
+            assert!(!b.is_empty(), "state [{s}, {e}] has no bits");
+            if let Some((ps, pe, pb)) = prev {
+                assert!(pe < s, "[{ps}, {pe}] overlaps [{s}, {e}]");
+                if pe + 1 == s {
+                    assert!(
+                        pb != b || b.intersects(Bits::LOCKED),
+                        "adjacent [{ps}, {pe}] and [{s}, {e}] both {b} not merged"
+                    );
+                }
+            }
+            let len = len128(s, e);
+            for (bit, ctr) in [
+                (Bits::UPTODATE, &mut up),
+                (Bits::DIRTY, &mut di),
+                (Bits::LOCKED, &mut lo),
+                (Bits::WRITEBACK, &mut wb),
+            ] {
+                if b.contains(bit) {
+                    *ctr += len;
+                }
+            }
+            prev = Some((s, e, b));
+        }
+        assert_eq!(up, g.uptodate, "uptodate counter");
+        assert_eq!(di, g.dirty, "dirty counter");
+        assert_eq!(lo, g.locked, "locked counter");
+        assert_eq!(wb, g.writeback, "writeback counter");
+    }
+}
+
+/// Accumulates merged missing runs for `for_each_missing` into a fixed
+/// buffer; when full, remembers where the next walk must resume.
+struct MissingAcc {
+    buf: [(u64, u64); BATCH],
+    n: usize,
+    run: Option<(u64, u64)>,
+    resume: Option<u64>,
+}
+
+impl Default for MissingAcc {
+    fn default() -> Self {
+        MissingAcc {
+            buf: [(0, 0); BATCH],
+            n: 0,
+            run: None,
+            resume: None,
+        }
+    }
+}
+
+impl MissingAcc {
+    fn add(&mut self, a: u64, b: u64) {
+        match self.run {
+            Some((rs, re)) if re.checked_add(1) == Some(a) => self.run = Some((rs, b)),
+            _ => {
+                self.flush();
+                if self.resume.is_none() {
+                    self.run = Some((a, b));
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Some((rs, re)) = self.run.take() {
+            if self.n == BATCH {
+                self.resume = Some(rs);
+            } else {
+                self.buf[self.n] = (rs, re);
+                self.n += 1;
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        if self.resume.is_none() {
+            self.flush();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::sync::mpsc;
+    use std::sync::Arc;
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    const U: Bits = Bits::UPTODATE;
+    const D: Bits = Bits::DIRTY;
+    const L: Bits = Bits::LOCKED;
+    const W: Bits = Bits::WRITEBACK;
+    const MAX: u64 = u64::MAX;
+
+    fn st(t: &ExtentStateTree) -> Vec<(u64, u64, Bits)> {
+        t.check_invariants();
+        t.states()
+            .iter()
+            .map(|s| (s.start, s.end, s.bits))
+            .collect()
+    }
+
+    #[test]
+    fn bits_ops_and_display() {
+        assert_eq!((U | D).0, 3);
+        assert!((U | D).contains(U));
+        assert!(!(U).contains(U | D));
+        assert!((U | D).intersects(D | W));
+        assert!(!U.intersects(D));
+        assert!(Bits::NONE.is_empty());
+        assert!(U.contains(Bits::NONE));
+        assert_eq!((U | D) & !U, D);
+        let mut b = U;
+        b |= W;
+        assert_eq!(b, U | W);
+        b &= W;
+        assert_eq!(b, W);
+        assert_eq!(Bits::NONE.to_string(), "-");
+        assert_eq!((U | D).to_string(), "UPTODATE|DIRTY");
+        assert_eq!((L | W).to_string(), "LOCKED|WRITEBACK");
+        assert_eq!((D | Bits(0x100)).to_string(), "DIRTY|0x100");
+        assert_eq!(Bits(0x30).to_string(), "0x30");
+    }
+
+    #[test]
+    fn state_len_saturates() {
+        let s = |a, b| ExtentState {
+            start: a,
+            end: b,
+            bits: U,
+        };
+        assert_eq!(s(5, 5).len(), 1);
+        assert_eq!(s(0, 9).len(), 10);
+        assert_eq!(s(1, MAX).len(), MAX);
+        assert_eq!(s(0, MAX).len(), MAX);
+        assert_eq!(s(MAX, MAX).len(), 1);
+    }
+
+    #[test]
+    fn set_on_empty_and_noop() {
+        let t = ExtentStateTree::new();
+        assert_eq!(t.set_bits(10, 19, U), 10);
+        assert_eq!(st(&t), vec![(10, 19, U)]);
+        // Already set: no change, no split.
+        assert_eq!(t.set_bits(12, 15, U), 0);
+        assert_eq!(st(&t), vec![(10, 19, U)]);
+        assert_eq!(t.set_bits(10, 19, Bits::NONE), 0);
+        assert_eq!(t.entries(), 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "start > end")]
+    fn inverted_range_panics() {
+        ExtentStateTree::new().set_bits(5, 4, U);
+    }
+
+    #[test]
+    fn split_both_ends_middle_of_state() {
+        let t = ExtentStateTree::new();
+        t.set_bits(0, 99, U);
+        assert_eq!(t.set_bits(10, 19, D), 10);
+        assert_eq!(st(&t), vec![(0, 9, U), (10, 19, U | D), (20, 99, U)]);
+        assert_eq!(t.dirty_bytes(), 10);
+        assert_eq!(t.uptodate_bytes(), 100);
+        // Split exactly at a state's first / last byte.
+        assert_eq!(t.set_bits(0, 0, W), 1);
+        assert_eq!(t.set_bits(99, 99, W), 1);
+        assert_eq!(
+            st(&t),
+            vec![
+                (0, 0, U | W),
+                (1, 9, U),
+                (10, 19, U | D),
+                (20, 98, U),
+                (99, 99, U | W)
+            ]
+        );
+        assert_eq!(t.writeback_bytes(), 2);
+    }
+
+    #[test]
+    fn merge_left_right_both() {
+        let t = ExtentStateTree::new();
+        t.set_bits(0, 9, U);
+        t.set_bits(10, 19, U); // merge on the left
+        assert_eq!(st(&t), vec![(0, 19, U)]);
+
+        let t = ExtentStateTree::new();
+        t.set_bits(10, 19, U);
+        t.set_bits(0, 9, U); // merge on the right
+        assert_eq!(st(&t), vec![(0, 19, U)]);
+
+        let t = ExtentStateTree::new();
+        t.set_bits(0, 9, U);
+        t.set_bits(20, 29, U);
+        assert_eq!(t.set_bits(10, 19, U), 10); // both sides
+        assert_eq!(st(&t), vec![(0, 29, U)]);
+
+        // Merge after a clear makes neighbours equal.
+        t.set_bits(10, 19, D);
+        assert_eq!(t.entries(), 3);
+        assert_eq!(t.clear_bits(10, 19, D), 10);
+        assert_eq!(st(&t), vec![(0, 29, U)]);
+
+        // Non-adjacent equal states do not merge.
+        t.set_bits(31, 40, U);
+        assert_eq!(st(&t), vec![(0, 29, U), (31, 40, U)]);
+    }
+
+    #[test]
+    fn holes_filled() {
+        let t = ExtentStateTree::new();
+        t.set_bits(10, 19, D);
+        t.set_bits(30, 39, D);
+        assert_eq!(t.set_bits(0, 49, U), 50);
+        assert_eq!(
+            st(&t),
+            vec![
+                (0, 9, U),
+                (10, 19, U | D),
+                (20, 29, U),
+                (30, 39, U | D),
+                (40, 49, U)
+            ]
+        );
+        // Setting D fills holes and merges everything.
+        assert_eq!(t.set_bits(0, 49, D), 30);
+        assert_eq!(st(&t), vec![(0, 49, U | D)]);
+    }
+
+    #[test]
+    fn clear_vanish_and_holes() {
+        let t = ExtentStateTree::new();
+        t.set_bits(0, 9, D);
+        assert_eq!(t.clear_bits(3, 5, D), 3);
+        assert_eq!(st(&t), vec![(0, 2, D), (6, 9, D)]);
+        assert_eq!(t.clear_bits(0, 100, D), 7);
+        assert_eq!(st(&t), vec![]);
+        assert_eq!(t.dirty_bytes(), 0);
+        assert_eq!(t.clear_bits(0, 100, D), 0);
+        // Clearing a bit the state lacks changes nothing.
+        t.set_bits(0, 9, U);
+        assert_eq!(t.clear_bits(0, 9, D), 0);
+        assert_eq!(st(&t), vec![(0, 9, U)]);
+        // Clear everything but LOCKED.
+        t.set_bits(5, 14, L | D);
+        assert_eq!(t.clear_bits(0, 20, Bits::ALL & !L), 15);
+        // LOCKED states are never merged, even when left equal.
+        assert_eq!(st(&t), vec![(5, 9, L), (10, 14, L)]);
+    }
+
+    #[test]
+    fn set_clear_atomic() {
+        let t = ExtentStateTree::new();
+        t.set_bits(0, 9, U | D);
+        t.set_bits(20, 29, U);
+        // Dirty -> writeback over a range with a hole.
+        assert_eq!(t.set_clear_bits(0, 29, W, D), 30);
+        assert_eq!(st(&t), vec![(0, 9, U | W), (10, 19, W), (20, 29, U | W)]);
+        assert_eq!(t.dirty_bytes(), 0);
+        assert_eq!(t.writeback_bytes(), 30);
+        // A bit in both set and clear is set.
+        assert_eq!(t.set_clear_bits(0, 29, D, D | W), 30);
+        assert_eq!(st(&t), vec![(0, 9, U | D), (10, 19, D), (20, 29, U | D)]);
+    }
+
+    #[test]
+    fn test_range_and_any() {
+        let t = ExtentStateTree::new();
+        t.set_bits(0, 9, U | D);
+        t.set_bits(10, 19, U);
+        t.set_bits(30, 39, U);
+        assert!(t.test_range(0, 19, U));
+        assert!(!t.test_range(0, 19, U | D));
+        assert!(t.test_range(2, 7, U | D));
+        assert!(!t.test_range(0, 39, U)); // hole 20..29
+        assert!(!t.test_range(35, 45, U)); // hole at the end
+        assert!(!t.test_range(25, 35, U)); // hole at the start
+        assert!(!t.test_range(100, 200, U));
+        assert!(t.test_range(100, 200, Bits::NONE));
+        assert!(t.test_any(0, 100, D));
+        assert!(t.test_any(9, 9, D));
+        assert!(!t.test_any(10, 100, D));
+        assert!(!t.test_any(20, 29, U));
+        assert!(!t.test_any(0, 100, Bits::NONE));
+    }
+
+    #[test]
+    fn find_first_clips_and_skips() {
+        let t = ExtentStateTree::new();
+        assert_eq!(t.find_first(0, U), None);
+        t.set_bits(10, 19, U);
+        t.set_bits(20, 29, U | D);
+        t.set_bits(40, 49, D);
+        let f = |from, bits| t.find_first(from, bits).map(|s| (s.start, s.end, s.bits));
+        assert_eq!(f(0, D), Some((20, 29, U | D)));
+        assert_eq!(f(25, D), Some((25, 29, U | D)));
+        assert_eq!(f(29, D), Some((29, 29, U | D)));
+        assert_eq!(f(30, D), Some((40, 49, D)));
+        assert_eq!(f(0, U), Some((10, 19, U)));
+        assert_eq!(f(0, W | D), Some((20, 29, U | D)));
+        assert_eq!(f(50, D), None);
+        assert_eq!(f(0, W), None);
+        assert_eq!(f(0, Bits::NONE), None);
+    }
+
+    #[test]
+    fn find_contiguous_runs() {
+        let t = ExtentStateTree::new();
+        t.set_bits(10, 19, D);
+        t.set_bits(20, 29, D | U);
+        t.set_bits(30, 39, U); // no D: stops a D run
+        t.set_bits(40, 49, D);
+        t.set_bits(60, 69, D); // hole 50..59 stops the run
+        assert_eq!(t.find_contiguous(0, D, 0), Some((10, 29)));
+        assert_eq!(t.find_contiguous(15, D, 0), Some((15, 29)));
+        assert_eq!(t.find_contiguous(0, D | U, 0), Some((10, 49)));
+        assert_eq!(t.find_contiguous(30, D, 0), Some((40, 49)));
+        assert_eq!(t.find_contiguous(50, D, 0), Some((60, 69)));
+        assert_eq!(t.find_contiguous(70, D, 0), None);
+        // max_len caps inside the first state and across states.
+        assert_eq!(t.find_contiguous(0, D, 5), Some((10, 14)));
+        assert_eq!(t.find_contiguous(0, D, 15), Some((10, 24)));
+        assert_eq!(t.find_contiguous(0, D, 20), Some((10, 29)));
+        assert_eq!(t.find_contiguous(0, D, 1000), Some((10, 29)));
+        assert_eq!(t.find_contiguous(12, D, 1), Some((12, 12)));
+        assert_eq!(t.find_contiguous(0, Bits::NONE, 0), None);
+    }
+
+    fn missing(t: &ExtentStateTree, s: u64, e: u64, b: Bits) -> Vec<(u64, u64)> {
+        let mut v = Vec::new();
+        t.for_each_missing(s, e, b, |a, b| v.push((a, b)));
+        v
+    }
+
+    #[test]
+    fn for_each_missing_merges_holes_and_partials() {
+        let t = ExtentStateTree::new();
+        assert_eq!(missing(&t, 0, 99, U), vec![(0, 99)]);
+        t.set_bits(10, 19, U);
+        t.set_bits(20, 29, D); // lacks U: merges with the hole before it
+        t.set_bits(40, 49, U | D);
+        assert_eq!(missing(&t, 0, 99, U), vec![(0, 9), (20, 39), (50, 99)]);
+        assert_eq!(missing(&t, 12, 45, U), vec![(20, 39)]);
+        assert_eq!(missing(&t, 10, 19, U), vec![]);
+        assert_eq!(missing(&t, 0, 99, U | D), vec![(0, 39), (50, 99)]);
+        assert_eq!(missing(&t, 0, 99, Bits::NONE), vec![]);
+        assert_eq!(missing(&t, 25, 25, U), vec![(25, 25)]);
+    }
+
+    #[test]
+    fn for_each_missing_and_for_each_batches() {
+        let t = ExtentStateTree::new();
+        for i in 0..100u64 {
+            t.set_bits(i * 10, i * 10 + 4, U);
+        }
+        let m = missing(&t, 0, 1000, U);
+        assert_eq!(m.len(), 100);
+        for (i, &(a, b)) in m.iter().enumerate() {
+            let i = i as u64;
+            assert_eq!(
+                (a, b),
+                (i * 10 + 5, if i == 99 { 1000 } else { i * 10 + 9 })
+            );
+        }
+        let mut v = Vec::new();
+        t.for_each(2, 993, |s| v.push((s.start, s.end)));
+        assert_eq!(v.len(), 100);
+        assert_eq!(v[0], (2, 4));
+        assert_eq!(v[1], (10, 14));
+        assert_eq!(v[99], (990, 993));
+        // Callbacks run outside the mutex: re-entering the tree is fine.
+        t.for_each(0, 1000, |s| {
+            t.set_bits(s.start, s.end, D);
+        });
+        assert_eq!(t.dirty_bytes(), 500);
+        t.for_each_missing(0, 1000, U, |a, b| {
+            t.set_bits(a, b, U);
+        });
+        assert_eq!(t.uptodate_bytes(), 1001);
+        t.check_invariants();
+    }
+
+    #[test]
+    fn for_each_clips() {
+        let t = ExtentStateTree::new();
+        t.set_bits(0, 9, U);
+        t.set_bits(20, 29, D);
+        let mut v = Vec::new();
+        t.for_each(5, 25, |s| v.push((s.start, s.end, s.bits)));
+        assert_eq!(v, vec![(5, 9, U), (20, 25, D)]);
+        v.clear();
+        t.for_each(10, 19, |s| v.push((s.start, s.end, s.bits)));
+        assert!(v.is_empty());
+    }
+
+    #[test]
+    fn adjacent_locks_stay_separate() {
+        let t = ExtentStateTree::new();
+        t.lock_range(0, 9);
+        t.lock_range(10, 19);
+        assert_eq!(st(&t), vec![(0, 9, L), (10, 19, L)]);
+        assert_eq!(t.locked_bytes(), 20);
+        // Over an existing uptodate state.
+        t.set_bits(20, 39, U);
+        t.lock_range(20, 29);
+        t.lock_range(30, 39);
+        assert_eq!(t.entries(), 4);
+        t.unlock_range(0, 9);
+        t.unlock_range(10, 19);
+        assert_eq!(st(&t), vec![(20, 29, U | L), (30, 39, U | L)]);
+        t.unlock_range_with(20, 29, D, Bits::NONE);
+        t.unlock_range_with(30, 39, D, Bits::NONE);
+        assert_eq!(st(&t), vec![(20, 39, U | D)]);
+        assert_eq!(t.locked_bytes(), 0);
+    }
+
+    #[test]
+    fn try_lock_conflicts() {
+        let t = ExtentStateTree::new();
+        assert!(t.try_lock_range(10, 19));
+        assert!(!t.try_lock_range(10, 19));
+        assert!(!t.try_lock_range(0, 10));
+        assert!(!t.try_lock_range(19, 30));
+        assert!(!t.try_lock_range(0, 100));
+        assert!(t.try_lock_range(0, 9));
+        assert!(t.try_lock_range(20, 29));
+        // WRITEBACK does not block try_lock (only LOCKED does).
+        t.set_bits(40, 49, W);
+        assert!(t.try_lock_range(40, 49));
+        assert_eq!(t.locked_bytes(), 40);
+        t.unlock_range(0, 9);
+        t.unlock_range(10, 19);
+        t.unlock_range(20, 29);
+        t.unlock_range_with(40, 49, Bits::NONE, W);
+        assert_eq!(st(&t), vec![]);
+    }
+
+    #[test]
+    fn top_of_range() {
+        let t = ExtentStateTree::new();
+        assert_eq!(t.set_bits(MAX - 9, MAX, U), 10);
+        assert_eq!(t.set_bits(MAX, MAX, D), 1);
+        assert_eq!(st(&t), vec![(MAX - 9, MAX - 1, U), (MAX, MAX, U | D)]);
+        assert!(t.test_range(MAX - 9, MAX, U));
+        assert!(t.test_range(MAX, MAX, U | D));
+        assert!(!t.test_range(MAX - 10, MAX, U));
+        assert_eq!(t.find_first(MAX, D).map(|s| s.start), Some(MAX));
+        assert_eq!(t.find_contiguous(0, U, 0), Some((MAX - 9, MAX)));
+        assert_eq!(t.find_contiguous(MAX - 3, U, 100), Some((MAX - 3, MAX)));
+        assert_eq!(t.find_contiguous(MAX - 3, U, 2), Some((MAX - 3, MAX - 2)));
+        assert_eq!(missing(&t, MAX - 20, MAX, U), vec![(MAX - 20, MAX - 10)]);
+        assert_eq!(missing(&t, MAX - 20, MAX, D), vec![(MAX - 20, MAX - 1)]);
+        assert_eq!(t.clear_bits(MAX, MAX, D), 1);
+        assert_eq!(st(&t), vec![(MAX - 9, MAX, U)]);
+
+        // Whole space: counters saturate, exact internally.
+        assert_eq!(t.set_bits(0, MAX, U), MAX - 9);
+        assert_eq!(st(&t), vec![(0, MAX, U)]);
+        assert_eq!(t.uptodate_bytes(), MAX);
+        assert_eq!(t.set_bits(0, MAX, D), MAX); // 2^64 bytes changed, saturated
+        assert_eq!(t.clear_bits(5, 5, D), 1);
+        assert_eq!(t.dirty_bytes(), MAX); // 2^64 - 1, exact
+        assert_eq!(t.clear_bits(0, MAX, D), MAX); // 2^64 - 1 bytes
+        assert_eq!(t.dirty_bytes(), 0);
+        assert_eq!(t.clear_bits(1, MAX, U), MAX);
+        assert_eq!(st(&t), vec![(0, 0, U)]);
+        assert_eq!(t.uptodate_bytes(), 1);
+
+        // Locks at the top.
+        t.lock_range(MAX - 1, MAX);
+        assert!(!t.try_lock_range(MAX, MAX));
+        assert!(t.try_lock_range(MAX - 5, MAX - 2));
+        assert_eq!(t.locked_bytes(), 6);
+        t.unlock_range(MAX - 1, MAX);
+        t.unlock_range(MAX - 5, MAX - 2);
+        t.wait_clear(0, MAX, L);
+        assert_eq!(st(&t), vec![(0, 0, U)]);
+    }
+
+    #[test]
+    fn counters_exact_through_splits_and_merges() {
+        let t = ExtentStateTree::new();
+        t.set_bits(0, 999, U);
+        for i in 0..50u64 {
+            t.set_bits(i * 20, i * 20 + 9, D);
+            t.check_invariants();
+        }
+        assert_eq!(t.dirty_bytes(), 500);
+        assert_eq!(t.entries(), 100);
+        t.set_clear_bits(0, 999, W, D);
+        assert_eq!((t.dirty_bytes(), t.writeback_bytes()), (0, 1000));
+        assert_eq!(t.entries(), 1);
+        t.clear_bits(100, 199, W | U);
+        assert_eq!((t.uptodate_bytes(), t.writeback_bytes()), (900, 900));
+        assert_eq!(t.entries(), 2);
+        t.check_invariants();
+    }
+
+    #[test]
+    fn metadata_bytes_grows_with_entries() {
+        let t = ExtentStateTree::new();
+        let base = t.metadata_bytes();
+        for i in 0..10u64 {
+            t.set_bits(i * 2, i * 2, U);
+        }
+        assert_eq!(t.metadata_bytes(), base + 10 * METADATA_BYTES_PER_ENTRY);
+    }
+
+    // ---- model-based property tests -------------------------------------
+
+    use proptest::prelude::*;
+
+    const N: usize = 256;
+
+    #[derive(Debug, Clone)]
+    struct Step {
+        kind: u8,
+        a: usize,
+        len: usize,
+        b1: u32,
+        b2: u32,
+        from: usize,
+        qb: u32,
+        max_len: u64,
+        qs: usize,
+        ql: usize,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        (
+            (0u8..3, 0..N, 1usize..=64, 0u32..16, 0u32..16),
+            (0..N, 1u32..16, 0u64..20, 0..N, 1usize..=64),
+        )
+            .prop_map(
+                |((kind, a, len, b1, b2), (from, qb, max_len, qs, ql))| Step {
+                    kind,
+                    a,
+                    len,
+                    b1,
+                    b2,
+                    from,
+                    qb,
+                    max_len,
+                    qs,
+                    ql,
+                },
+            )
+    }
+
+    /// Run `steps` against a per-byte model of bytes `base..base+N`.
+    fn run_model(base: u64, steps: &[Step]) {
+        let t = ExtentStateTree::new();
+        let mut m = vec![0u32; N];
+        let at = |i: usize| base + i as u64;
+        for sp in steps {
+            let s = sp.a;
+            let e = (sp.a + sp.len - 1).min(N - 1);
+            let (set, clear) = match sp.kind {
+                0 => (sp.b1, 0),
+                1 => (0, sp.b1),
+                _ => (sp.b1, sp.b2),
+            };
+            let mut want = 0u64;
+            for x in &mut m[s..=e] {
+                let nv = (*x & !clear) | set;
+                want += (nv != *x) as u64;
+                *x = nv;
+            }
+            let got = match sp.kind {
+                0 => t.set_bits(at(s), at(e), Bits(set)),
+                1 => t.clear_bits(at(s), at(e), Bits(clear)),
+                _ => t.set_clear_bits(at(s), at(e), Bits(set), Bits(clear)),
+            };
+            assert_eq!(got, want, "changed bytes for {sp:?}");
+            compare(&t, base, &m, sp);
+        }
+    }
+
+    fn compare(t: &ExtentStateTree, base: u64, m: &[u32], sp: &Step) {
+        t.check_invariants();
+        let at = |i: usize| base + i as u64;
+        let idx = |x: u64| (x - base) as usize;
+        // Bits per byte.
+        let mut got = vec![0u32; N];
+        let states = t.states();
+        for s in &states {
+            assert!(s.start >= base);
+            for g in &mut got[idx(s.start)..=idx(s.end)] {
+                *g = s.bits.0;
+            }
+        }
+        assert_eq!(got, m);
+        // Counters.
+        let count = |b: Bits| m.iter().filter(|&&x| x & b.0 != 0).count() as u64;
+        assert_eq!(t.uptodate_bytes(), count(U));
+        assert_eq!(t.dirty_bytes(), count(D));
+        assert_eq!(t.locked_bytes(), count(L));
+        assert_eq!(t.writeback_bytes(), count(W));
+        // Entries vs maximal runs of equal non-zero bits.
+        let runs = (0..N)
+            .filter(|&i| m[i] != 0 && (i == 0 || m[i - 1] != m[i]))
+            .count();
+        if m.iter().any(|&x| x & L.0 != 0) {
+            assert!(t.entries() >= runs);
+        } else {
+            assert_eq!(t.entries(), runs);
+        }
+        // find_first.
+        let qb = Bits(sp.qb);
+        let ff = t.find_first(at(sp.from), qb);
+        match (sp.from..N).find(|&i| m[i] & sp.qb != 0) {
+            None => assert_eq!(ff, None),
+            Some(i) => {
+                let f = ff.expect("find_first missed");
+                assert_eq!((f.start, f.bits.0), (at(i), m[i]));
+                let run_end = (i..N).take_while(|&j| m[j] == m[i]).last().unwrap();
+                if m[i] & L.0 == 0 {
+                    assert_eq!(f.end, at(run_end));
+                } else {
+                    assert!(f.end <= at(run_end));
+                }
+            }
+        }
+        // find_contiguous.
+        let fc = t.find_contiguous(at(sp.from), qb, sp.max_len);
+        let want = (sp.from..N).find(|&i| m[i] & sp.qb != 0).map(|i| {
+            let mut j = i;
+            while j + 1 < N && m[j + 1] & sp.qb != 0 {
+                j += 1;
+            }
+            if sp.max_len > 0 {
+                j = j.min(i + sp.max_len as usize - 1);
+            }
+            (at(i), at(j))
+        });
+        assert_eq!(fc, want, "find_contiguous {sp:?}");
+        // for_each_missing, test_range, test_any, for_each over [qs, qe].
+        let qs = sp.qs;
+        let qe = (sp.qs + sp.ql - 1).min(N - 1);
+        let mut want = Vec::new();
+        for (i, &x) in m.iter().enumerate().take(qe + 1).skip(qs) {
+            if x & sp.qb != sp.qb {
+                match want.last_mut() {
+                    Some((_, e)) if *e + 1 == at(i) => *e = at(i),
+                    _ => want.push((at(i), at(i))),
+                }
+            }
+        }
+        let mut got = Vec::new();
+        t.for_each_missing(at(qs), at(qe), qb, |a, b| got.push((a, b)));
+        assert_eq!(got, want, "for_each_missing {sp:?}");
+        assert_eq!(t.test_range(at(qs), at(qe), qb), want.is_empty());
+        let any = m[qs..=qe].iter().any(|&x| x & sp.qb != 0);
+        assert_eq!(t.test_any(at(qs), at(qe), qb), any);
+        let mut seen = vec![0u32; N];
+        let mut last: Option<u64> = None;
+        t.for_each(at(qs), at(qe), |s| {
+            assert!(s.start >= at(qs) && s.end <= at(qe) && s.start <= s.end);
+            assert!(last.is_none_or(|l| l < s.start));
+            last = Some(s.end);
+            for x in &mut seen[idx(s.start)..=idx(s.end)] {
+                *x = s.bits.0;
+            }
+        });
+        for i in 0..N {
+            let w = if (qs..=qe).contains(&i) { m[i] } else { 0 };
+            assert_eq!(seen[i], w);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn prop_matches_byte_model(steps in prop::collection::vec(step(), 1..40)) {
+            run_model(0, &steps);
+        }
+
+        #[test]
+        fn prop_matches_byte_model_near_top(steps in prop::collection::vec(step(), 1..40)) {
+            run_model(u64::MAX - (N as u64 - 1), &steps);
+        }
+    }
+
+    // ---- threads ---------------------------------------------------------
+
+    /// Run `f`, aborting the process if it takes longer than `secs` (a
+    /// deadlock must fail the run, not hang it).
+    fn with_watchdog(secs: u64, f: impl FnOnce()) {
+        let (tx, rx) = mpsc::channel::<()>();
+        let wd = thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(Duration::from_secs(secs))
+            {
+                eprintln!("watchdog: test did not finish in {secs} s (deadlock?)");
+                std::process::abort();
+            }
+        });
+        f();
+        tx.send(()).unwrap();
+        wd.join().unwrap();
+    }
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            // xorshift64*
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    #[test]
+    fn threaded_locks_are_exclusive() {
+        const SPACE: u64 = 512;
+        const THREADS: u32 = 8;
+        const ITERS: usize = 1000;
+        with_watchdog(60, || {
+            let t = Arc::new(ExtentStateTree::new());
+            let owner: Arc<Vec<AtomicU32>> =
+                Arc::new((0..SPACE).map(|_| AtomicU32::new(0)).collect());
+            let handles: Vec<_> = (1..=THREADS)
+                .map(|id| {
+                    let t = Arc::clone(&t);
+                    let owner = Arc::clone(&owner);
+                    thread::spawn(move || {
+                        let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (id as u64) << 32);
+                        for _ in 0..ITERS {
+                            let s = rng.below(SPACE);
+                            let e = (s + rng.below(64)).min(SPACE - 1);
+                            match rng.below(3) {
+                                0 => t.lock_range(s, e),
+                                1 => t.lock_range_waiting(s, e, W),
+                                _ => {
+                                    if !t.try_lock_range(s, e) {
+                                        continue;
+                                    }
+                                }
+                            }
+                            for o in &owner[s as usize..=e as usize] {
+                                assert_eq!(
+                                    o.compare_exchange(0, id, Ordering::AcqRel, Ordering::Acquire),
+                                    Ok(0),
+                                    "byte locked twice"
+                                );
+                            }
+                            assert!(t.test_range(s, e, L));
+                            if rng.below(4) == 0 {
+                                thread::yield_now();
+                            }
+                            for o in &owner[s as usize..=e as usize] {
+                                assert_eq!(
+                                    o.compare_exchange(id, 0, Ordering::AcqRel, Ordering::Acquire),
+                                    Ok(id)
+                                );
+                            }
+                            // Start "writeback" while unlocking, end it right after.
+                            t.unlock_range_with(s, e, W, D);
+                            t.clear_bits(s, e, W);
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap();
+            }
+            t.check_invariants();
+            assert_eq!(t.locked_bytes(), 0);
+            assert_eq!(t.writeback_bytes(), 0);
+            assert_eq!(t.entries(), 0);
+        });
+    }
+
+    #[test]
+    fn lock_waiting_for_writeback() {
+        with_watchdog(60, || {
+            let t = Arc::new(ExtentStateTree::new());
+            t.set_bits(0, 99, U | W);
+            let got = Arc::new(AtomicBool::new(false));
+            let h = {
+                let (t, got) = (Arc::clone(&t), Arc::clone(&got));
+                thread::spawn(move || {
+                    t.lock_range_waiting(50, 60, W);
+                    got.store(true, Ordering::SeqCst);
+                })
+            };
+            // A plain lock_range on the same bytes does not wait for WRITEBACK.
+            assert!(t.try_lock_range(0, 9));
+            thread::sleep(Duration::from_millis(100));
+            assert!(!got.load(Ordering::SeqCst), "locked while under writeback");
+            // Setting bits does not release it; clearing an unrelated range neither.
+            t.set_bits(50, 60, D);
+            t.clear_bits(0, 40, W);
+            thread::sleep(Duration::from_millis(50));
+            assert!(!got.load(Ordering::SeqCst));
+            t.clear_bits(41, 99, W);
+            h.join().unwrap();
+            assert!(got.load(Ordering::SeqCst));
+            assert!(t.test_range(50, 60, L | D | U));
+            t.unlock_range(50, 60);
+            t.unlock_range(0, 9);
+            assert_eq!(st(&t), vec![(0, 49, U), (50, 60, U | D), (61, 99, U)]);
+        });
+    }
+
+    #[test]
+    fn wait_clear_and_blocking_lock() {
+        with_watchdog(60, || {
+            let t = Arc::new(ExtentStateTree::new());
+            t.lock_range(0, 9);
+            t.set_bits(100, 109, W);
+            let h1 = {
+                let t = Arc::clone(&t);
+                thread::spawn(move || {
+                    t.lock_range(5, 14);
+                    t.unlock_range(5, 14);
+                })
+            };
+            let h2 = {
+                let t = Arc::clone(&t);
+                thread::spawn(move || t.wait_clear(0, 200, W))
+            };
+            thread::sleep(Duration::from_millis(50));
+            assert!(!h1.is_finished() && !h2.is_finished());
+            t.unlock_range(0, 9);
+            h1.join().unwrap();
+            assert!(!h2.is_finished());
+            t.clear_bits(100, 109, W);
+            h2.join().unwrap();
+            assert_eq!(t.entries(), 0);
+        });
+    }
+
+    // ---- micro-benchmark -------------------------------------------------
+
+    /// `cargo test --release -- --ignored --nocapture bench_10k_states`
+    #[test]
+    #[ignore]
+    fn bench_10k_states() {
+        const STATES: u64 = 10_000;
+        let t = ExtentStateTree::new();
+        for i in 0..STATES {
+            t.set_bits(i * 16, i * 16 + 7, U);
+        }
+        assert_eq!(t.entries(), STATES as usize);
+        let mut rng = Rng(12345);
+        let rounds = 200;
+        let per = 1000;
+        let mut offs = vec![0u64; per];
+        let (mut set_ns, mut clear_ns) = (0u128, 0u128);
+        for _ in 0..rounds {
+            // Distinct states per round, so every set splits a state in 3.
+            let mut used = std::collections::HashSet::new();
+            for o in offs.iter_mut() {
+                let mut k = rng.below(STATES);
+                while !used.insert(k) {
+                    k = rng.below(STATES);
+                }
+                *o = k * 16 + 2;
+            }
+            let t0 = Instant::now();
+            for &o in &offs {
+                std::hint::black_box(t.set_bits(o, o + 3, D));
+            }
+            set_ns += t0.elapsed().as_nanos();
+            let t0 = Instant::now();
+            for &o in &offs {
+                std::hint::black_box(t.clear_bits(o, o + 3, D));
+            }
+            clear_ns += t0.elapsed().as_nanos();
+        }
+        assert_eq!(t.entries(), STATES as usize);
+        let n = (rounds * per) as u128;
+        let q = 1_000_000u64;
+        let t0 = Instant::now();
+        let mut hits = 0u64;
+        for _ in 0..q {
+            let o = rng.below(STATES * 16 - 8);
+            hits += t.test_range(o, o + 3, U) as u64;
+        }
+        let test_ns = t0.elapsed().as_nanos() / q as u128;
+        let t0 = Instant::now();
+        for _ in 0..q {
+            let o = rng.below(STATES) * 16 + 1;
+            std::hint::black_box(t.set_bits(o, o + 3, U));
+        }
+        let noop_ns = t0.elapsed().as_nanos() / q as u128;
+        let t0 = Instant::now();
+        for _ in 0..q / 4 {
+            let o = rng.below(STATES) * 16 + 1;
+            t.lock_range(o, o + 3);
+            t.unlock_range(o, o + 3);
+        }
+        let lock_ns = t0.elapsed().as_nanos() / (q / 4) as u128;
+        println!(
+            "tree of {} states: set_bits (splits 1 state in 3) {} ns/op, clear_bits (merges back) {} ns/op, \
+             test_range {} ns/op ({} hits), set_bits no-op {} ns/op, lock+unlock pair {} ns",
+            t.entries(),
+            set_ns / n,
+            clear_ns / n,
+            test_ns,
+            hits,
+            noop_ns,
+            lock_ns
+        );
+    }
+}

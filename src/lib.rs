@@ -1,0 +1,15 @@
+//! extentfs: a FUSE filesystem over a SOURCE directory whose file data all passes through its
+//! own extent-mapped page cache.
+//!
+//! - [`pool`]: the page pool (huge-page backed mmap regions, contiguous run allocator).
+//! - [`extent`]: per-file extent state tree, extent map, and `ExtentPtr`.
+//! - [`cache`]: per-inode caches, the read/write paths, writeback and eviction.
+//! - [`fs`]: the FUSE adapter and all access to SOURCE.
+//! - [`options`], [`stats`]: mount options and counters.
+
+pub mod cache;
+pub mod extent;
+pub mod fs;
+pub mod options;
+pub mod pool;
+pub mod stats;

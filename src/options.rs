@@ -1,0 +1,417 @@
+//! Mount options: `-o opt[,opt...]` parsed and validated into a typed [`MountConfig`].
+//!
+//! Pure functions only (no I/O), so the parser can be unit tested and fuzzed. Every rejected
+//! option produces one human-readable line naming the option and what is wrong with it.
+//! Generic options that `mount(8)`/`mount.fuse3` pass (`rw`, `dev`, `suid`, `noatime`, ...) are
+//! accepted and mapped onto mount flags; `x-*` and `comment=` options are ignored, as mount does.
+
+use crate::pool::HugePagePolicy;
+use std::fmt;
+use std::time::Duration;
+
+/// Smallest pool that can serve 1 MiB requests from several threads with room to evict.
+pub const MIN_CACHE_SIZE: u64 = 16 << 20;
+
+/// Where file data is cached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheMode {
+    /// The pool is the only data cache: files are opened with FOPEN_DIRECT_IO.
+    Pool,
+    /// The kernel page cache sits in front of the pool (keep_cache, writeback_cache).
+    Kernel,
+}
+
+/// Everything `-o` can say, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MountConfig {
+    pub cache_size: u64,
+    pub hugepages: HugePagePolicy,
+    pub writeback_threads: usize,
+    /// Fraction of the pool that may be dirty before writers wait for writeback.
+    pub dirty_limit: f64,
+    pub dirty_expire: Duration,
+    pub cache: CacheMode,
+    pub allow_other: bool,
+    pub default_permissions: bool,
+    pub read_only: bool,
+    pub debug: bool,
+    pub nonempty: bool,
+    /// FUSE worker threads (fuser `n_threads`).
+    pub threads: usize,
+    pub nosuid: bool,
+    pub nodev: bool,
+    pub noexec: bool,
+    pub noatime: bool,
+    pub nodiratime: bool,
+    pub sync: bool,
+    pub dirsync: bool,
+    pub relatime: bool,
+    pub strictatime: bool,
+    /// The `-o remount` generic option: never valid for a FUSE daemon start.
+    pub remount: bool,
+}
+
+/// One rejected option.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OptionError(pub String);
+
+impl fmt::Display for OptionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for OptionError {}
+
+impl MountConfig {
+    /// Defaults for a machine with `total_ram` bytes of memory and `cpus` cores.
+    pub fn defaults(total_ram: u64, cpus: usize) -> MountConfig {
+        // A quarter of RAM, at least the minimum, at most 8 GiB.
+        let cache_size = (total_ram / 4).clamp(MIN_CACHE_SIZE, 8 << 30) & !((2 << 20) - 1);
+        MountConfig {
+            cache_size: cache_size.max(MIN_CACHE_SIZE),
+            hugepages: HugePagePolicy::Auto,
+            writeback_threads: 2,
+            dirty_limit: 0.5,
+            dirty_expire: Duration::from_secs(5),
+            cache: CacheMode::Pool,
+            allow_other: false,
+            default_permissions: false,
+            read_only: false,
+            debug: false,
+            nonempty: false,
+            threads: cpus.max(1),
+            nosuid: false,
+            nodev: false,
+            noexec: false,
+            noatime: false,
+            nodiratime: false,
+            sync: false,
+            dirsync: false,
+            relatime: false,
+            strictatime: false,
+            remount: false,
+        }
+    }
+
+    /// Apply a comma-separated option string (as given after `-o`). Later options win.
+    pub fn apply(&mut self, opts: &str) -> Result<(), OptionError> {
+        for raw in opts.split(',') {
+            let opt = raw.trim();
+            if opt.is_empty() {
+                continue;
+            }
+            self.apply_one(opt)?;
+        }
+        Ok(())
+    }
+
+    fn apply_one(&mut self, opt: &str) -> Result<(), OptionError> {
+        let (key, value) = match opt.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt, None),
+        };
+        fn need<'a>(key: &str, v: Option<&'a str>) -> Result<&'a str, OptionError> {
+            match v {
+                Some(v) if !v.is_empty() => Ok(v),
+                _ => Err(OptionError(format!("option '{key}' needs a value ({key}=...)"))),
+            }
+        }
+        let flag = |v: Option<&str>| -> Result<(), OptionError> {
+            match v {
+                None => Ok(()),
+                Some(_) => Err(OptionError(format!("option '{key}' takes no value"))),
+            }
+        };
+        match key {
+            "cache_size" => {
+                let v = need(key, value)?;
+                let size = parse_size(v)
+                    .ok_or_else(|| OptionError(format!("cache_size={v}: not a size (e.g. 512M, 4G)")))?;
+                if size < MIN_CACHE_SIZE {
+                    return Err(OptionError(format!(
+                        "cache_size={v}: too small, the minimum is {}M",
+                        MIN_CACHE_SIZE >> 20
+                    )));
+                }
+                if size > (1u64 << 44) {
+                    return Err(OptionError(format!("cache_size={v}: too large (at most 16T)")));
+                }
+                self.cache_size = size;
+            }
+            "hugepages" => {
+                let v = need(key, value)?;
+                self.hugepages = match v {
+                    "auto" => HugePagePolicy::Auto,
+                    "hugetlb" => HugePagePolicy::Hugetlb,
+                    "thp" => HugePagePolicy::Thp,
+                    "off" | "4k" => HugePagePolicy::Off,
+                    _ => {
+                        return Err(OptionError(format!(
+                            "hugepages={v}: expected auto, hugetlb, thp or off"
+                        )))
+                    }
+                };
+            }
+            "writeback_threads" => {
+                let v = need(key, value)?;
+                self.writeback_threads = parse_count(key, v, 1, 64)?;
+            }
+            "threads" => {
+                let v = need(key, value)?;
+                self.threads = parse_count(key, v, 1, 64)?;
+            }
+            "dirty_limit" => {
+                let v = need(key, value)?;
+                self.dirty_limit = parse_fraction(v).ok_or_else(|| {
+                    OptionError(format!(
+                        "dirty_limit={v}: expected a share of the pool, e.g. 50% or 0.5 (between 1% and 100%)"
+                    ))
+                })?;
+            }
+            "dirty_expire" => {
+                let v = need(key, value)?;
+                self.dirty_expire = parse_duration(v).ok_or_else(|| {
+                    OptionError(format!(
+                        "dirty_expire={v}: expected a duration such as 5s, 500ms or 1m (at most 1h)"
+                    ))
+                })?;
+            }
+            "cache" => {
+                let v = need(key, value)?;
+                self.cache = match v {
+                    "pool" => CacheMode::Pool,
+                    "kernel" => CacheMode::Kernel,
+                    _ => return Err(OptionError(format!("cache={v}: expected pool or kernel"))),
+                };
+            }
+            "allow_other" => {
+                flag(value)?;
+                self.allow_other = true;
+            }
+            "default_permissions" => {
+                flag(value)?;
+                self.default_permissions = true;
+            }
+            "ro" => {
+                flag(value)?;
+                self.read_only = true;
+            }
+            "rw" => {
+                flag(value)?;
+                self.read_only = false;
+            }
+            "debug" => {
+                flag(value)?;
+                self.debug = true;
+            }
+            "nonempty" => {
+                flag(value)?;
+                self.nonempty = true;
+            }
+            "suid" => self.nosuid = false,
+            "nosuid" => self.nosuid = true,
+            "dev" => self.nodev = false,
+            "nodev" => self.nodev = true,
+            "exec" => self.noexec = false,
+            "noexec" => self.noexec = true,
+            "atime" => self.noatime = false,
+            "noatime" => self.noatime = true,
+            "diratime" => self.nodiratime = false,
+            "nodiratime" => self.nodiratime = true,
+            "relatime" => self.relatime = true,
+            "norelatime" => self.relatime = false,
+            "strictatime" => self.strictatime = true,
+            "sync" => self.sync = true,
+            "async" => self.sync = false,
+            "dirsync" => self.dirsync = true,
+            "remount" => self.remount = true,
+            // Options mount(8) and fstab use that mean nothing to the daemon.
+            "defaults" | "auto" | "noauto" | "user" | "nouser" | "users" | "owner" | "group"
+            | "_netdev" | "nofail" | "loud" | "silent" | "lazytime" | "nolazytime" | "iversion"
+            | "noiversion" | "nostrictatime" => {}
+            // fuse options that mount.fuse3 or users pass and that do not apply.
+            "fsname" | "subtype" | "comment" | "blksize" | "max_read" | "auto_unmount" => {}
+            _ if key.starts_with("x-") => {}
+            _ => {
+                return Err(OptionError(format!(
+                    "unknown option '{opt}' (see extentfs --help)"
+                )))
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `512M`, `4G`, `1048576`, `1.5G`, `64KiB`. Binary units. None on garbage or overflow.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    if num.is_empty() {
+        return None;
+    }
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return None,
+    };
+    if num.contains('.') {
+        let f: f64 = num.parse().ok()?;
+        let v = f * (1u64 << shift) as f64;
+        if !v.is_finite() || v < 0.0 || v >= u64::MAX as f64 {
+            return None;
+        }
+        Some(v as u64)
+    } else {
+        let n: u64 = num.parse().ok()?;
+        n.checked_mul(1u64 << shift)
+    }
+}
+
+/// `50%` or `0.5`, within [0.01, 1].
+pub fn parse_fraction(s: &str) -> Option<f64> {
+    let v = if let Some(p) = s.strip_suffix('%') {
+        p.trim().parse::<f64>().ok()? / 100.0
+    } else {
+        s.trim().parse::<f64>().ok()?
+    };
+    (v.is_finite() && (0.01..=1.0).contains(&v)).then_some(v)
+}
+
+/// `5s`, `500ms`, `2m`, `5` (seconds). At most one hour, at least 1 ms.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let d = match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" | "min" => Duration::from_secs(n.checked_mul(60)?),
+        _ => return None,
+    };
+    (d >= Duration::from_millis(1) && d <= Duration::from_secs(3600)).then_some(d)
+}
+
+fn parse_count(key: &str, v: &str, min: usize, max: usize) -> Result<usize, OptionError> {
+    match v.parse::<usize>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(OptionError(format!(
+            "{key}={v}: expected a whole number from {min} to {max}"
+        ))),
+    }
+}
+
+/// Human-readable size (binary units), for messages and stats.
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> MountConfig {
+        MountConfig::defaults(24 << 30, 2)
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Some(512 << 20));
+        assert_eq!(parse_size("4G"), Some(4 << 30));
+        assert_eq!(parse_size("4GiB"), Some(4 << 30));
+        assert_eq!(parse_size("1.5G"), Some(3 << 29));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("64k"), Some(64 << 10));
+        assert_eq!(parse_size(""), None);
+        assert_eq!(parse_size("G"), None);
+        assert_eq!(parse_size("12X"), None);
+        assert_eq!(parse_size("-1G"), None);
+        assert_eq!(parse_size("99999999999999999999T"), None);
+        assert_eq!(parse_size("20000000T"), None);
+    }
+
+    #[test]
+    fn defaults_are_sane() {
+        let c = cfg();
+        assert_eq!(c.cache_size, 6 << 30);
+        let small = MountConfig::defaults(32 << 20, 1);
+        assert_eq!(small.cache_size, MIN_CACHE_SIZE);
+        assert_eq!(small.threads, 1);
+    }
+
+    #[test]
+    fn typical_lines() {
+        let mut c = cfg();
+        c.apply("rw,dev,suid,allow_other,default_permissions,cache_size=1G,hugepages=thp")
+            .unwrap();
+        assert!(c.allow_other && c.default_permissions && !c.read_only);
+        assert_eq!(c.cache_size, 1 << 30);
+        assert_eq!(c.hugepages, HugePagePolicy::Thp);
+        c.apply("defaults,noatime,x-systemd.automount,cache=kernel,dirty_limit=25%,dirty_expire=500ms,writeback_threads=3,ro")
+            .unwrap();
+        assert!(c.noatime && c.read_only);
+        assert_eq!(c.cache, CacheMode::Kernel);
+        assert_eq!(c.dirty_limit, 0.25);
+        assert_eq!(c.dirty_expire, Duration::from_millis(500));
+        assert_eq!(c.writeback_threads, 3);
+    }
+
+    #[test]
+    fn rejects_with_clear_messages() {
+        let cases = [
+            ("bogus", "unknown option 'bogus'"),
+            ("cache_size=", "needs a value"),
+            ("cache_size=1M", "too small"),
+            ("cache_size=lots", "not a size"),
+            ("hugepages=yes", "expected auto, hugetlb, thp or off"),
+            ("cache=none", "expected pool or kernel"),
+            ("dirty_limit=0", "dirty_limit=0"),
+            ("dirty_limit=150%", "dirty_limit=150%"),
+            ("dirty_expire=forever", "dirty_expire=forever"),
+            ("writeback_threads=0", "from 1 to 64"),
+            ("allow_other=1", "takes no value"),
+        ];
+        for (opt, want) in cases {
+            let err = cfg().apply(opt).unwrap_err().to_string();
+            assert!(err.contains(want), "{opt}: {err}");
+            assert!(!err.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn fractions_and_durations() {
+        assert_eq!(parse_fraction("0.5"), Some(0.5));
+        assert_eq!(parse_fraction("100%"), Some(1.0));
+        assert_eq!(parse_fraction("NaN"), None);
+        assert_eq!(parse_duration("5"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("0"), None);
+        assert_eq!(parse_duration("2h"), None);
+        assert_eq!(parse_duration("99999999999999999999"), None);
+    }
+
+    #[test]
+    fn format_sizes() {
+        assert_eq!(format_size(10), "10 B");
+        assert_eq!(format_size(1536), "1.5 KiB");
+        assert_eq!(format_size(3 << 30), "3.0 GiB");
+    }
+}
