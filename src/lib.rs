@@ -8,6 +8,7 @@
 //! - [`options`], [`stats`]: mount options and counters.
 
 pub mod cache;
+pub mod cli;
 pub mod extent;
 pub mod fs;
 pub mod options;

@@ -1,1 +1,418 @@
-fn main(){}
+//! The `extentfs` command: mount (the default), or read a mount's figures (`stats`,
+//! `extents`). Mounting parses and validates everything first, so a bad option or path fails
+//! with one clear line before anything is mounted; then it daemonizes (unless `-f`), mounts,
+//! and returns only once the mount is live, which is what mount(8) and fstab rely on.
+
+use clap::Parser;
+use extentfs::cache::{CacheConfig, CacheContext};
+use extentfs::fs::mount::{self, MountPointState};
+use extentfs::fs::{ExtentFs, FsConfig};
+use extentfs::options::{format_size, CacheMode, MountConfig};
+use extentfs::pool::{PagePool, PoolConfig};
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+const OPTIONS_HELP: &str = "\
+MOUNT OPTIONS (-o opt[,opt...]):
+  cache_size=SIZE         page pool capacity, e.g. 512M, 4G (default: a quarter of RAM,
+                          at most 8G; minimum 16M)
+  hugepages=MODE          auto (default: hugetlb, else THP, else 4k) | hugetlb | thp | off
+  writeback_threads=N     threads writing dirty data back to SOURCE (default 2)
+  threads=N               FUSE request threads (default: number of CPUs)
+  dirty_limit=SHARE       share of the pool that may be dirty before writers wait,
+                          e.g. 50% or 0.5 (default 50%)
+  dirty_expire=TIME       age after which dirty data is written back, e.g. 5s, 500ms
+                          (default 5s)
+  cache=pool|kernel       pool: the pool is the only data cache (direct I/O to the kernel,
+                          mmap still works); kernel: the kernel page cache sits in front
+                          (default pool)
+  allow_other             let other users access the mount (permissions are always checked
+                          by the kernel against the files' modes: default_permissions)
+  default_permissions     accepted; always in effect
+  ro / rw                 read-only / read-write mount
+  debug                   verbose logging (same as RUST_LOG=debug)
+  log_file=PATH           where the detached daemon logs (default: nowhere; -f logs to stderr)
+  nonempty                allow mounting over a non-empty directory
+  generic mount options   dev, nodev, suid, nosuid, exec, noexec, atime, noatime, diratime,
+                          nodiratime, relatime, strictatime, sync, async, dirsync, defaults,
+                          auto, noauto, user, users, nofail, _netdev, x-*: as mount(8)
+
+OTHER COMMANDS:
+  extentfs stats MOUNTPOINT [FILE...] [--json] [--watch SECS]
+  extentfs extents FILE
+
+Unmount with `umount MOUNTPOINT` or `fusermount3 -u MOUNTPOINT`; SIGTERM/SIGINT also unmount.
+Dirty data is written back to SOURCE before the daemon exits.";
+
+/// Mount SOURCE at MOUNTPOINT with an extent-mapped page cache in front of it.
+#[derive(Parser, Debug)]
+#[command(name = "extentfs", version, after_help = OPTIONS_HELP)]
+struct MountArgs {
+    /// Directory whose contents the mount shows.
+    source: PathBuf,
+    /// Where to mount it (an existing, empty directory).
+    mountpoint: PathBuf,
+    /// Mount options, comma-separated (see below). May be repeated.
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    options: Vec<String>,
+    /// Stay in the foreground (do not daemonize); log to stderr.
+    #[arg(short = 'f', long = "foreground")]
+    foreground: bool,
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("stats") | Some("extents") => extentfs::cli::main(&args[1..]),
+        _ => mount_main(MountArgs::parse()),
+    }
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("extentfs: {msg}");
+    ExitCode::from(1)
+}
+
+fn total_ram() -> u64 {
+    let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    (pages.max(0) as u64) * (size.max(0) as u64)
+}
+
+fn mount_main(args: MountArgs) -> ExitCode {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut cfg = MountConfig::defaults(total_ram(), cpus);
+    for o in &args.options {
+        if let Err(e) = cfg.apply(o) {
+            return fail(e);
+        }
+    }
+    if cfg.remount {
+        return fail(
+            "'remount' cannot start a new daemon; to change flags of a live mount use \
+             `mount -i -o remount,... MOUNTPOINT`",
+        );
+    }
+    if cfg.cache_size > total_ram() {
+        return fail(format!(
+            "cache_size={} is larger than this machine's memory ({})",
+            format_size(cfg.cache_size),
+            format_size(total_ram())
+        ));
+    }
+    let source = match std::fs::canonicalize(&args.source) {
+        Ok(p) => p,
+        Err(e) => return fail(format!("SOURCE {}: {e}", args.source.display())),
+    };
+    if !source.is_dir() {
+        return fail(format!("SOURCE {} is not a directory", source.display()));
+    }
+    let mountpoint = match std::fs::canonicalize(&args.mountpoint) {
+        Ok(p) => p,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => args.mountpoint.clone(),
+        Err(e) => return fail(format!("MOUNTPOINT {}: {e}", args.mountpoint.display())),
+    };
+    match mount::check_mount_point(&mountpoint) {
+        MountPointState::Ready => {}
+        MountPointState::Missing => {
+            return fail(format!(
+                "MOUNTPOINT {} does not exist",
+                mountpoint.display()
+            ))
+        }
+        MountPointState::NotADirectory => {
+            return fail(format!(
+                "MOUNTPOINT {} is not a directory",
+                mountpoint.display()
+            ))
+        }
+        MountPointState::NotEmpty if !cfg.nonempty => {
+            return fail(format!(
+                "MOUNTPOINT {} is not empty (add -o nonempty to mount over it anyway)",
+                mountpoint.display()
+            ))
+        }
+        MountPointState::NotEmpty => {}
+        MountPointState::Busy(what) => {
+            return fail(format!(
+                "MOUNTPOINT {} is already a mount point of {what}; unmount it first: umount {}",
+                mountpoint.display(),
+                mountpoint.display()
+            ))
+        }
+        MountPointState::Stale => {
+            if let Err(e) = mount::clean_stale(&mountpoint) {
+                return fail(format!(
+                    "MOUNTPOINT {} is a dead FUSE mount (its daemon is gone) and it could not be \
+                     cleaned up ({e}); run: fusermount3 -u {}",
+                    mountpoint.display(),
+                    mountpoint.display()
+                ));
+            }
+            eprintln!(
+                "extentfs: cleaned up a dead FUSE mount at {}",
+                mountpoint.display()
+            );
+        }
+    }
+
+    init_logging(&cfg, args.foreground);
+
+    // The pool is mapped before daemonizing so that a failure is reported to the caller.
+    let mut pcfg = PoolConfig::new(cfg.cache_size as usize, cfg.hugepages);
+    pcfg.region_size = pcfg.region_size.min(cfg.cache_size as usize);
+    let pool = match PagePool::new(&pcfg) {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            return fail(format!(
+                "cannot set up a {} page pool: {e}",
+                format_size(cfg.cache_size)
+            ))
+        }
+    };
+    tracing::info!(
+        "page pool: {} backed by {}",
+        format_size(cfg.cache_size),
+        pool.backing().as_str()
+    );
+
+    let reporter = if args.foreground {
+        None
+    } else {
+        match daemonize() {
+            Ok(Some(w)) => Some(w),
+            Ok(None) => unreachable!(),
+            Err(code) => return code,
+        }
+    };
+    let result = serve(&cfg, &source, &mountpoint, pool, reporter, args.foreground);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            tracing::error!("{msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(cfg: &MountConfig, foreground: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if cfg.debug { "debug" } else { "warn" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let writer: Box<dyn Fn() -> Box<dyn Write> + Send + Sync> = match (&cfg.log_file, foreground) {
+        (Some(path), _) => {
+            let path = path.clone();
+            Box::new(move || -> Box<dyn Write> {
+                match std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                {
+                    Ok(f) => Box::new(f),
+                    Err(_) => Box::new(std::io::sink()),
+                }
+            })
+        }
+        _ => Box::new(|| -> Box<dyn Write> { Box::new(std::io::stderr()) }),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_target(false)
+        .try_init();
+}
+
+/// Fork: the parent waits until the child says the mount is live (or why not) and exits;
+/// the child returns the pipe to report on. No thread may exist yet.
+fn daemonize() -> Result<Option<std::fs::File>, ExitCode> {
+    let mut fds = [0; 2];
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(fail(format!("pipe: {}", std::io::Error::last_os_error())));
+    }
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    match unsafe { libc::fork() } {
+        -1 => Err(fail(format!("fork: {}", std::io::Error::last_os_error()))),
+        0 => {
+            drop(r);
+            unsafe {
+                libc::setsid();
+            }
+            let _ = std::env::set_current_dir("/");
+            Ok(Some(std::fs::File::from(w)))
+        }
+        _pid => {
+            drop(w);
+            let mut msg = String::new();
+            let _ = std::fs::File::from(r).read_to_string(&mut msg);
+            if msg == "OK" {
+                Err(ExitCode::SUCCESS)
+            } else if msg.is_empty() {
+                Err(fail("the daemon exited before the mount was live"))
+            } else {
+                Err(fail(msg))
+            }
+        }
+    }
+}
+
+fn report(reporter: &mut Option<std::fs::File>, msg: &str) {
+    if let Some(mut w) = reporter.take() {
+        let _ = w.write_all(msg.as_bytes());
+    }
+}
+
+/// Redirect stdin/stdout/stderr to /dev/null (the detached daemon).
+fn detach_stdio() {
+    let null = c"/dev/null";
+    let fd = unsafe { libc::open(null.as_ptr(), libc::O_RDWR) };
+    if fd >= 0 {
+        unsafe {
+            libc::dup2(fd, 0);
+            libc::dup2(fd, 1);
+            libc::dup2(fd, 2);
+            if fd > 2 {
+                libc::close(fd);
+            }
+        }
+    }
+}
+
+fn block_signals() -> libc::sigset_t {
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn serve(
+    cfg: &MountConfig,
+    source: &Path,
+    mountpoint: &Path,
+    pool: Arc<PagePool>,
+    mut reporter: Option<std::fs::File>,
+    foreground: bool,
+) -> Result<(), String> {
+    unsafe { libc::umask(0) };
+    // Every thread started from here on inherits the blocked signals; one thread waits.
+    let sigset = block_signals();
+
+    let mut ccfg = CacheConfig::new(cfg.cache_size, cfg.dirty_limit);
+    ccfg.dirty_expire = cfg.dirty_expire;
+    ccfg.writeback_threads = cfg.writeback_threads;
+    ccfg.read_only = cfg.read_only;
+    let ctx = CacheContext::new(pool, ccfg);
+    let fscfg = FsConfig {
+        cache: cfg.cache,
+        read_only: cfg.read_only,
+        ttl: Duration::from_secs(1),
+        owner_uid: unsafe { libc::getuid() },
+    };
+    let fs = match ExtentFs::new(source, ctx.clone(), fscfg) {
+        Ok(fs) => fs,
+        Err(e) => {
+            let m = format!("cannot open SOURCE {}: {e}", source.display());
+            report(&mut reporter, &m);
+            return Err(m);
+        }
+    };
+    let mut fcfg = fuser::Config::default();
+    fcfg.n_threads = Some(cfg.threads);
+    fcfg.clone_fd = true;
+    let acl = if cfg.allow_other {
+        fuser::SessionACL::All
+    } else {
+        fuser::SessionACL::Owner
+    };
+    fcfg.acl = acl;
+    let session = match mount::mount_fuse(source, mountpoint, cfg) {
+        Ok(fd) => fuser::Session::from_fd(fs, fd, acl, fcfg),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            // Unprivileged: fusermount3 mounts for us.
+            let mut opts = vec![
+                fuser::MountOption::FSName(source.to_string_lossy().into_owned()),
+                fuser::MountOption::Subtype("extentfs".into()),
+                fuser::MountOption::DefaultPermissions,
+            ];
+            if cfg.read_only {
+                opts.push(fuser::MountOption::RO);
+            }
+            fcfg.mount_options = opts;
+            fuser::Session::new(fs, mountpoint, &fcfg)
+        }
+        Err(e) => Err(e),
+    };
+    let session = match session {
+        Ok(s) => s,
+        Err(e) => {
+            let m = format!(
+                "cannot mount {} at {}: {e}",
+                source.display(),
+                mountpoint.display()
+            );
+            report(&mut reporter, &m);
+            let _ = mount::unmount(mountpoint);
+            return Err(m);
+        }
+    };
+    let wb = match ctx.start_writeback() {
+        Ok(wb) => wb,
+        Err(e) => {
+            let m = format!("cannot start writeback threads: {e}");
+            report(&mut reporter, &m);
+            let _ = mount::unmount(mountpoint);
+            return Err(m);
+        }
+    };
+    // Signals: write everything back, then unmount, which ends the session below.
+    {
+        let ctx = ctx.clone();
+        let mp = mountpoint.to_path_buf();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || loop {
+                let mut sig = 0;
+                if unsafe { libc::sigwait(&sigset, &mut sig) } != 0 {
+                    continue;
+                }
+                tracing::info!("signal {sig}: writing back and unmounting");
+                if let Err(e) = ctx.sync_all() {
+                    tracing::error!("writeback before unmount failed: {e}");
+                }
+                if let Err(e) = mount::unmount(&mp) {
+                    tracing::error!("unmount of {} failed: {e}", mp.display());
+                }
+            })
+            .map_err(|e| e.to_string())?;
+    }
+    tracing::info!("mounted {} at {}", source.display(), mountpoint.display());
+    report(&mut reporter, "OK");
+    if !foreground {
+        detach_stdio();
+    }
+    if let Err(e) = session.run() {
+        tracing::warn!("session ended: {e}");
+    }
+    // Unmounted: the last dirty bytes go to SOURCE before we exit.
+    let r = ctx.sync_all();
+    wb.stop(&ctx);
+    r.map_err(|e| format!("final writeback failed, some data was not written to SOURCE: {e}"))
+}
+
+#[allow(dead_code)]
+fn cache_mode_name(m: CacheMode) -> &'static str {
+    match m {
+        CacheMode::Pool => "pool",
+        CacheMode::Kernel => "kernel",
+    }
+}

@@ -49,6 +49,8 @@ pub struct MountConfig {
     pub strictatime: bool,
     /// The `-o remount` generic option: never valid for a FUSE daemon start.
     pub remount: bool,
+    /// Where the daemon writes its log once detached (default: nowhere).
+    pub log_file: Option<String>,
 }
 
 /// One rejected option.
@@ -91,6 +93,7 @@ impl MountConfig {
             relatime: false,
             strictatime: false,
             remount: false,
+            log_file: None,
         }
     }
 
@@ -114,7 +117,9 @@ impl MountConfig {
         fn need<'a>(key: &str, v: Option<&'a str>) -> Result<&'a str, OptionError> {
             match v {
                 Some(v) if !v.is_empty() => Ok(v),
-                _ => Err(OptionError(format!("option '{key}' needs a value ({key}=...)"))),
+                _ => Err(OptionError(format!(
+                    "option '{key}' needs a value ({key}=...)"
+                ))),
             }
         }
         let flag = |v: Option<&str>| -> Result<(), OptionError> {
@@ -126,8 +131,9 @@ impl MountConfig {
         match key {
             "cache_size" => {
                 let v = need(key, value)?;
-                let size = parse_size(v)
-                    .ok_or_else(|| OptionError(format!("cache_size={v}: not a size (e.g. 512M, 4G)")))?;
+                let size = parse_size(v).ok_or_else(|| {
+                    OptionError(format!("cache_size={v}: not a size (e.g. 512M, 4G)"))
+                })?;
                 if size < MIN_CACHE_SIZE {
                     return Err(OptionError(format!(
                         "cache_size={v}: too small, the minimum is {}M",
@@ -135,7 +141,9 @@ impl MountConfig {
                     )));
                 }
                 if size > (1u64 << 44) {
-                    return Err(OptionError(format!("cache_size={v}: too large (at most 16T)")));
+                    return Err(OptionError(format!(
+                        "cache_size={v}: too large (at most 16T)"
+                    )));
                 }
                 self.cache_size = size;
             }
@@ -226,6 +234,7 @@ impl MountConfig {
             "async" => self.sync = false,
             "dirsync" => self.dirsync = true,
             "remount" => self.remount = true,
+            "log_file" => self.log_file = Some(need(key, value)?.to_string()),
             // Options mount(8) and fstab use that mean nothing to the daemon.
             "defaults" | "auto" | "noauto" | "user" | "nouser" | "users" | "owner" | "group"
             | "_netdev" | "nofail" | "loud" | "silent" | "lazytime" | "nolazytime" | "iversion"

@@ -78,11 +78,9 @@ impl CacheContext {
         let r = if c.tree.test_any(s, e - 1, Bits::DIRTY | Bits::WRITEBACK) {
             None
         } else {
-            c.map
-                .remove_extent_if(s, |p| p.end() == e)
-                .inspect(|_| {
-                    c.tree.clear_bits(s, e - 1, Bits::UPTODATE);
-                })
+            c.map.remove_extent_if(s, |p| p.end() == e).inspect(|_| {
+                c.tree.clear_bits(s, e - 1, Bits::UPTODATE);
+            })
         };
         c.tree.unlock_range(s, e - 1);
         if let Some(n) = r {

@@ -35,7 +35,7 @@ pub(crate) fn floor_page(x: u64) -> u64 {
 
 /// Round up to a page; saturates at the last page boundary below 2^64.
 pub(crate) fn ceil_page(x: u64) -> u64 {
-    x.checked_add(P - 1).map(floor_page).unwrap_or(u64::MAX & !(P - 1))
+    x.checked_add(P - 1).map(floor_page).unwrap_or(!(P - 1))
 }
 
 /// Why an operation must be retried after the caller released its lock.
@@ -161,10 +161,8 @@ impl InodeCache {
     pub(crate) fn apply_pending_mtime(&self) {
         let mut g = self.pending_mtime.lock().unwrap();
         if let Some(t) = *g {
-            if self.is_clean() {
-                if self.file.set_mtime(t).is_ok() {
-                    *g = None;
-                }
+            if self.is_clean() && self.file.set_mtime(t).is_ok() {
+                *g = None;
             }
         }
     }

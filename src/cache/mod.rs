@@ -100,7 +100,10 @@ impl CacheContext {
     }
 
     pub fn writeback_bytes(&self) -> u64 {
-        self.all_caches().iter().map(|c| c.tree.writeback_bytes()).sum()
+        self.all_caches()
+            .iter()
+            .map(|c| c.tree.writeback_bytes())
+            .sum()
     }
 
     /// The cache of the SOURCE inode `key`, created (with `open_file`) on first use.
@@ -132,7 +135,10 @@ impl CacheContext {
         let mut m = self.caches.lock().unwrap();
         if let Some(c) = m.get(&key) {
             c.forgotten.store(true, Ordering::Relaxed);
-            if c.is_clean() && c.open_handles.load(Ordering::Relaxed) == 0 && Arc::strong_count(c) == 1 {
+            if c.is_clean()
+                && c.open_handles.load(Ordering::Relaxed) == 0
+                && Arc::strong_count(c) == 1
+            {
                 m.remove(&key);
             }
         }
@@ -169,9 +175,12 @@ impl CacheContext {
         let added = c.tree.set_bits(s, e_incl, Bits::DIRTY);
         if added > 0 {
             self.dirty.fetch_add(added, Ordering::Relaxed);
-            let _ = c
-                .dirty_since
-                .compare_exchange(0, self.now_ms(), Ordering::Relaxed, Ordering::Relaxed);
+            let _ = c.dirty_since.compare_exchange(
+                0,
+                self.now_ms(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
         }
     }
 
@@ -234,7 +243,10 @@ impl CacheContext {
                         let miss = read.min(len as u64);
                         stats::add(&self.stats.read_miss_bytes, miss);
                         stats::add(&c.miss_bytes, miss);
-                        stats::add(&self.stats.readahead_bytes, read.saturating_sub(miss).min(ra));
+                        stats::add(
+                            &self.stats.readahead_bytes,
+                            read.saturating_sub(miss).min(ra),
+                        );
                     }
                     let r = c.with_bytes(off, len, out);
                     c.tree.unlock_range(a, b - 1);
@@ -374,11 +386,11 @@ impl CacheContext {
         let r = (|| {
             c.file.set_len(new_size)?;
             let tail = ceil_page(new_size);
-            if new_size % P != 0 && c.tree.test_range(a, a + P - 1, Bits::UPTODATE) {
+            if !new_size.is_multiple_of(P) && c.tree.test_range(a, a + P - 1, Bits::UPTODATE) {
                 c.zero_range(new_size, tail);
             }
             self.clear_dirty(c, new_size, u64::MAX, Bits::NONE);
-            c.map.unmap(tail, u64::MAX & !(P - 1));
+            c.map.unmap(tail, !(P - 1));
             c.tree.clear_bits(tail, u64::MAX, Bits::UPTODATE);
             c.set_size(new_size);
             c.record_write_time();
@@ -411,7 +423,10 @@ impl CacheContext {
             let inner_b = floor_page(end);
             // Partial edge pages: zero the punched bytes where cached.
             for (s, e) in [(off, end.min(inner_a)), (inner_b.max(off), end)] {
-                if s < e && c.tree.test_range(floor_page(s), floor_page(s) + P - 1, Bits::UPTODATE) {
+                if s < e
+                    && c.tree
+                        .test_range(floor_page(s), floor_page(s) + P - 1, Bits::UPTODATE)
+                {
                     c.zero_range(s, e);
                 }
             }
@@ -435,11 +450,23 @@ impl CacheContext {
         c.tree.lock_range_waiting(0, u64::MAX, Bits::WRITEBACK);
         // Anything dirtied in between is written now, under the lock.
         let r = self.writeback_locked_all(c);
-        c.map.unmap(0, u64::MAX & !(P - 1));
+        c.map.unmap(0, !(P - 1));
         c.tree.clear_bits(0, u64::MAX, Bits::UPTODATE);
         c.tree.unlock_range(0, u64::MAX);
         self.bump_progress();
         r
+    }
+
+    /// Ask the flusher to write this file back soon (close).
+    pub fn queue_writeback(&self, c: &InodeCache) {
+        // Pretend it has been dirty long enough.
+        c.dirty_since.store(1, Ordering::Relaxed);
+        self.flusher.kick(false);
+    }
+
+    /// After SOURCE's size changed under an invalidated (empty) cache: adopt it.
+    pub fn truncate_cache_to(&self, c: &InodeCache, size: u64) {
+        c.set_size(size);
     }
 
     /// Re-read the size from SOURCE after an operation that changed it there.

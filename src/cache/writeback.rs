@@ -61,8 +61,7 @@ pub struct WritebackThreads {
 impl CacheContext {
     /// Start the flusher and the workers.
     pub fn start_writeback(self: &Arc<Self>) -> io::Result<WritebackThreads> {
-        let (tx, rx): (Sender<Arc<InodeCache>>, Receiver<Arc<InodeCache>>) =
-            channel::bounded(1024);
+        let (tx, rx): (Sender<Arc<InodeCache>>, Receiver<Arc<InodeCache>>) = channel::bounded(1024);
         let mut handles = Vec::new();
         for i in 0..self.cfg.writeback_threads.max(1) {
             let ctx = self.clone();
@@ -92,7 +91,8 @@ impl CacheContext {
     }
 
     fn flusher_loop(&self, tx: Sender<Arc<InodeCache>>) {
-        let tick = (self.cfg.dirty_expire / 4).clamp(Duration::from_millis(10), Duration::from_millis(500));
+        let tick = (self.cfg.dirty_expire / 4)
+            .clamp(Duration::from_millis(10), Duration::from_millis(500));
         while !self.shutting_down.load(Ordering::Relaxed) {
             let all = self.flusher.wait(tick);
             let now = self.now_ms();
@@ -130,11 +130,10 @@ impl CacheContext {
         let mut from = 0u64;
         let mut result = Ok(());
         let mut ranges: Vec<(u64, u64)> = Vec::new();
-        loop {
-            let Some((s, e)) = c.tree.find_contiguous(from, Bits::DIRTY, self.cfg.max_writeback)
-            else {
-                break;
-            };
+        while let Some((s, e)) = c
+            .tree
+            .find_contiguous(from, Bits::DIRTY, self.cfg.max_writeback)
+        {
             if wait {
                 c.tree.lock_range(s, e);
             } else if !c.tree.try_lock_range(s, e) {
@@ -189,7 +188,10 @@ impl CacheContext {
     /// A last synchronous pass used by `writeback_file(wait)`.
     fn writeback_pass_locked(&self, c: &InodeCache) -> io::Result<()> {
         let mut from = 0;
-        while let Some((s, e)) = c.tree.find_contiguous(from, Bits::DIRTY, self.cfg.max_writeback) {
+        while let Some((s, e)) = c
+            .tree
+            .find_contiguous(from, Bits::DIRTY, self.cfg.max_writeback)
+        {
             c.tree.lock_range(s, e);
             let r = self.writeback_locked_range(c, s, e);
             c.tree.unlock_range(s, e);
@@ -206,7 +208,10 @@ impl CacheContext {
     /// Write back everything dirty while the caller holds LOCKED over the whole file.
     pub(crate) fn writeback_locked_all(&self, c: &InodeCache) -> io::Result<()> {
         let mut from = 0;
-        while let Some((s, e)) = c.tree.find_contiguous(from, Bits::DIRTY, self.cfg.max_writeback) {
+        while let Some((s, e)) = c
+            .tree
+            .find_contiguous(from, Bits::DIRTY, self.cfg.max_writeback)
+        {
             self.writeback_locked_range(c, s, e)?;
             from = match e.checked_add(1) {
                 Some(f) => f,

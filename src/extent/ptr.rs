@@ -125,7 +125,7 @@ impl ExtentBuf {
     /// Cut the extent at page-aligned file offset `at` (start < at < end): self keeps
     /// `[start, at)`, the returned buffer holds `[at, end)`.
     pub(crate) fn split_off(&mut self, at: u64) -> ExtentBuf {
-        debug_assert!(at > self.start && at < self.end() && at % PAGE_SIZE as u64 == 0);
+        debug_assert!(at > self.start && at < self.end() && at.is_multiple_of(PAGE_SIZE as u64));
         let mut pages_left = ((at - self.start) / PAGE_SIZE as u64) as u32;
         let mut idx = 0;
         while pages_left >= self.runs[idx].pages {
@@ -312,7 +312,8 @@ impl ExtentPtr {
     /// # Safety
     /// The caller holds LOCKED over the range.
     pub unsafe fn zero(&self, off: u64, len: usize) {
-        self.0.for_each_piece(off, len, |p, n| std::ptr::write_bytes(p, 0, n));
+        self.0
+            .for_each_piece(off, len, |p, n| std::ptr::write_bytes(p, 0, n));
     }
 
     /// Append iovecs covering `[off, off+len)` to `out` (for preadv/pwritev).
@@ -364,7 +365,10 @@ mod tests {
             // Inside run a: one slice; straddling a/b: none.
             assert_eq!(ptr.slice(10 * P + 5, 100).unwrap(), &data[5..105]);
             assert!(ptr.slice(11 * P, 2 * P as usize).is_none());
-            assert_eq!(ptr.slice(12 * P, 3 * P as usize).unwrap(), &data[2 * P as usize..]);
+            assert_eq!(
+                ptr.slice(12 * P, 3 * P as usize).unwrap(),
+                &data[2 * P as usize..]
+            );
             let mut iov = Vec::new();
             ptr.iovecs(11 * P, 2 * P as usize, &mut iov);
             assert_eq!(iov.len(), 2);
@@ -403,7 +407,13 @@ mod tests {
         // Split exactly at the run boundary.
         let mut tail = tail;
         let tail2 = tail.split_off(3 * P);
-        assert_eq!(tail.runs(), &[Run { first: a.first + 1, pages: 2 }]);
+        assert_eq!(
+            tail.runs(),
+            &[Run {
+                first: a.first + 1,
+                pages: 2
+            }]
+        );
         assert_eq!(tail2.runs(), &[b]);
         // Re-absorb: contiguous runs fuse back into one.
         buf.absorb(tail);

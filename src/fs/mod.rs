@@ -1,1 +1,1185 @@
+//! The FUSE adapter: decodes requests, calls the cache or SOURCE, replies. Kept thin.
+//!
+//! - metadata operations go to SOURCE through [`source`] (dirfd + `*at()` calls only);
+//! - file data goes through [`crate::cache::CacheContext`] (one `InodeCache` per inode), and
+//!   read replies are sent straight from pool memory;
+//! - `user.extentfs.*` xattrs are ours (stats and control) and never reach SOURCE.
+//!
+//! Nothing outside this module knows about FUSE.
+
+pub mod inodes;
+pub mod mount;
 pub mod source;
+pub mod xattr;
+
+use crate::cache::inode_cache::InodeCache;
+use crate::cache::CacheContext;
+use crate::options::CacheMode;
+use crate::stats;
+use fuser::{
+    AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use inodes::{Inode, InodeTable};
+use std::collections::HashMap;
+use std::ffi::{CStr, OsStr};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How the filesystem behaves (from the mount options).
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    pub cache: CacheMode,
+    pub read_only: bool,
+    /// Entry and attribute time-to-live given to the kernel.
+    pub ttl: Duration,
+    /// uid that mounted (may use the ctl xattr besides root).
+    pub owner_uid: u32,
+}
+
+/// An open directory stream.
+struct DirHandle {
+    dir: *mut libc::DIR,
+    /// Position the stream is at (telldir cookie of the next entry).
+    offset: u64,
+}
+
+// SAFETY: the DIR stream is only used under its Mutex.
+unsafe impl Send for DirHandle {}
+
+impl Drop for DirHandle {
+    fn drop(&mut self) {
+        unsafe { libc::closedir(self.dir) };
+    }
+}
+
+pub struct ExtentFs {
+    pub(crate) inodes: InodeTable,
+    pub(crate) ctx: Arc<CacheContext>,
+    pub(crate) cfg: FsConfig,
+    dirs: Mutex<HashMap<u64, Arc<Mutex<DirHandle>>>>,
+    next_fh: AtomicU64,
+    am_root: bool,
+}
+
+type R<T> = Result<T, Errno>;
+
+fn err(e: io::Error) -> Errno {
+    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn errno(n: i32) -> Errno {
+    Errno::from_i32(n)
+}
+
+fn systime(sec: i64, nsec: i64) -> SystemTime {
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
+    } else {
+        UNIX_EPOCH - Duration::from_secs((-sec) as u64) + Duration::from_nanos(nsec as u64)
+    }
+}
+
+fn file_type(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn dtype_to_filetype(t: u8) -> FileType {
+    match t {
+        libc::DT_DIR => FileType::Directory,
+        libc::DT_LNK => FileType::Symlink,
+        libc::DT_CHR => FileType::CharDevice,
+        libc::DT_BLK => FileType::BlockDevice,
+        libc::DT_FIFO => FileType::NamedPipe,
+        libc::DT_SOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn timespec_of(t: Option<TimeOrNow>) -> libc::timespec {
+    match t {
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Some(TimeOrNow::Now) => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        Some(TimeOrNow::SpecificTime(t)) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => libc::timespec {
+                tv_sec: d.as_secs() as i64,
+                tv_nsec: d.subsec_nanos() as i64,
+            },
+            Err(e) => {
+                let d = e.duration();
+                let mut sec = -(d.as_secs() as i64);
+                let mut nsec = -(d.subsec_nanos() as i64);
+                if nsec < 0 {
+                    sec -= 1;
+                    nsec += 1_000_000_000;
+                }
+                libc::timespec {
+                    tv_sec: sec,
+                    tv_nsec: nsec,
+                }
+            }
+        },
+    }
+}
+
+impl ExtentFs {
+    pub fn new(source: &Path, ctx: Arc<CacheContext>, cfg: FsConfig) -> io::Result<ExtentFs> {
+        let root = source::open_root(source)?;
+        let st = source::fstat(root.as_fd())?;
+        Ok(ExtentFs {
+            inodes: InodeTable::new(root, &st),
+            ctx,
+            cfg,
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            am_root: unsafe { libc::geteuid() } == 0,
+        })
+    }
+
+    pub fn context(&self) -> &Arc<CacheContext> {
+        &self.ctx
+    }
+
+    fn inode(&self, ino: INodeNo) -> R<Arc<Inode>> {
+        self.inodes.get(ino.0).ok_or(Errno::ESTALE)
+    }
+
+    fn cache_of(&self, inode: &Inode) -> R<Arc<InodeCache>> {
+        if !inode.is_file() {
+            return Err(if inode.is_dir() {
+                Errno::EISDIR
+            } else {
+                Errno::EINVAL
+            });
+        }
+        let ro = self.cfg.read_only;
+        self.ctx
+            .get_or_create(inode.key, || source::DataFile::open(inode.fd(), ro))
+            .map_err(err)
+    }
+
+    /// FileAttr of an inode, with the cache's view of size and mtime when it has one.
+    fn attr_of(&self, inode: &Inode, st: &libc::stat) -> FileAttr {
+        let mut size = st.st_size as u64;
+        let mut blocks = st.st_blocks as u64;
+        let mut mtime = systime(st.st_mtime, st.st_mtime_nsec);
+        let mut ctime = systime(st.st_ctime, st.st_ctime_nsec);
+        if inode.is_file() {
+            if let Some(c) = self.ctx.get(inode.key) {
+                size = c.size();
+                let dirty = c.dirty_bytes();
+                if dirty > 0 {
+                    blocks = blocks.max(size.div_ceil(512).min(blocks + dirty.div_ceil(512)));
+                }
+                if let Some(t) = c.mtime_override() {
+                    mtime = systime(t.tv_sec, t.tv_nsec);
+                    if mtime > ctime {
+                        ctime = mtime;
+                    }
+                }
+            }
+        }
+        FileAttr {
+            ino: INodeNo(inode.id),
+            size,
+            blocks,
+            atime: systime(st.st_atime, st.st_atime_nsec),
+            mtime,
+            ctime,
+            crtime: UNIX_EPOCH,
+            kind: file_type(st.st_mode),
+            perm: (st.st_mode & 0o7777) as u16,
+            nlink: st.st_nlink as u32,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            rdev: st.st_rdev as u32,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    fn stat_attr(&self, inode: &Inode) -> R<FileAttr> {
+        let st = source::fstat(inode.fd()).map_err(err)?;
+        Ok(self.attr_of(inode, &st))
+    }
+
+    /// Look `name` up in `parent` and take a kernel reference on the result.
+    fn do_lookup(&self, parent: &Inode, name: &CStr) -> R<FileAttr> {
+        let fd = source::open_path(parent.fd(), name).map_err(err)?;
+        let st = source::fstat(fd.as_fd()).map_err(err)?;
+        let inode = self.inodes.lookup(fd, &st);
+        Ok(self.attr_of(&inode, &st))
+    }
+
+    fn reply_entry(&self, reply: ReplyEntry, r: R<FileAttr>) {
+        match r {
+            Ok(attr) => reply.entry(&self.cfg.ttl, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// After creating `name` in `parent` as root: give it to the caller, as a local
+    /// filesystem would (the group stays the directory's when it is setgid).
+    fn chown_new(&self, req: &Request, parent: &Inode, name: &CStr, mode: u32) -> R<()> {
+        if !self.am_root || (req.uid() == 0 && req.gid() == 0) {
+            return Ok(());
+        }
+        let pst = source::fstat(parent.fd()).map_err(err)?;
+        let gid = if pst.st_mode & libc::S_ISGID != 0 {
+            u32::MAX
+        } else {
+            req.gid()
+        };
+        let fd = source::open_path(parent.fd(), name).map_err(err)?;
+        source::chown(fd.as_fd(), req.uid(), gid).map_err(err)?;
+        // chown clears set-id bits of non-directories; restore what was asked for.
+        let st = source::fstat(fd.as_fd()).map_err(err)?;
+        let kind = st.st_mode & libc::S_IFMT;
+        if kind != libc::S_IFLNK && kind != libc::S_IFDIR && mode & 0o6000 != 0 {
+            let _ = source::chmod(fd.as_fd(), mode & 0o7777);
+        }
+        Ok(())
+    }
+
+    fn check_writable(&self) -> R<()> {
+        if self.cfg.read_only {
+            Err(Errno::EROFS)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn open_flags(&self) -> FopenFlags {
+        match self.cfg.cache {
+            CacheMode::Pool => {
+                FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
+            }
+            CacheMode::Kernel => FopenFlags::FOPEN_KEEP_CACHE,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn do_setattr(
+        &self,
+        inode: &Inode,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+    ) -> R<FileAttr> {
+        if mode.is_some()
+            || uid.is_some()
+            || gid.is_some()
+            || size.is_some()
+            || atime.is_some()
+            || mtime.is_some()
+        {
+            self.check_writable()?;
+        }
+        if uid.is_some() || gid.is_some() {
+            source::chown(inode.fd(), uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX))
+                .map_err(err)?;
+        }
+        if let Some(m) = mode {
+            if inode.is_symlink() {
+                return Err(Errno::EOPNOTSUPP);
+            }
+            source::chmod(inode.fd(), m & 0o7777).map_err(err)?;
+        }
+        if let Some(s) = size {
+            let c = self.cache_of(inode)?;
+            self.ctx.truncate(&c, s).map_err(err)?;
+        }
+        if atime.is_some() || mtime.is_some() {
+            let times = [timespec_of(atime), timespec_of(mtime)];
+            if inode.is_file() {
+                if let Some(c) = self.ctx.get(inode.key) {
+                    if mtime.is_some() && c.mtime_override().is_some() {
+                        // An explicit mtime wins over the pending write time.
+                        self.ctx.writeback_file(&c, true).map_err(err)?;
+                        c.set_pending_mtime(None);
+                    }
+                }
+            }
+            source::utimens(inode.fd(), &times, inode.is_symlink()).map_err(err)?;
+        }
+        self.stat_attr(inode)
+    }
+
+    fn do_create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+    ) -> R<(FileAttr, Arc<InodeCache>)> {
+        self.check_writable()?;
+        let parent = self.inode(parent)?;
+        let cname = source::name_cstr(name).map_err(err)?;
+        let excl = flags & libc::O_EXCL;
+        let created = match source::openat(
+            parent.fd(),
+            &cname,
+            libc::O_CREAT | libc::O_EXCL | libc::O_RDONLY,
+            mode & 0o7777,
+        ) {
+            Ok(fd) => {
+                drop(fd);
+                true
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && excl == 0 => false,
+            Err(e) => return Err(err(e)),
+        };
+        if created {
+            self.chown_new(req, &parent, &cname, mode)?;
+        }
+        let attr = self.do_lookup(&parent, &cname)?;
+        let inode = self.inodes.get(attr.ino.0).ok_or(Errno::ESTALE)?;
+        let c = match self.cache_of(&inode) {
+            Ok(c) => c,
+            Err(e) => {
+                self.forget_one(attr.ino.0, 1);
+                return Err(e);
+            }
+        };
+        if !created && flags & libc::O_TRUNC != 0 {
+            self.ctx.truncate(&c, 0).map_err(err)?;
+        }
+        c.open_handles.fetch_add(1, Ordering::Relaxed);
+        let attr = self.attr_of(&inode, &source::fstat(inode.fd()).map_err(err)?);
+        Ok((attr, c))
+    }
+
+    fn forget_one(&self, id: u64, n: u64) {
+        if let Some(key) = self.inodes.forget(id, n) {
+            self.ctx.forget(key);
+        }
+    }
+
+    fn do_fallocate(&self, inode: &Inode, offset: u64, length: u64, mode: i32) -> R<()> {
+        self.check_writable()?;
+        let c = self.cache_of(inode)?;
+        if length == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let end = offset.checked_add(length).ok_or(Errno::EFBIG)?;
+        if end > crate::cache::inode_cache::MAX_FILE_SIZE {
+            return Err(Errno::EFBIG);
+        }
+        let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let known =
+            libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        if mode & !known != 0 {
+            // Collapse/insert range move data in SOURCE: write back and drop the cache first.
+            self.ctx.invalidate(&c).map_err(err)?;
+            c.file.fallocate(mode, offset, length).map_err(err)?;
+            let st = c.file.stat().map_err(err)?;
+            self.ctx.truncate_cache_to(&c, st.st_size as u64);
+            return Ok(());
+        }
+        if mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0 {
+            // Before the hole reaches SOURCE, dirty data that extends the file past SOURCE's
+            // size must be there, or a KEEP_SIZE punch would act on a shorter file.
+            let size = c.size();
+            if c.file.stat().map_err(err)?.st_size as u64 != size {
+                self.ctx.writeback_file(&c, true).map_err(err)?;
+            }
+            let file = &c.file;
+            self.ctx
+                .punch(&c, offset, length, || file.fallocate(mode, offset, length))
+                .map_err(err)?;
+            if !keep && end > c.size() {
+                self.ctx.refresh_size(&c).map_err(err)?;
+            }
+            return Ok(());
+        }
+        // Plain allocation (mode 0 or KEEP_SIZE): SOURCE reserves blocks; the size may grow.
+        c.file.fallocate(mode, offset, length).map_err(err)?;
+        if !keep && end > c.size() {
+            self.ctx.refresh_size(&c).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    fn do_copy_range(
+        &self,
+        src: &InodeCache,
+        mut off_in: u64,
+        dst: &InodeCache,
+        mut off_out: u64,
+        len: u64,
+    ) -> R<u64> {
+        self.check_writable()?;
+        let mut done = 0u64;
+        let mut buf: Vec<u8> = Vec::new();
+        while done < len {
+            let chunk = (len - done).min(1 << 20) as u32;
+            buf.clear();
+            self.ctx
+                .read(src, off_in, chunk, |b| buf.extend_from_slice(b))
+                .map_err(err)?;
+            if buf.is_empty() {
+                break;
+            }
+            self.ctx.write(dst, off_out, &buf, false).map_err(err)?;
+            done += buf.len() as u64;
+            off_in += buf.len() as u64;
+            off_out += buf.len() as u64;
+        }
+        Ok(done)
+    }
+
+    fn open_dir(&self, inode: &Inode) -> R<u64> {
+        let fd: OwnedFd =
+            source::reopen(inode.fd(), libc::O_RDONLY | libc::O_DIRECTORY).map_err(err)?;
+        let raw = fd.as_raw_fd();
+        let dir = unsafe { libc::fdopendir(raw) };
+        if dir.is_null() {
+            return Err(err(io::Error::last_os_error()));
+        }
+        std::mem::forget(fd); // owned by the DIR stream now
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dirs
+            .lock()
+            .unwrap()
+            .insert(fh, Arc::new(Mutex::new(DirHandle { dir, offset: 0 })));
+        Ok(fh)
+    }
+
+    fn dir_handle(&self, fh: FileHandle) -> R<Arc<Mutex<DirHandle>>> {
+        self.dirs
+            .lock()
+            .unwrap()
+            .get(&fh.0)
+            .cloned()
+            .ok_or(Errno::EBADF)
+    }
+
+    /// Walk a directory stream from `offset`, calling `add(name, d_ino, d_type, next_offset)`
+    /// until it returns true (buffer full).
+    fn walk_dir(
+        &self,
+        fh: FileHandle,
+        offset: u64,
+        mut add: impl FnMut(&[u8], u64, u8, u64) -> bool,
+    ) -> R<()> {
+        let h = self.dir_handle(fh)?;
+        let mut h = h.lock().unwrap();
+        if offset != h.offset {
+            unsafe { libc::seekdir(h.dir, offset as libc::c_long) };
+            h.offset = offset;
+        }
+        loop {
+            unsafe { *libc::__errno_location() = 0 };
+            let ent = unsafe { libc::readdir(h.dir) };
+            if ent.is_null() {
+                let e = unsafe { *libc::__errno_location() };
+                if e != 0 {
+                    return Err(errno(e));
+                }
+                return Ok(());
+            }
+            let ent = unsafe { &*ent };
+            let name = unsafe { CStr::from_ptr(ent.d_name.as_ptr()) }.to_bytes();
+            let next = ent.d_off as u64;
+            if add(name, ent.d_ino, ent.d_type, next) {
+                unsafe { libc::seekdir(h.dir, h.offset as libc::c_long) };
+                return Ok(());
+            }
+            h.offset = next;
+        }
+    }
+}
+
+impl Filesystem for ExtentFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        let mut caps = InitFlags::FUSE_ASYNC_READ
+            | InitFlags::FUSE_BIG_WRITES
+            | InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_MAX_PAGES
+            | InitFlags::FUSE_ASYNC_DIO
+            | InitFlags::FUSE_CACHE_SYMLINKS;
+        match self.cfg.cache {
+            CacheMode::Pool => caps |= InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
+            CacheMode::Kernel => caps |= InitFlags::FUSE_WRITEBACK_CACHE,
+        }
+        if let Err(unsupported) = config.add_capabilities(caps) {
+            tracing::debug!("kernel lacks FUSE capabilities {unsupported:?}");
+            let _ = config.add_capabilities(caps & !unsupported);
+        }
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        if let Err(e) = self.ctx.sync_all() {
+            tracing::error!("final writeback failed: {e}");
+        }
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        stats::add(&self.ctx.stats.fuse_requests, 1);
+        let r = (|| {
+            let parent = self.inode(parent)?;
+            let cname = source::name_cstr(name).map_err(err)?;
+            self.do_lookup(&parent, &cname)
+        })();
+        self.reply_entry(reply, r);
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.forget_one(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        stats::add(&self.ctx.stats.fuse_requests, 1);
+        match self.inode(ino).and_then(|i| self.stat_attr(&i)) {
+            Ok(attr) => reply.attr(&self.cfg.ttl, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        stats::add(&self.ctx.stats.fuse_requests, 1);
+        let r = self
+            .inode(ino)
+            .and_then(|i| self.do_setattr(&i, mode, uid, gid, size, atime, mtime));
+        match r {
+            Ok(attr) => reply.attr(&self.cfg.ttl, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self
+            .inode(ino)
+            .and_then(|i| source::readlink(i.fd()).map_err(err))
+        {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = (|| {
+            self.check_writable()?;
+            let parent = self.inode(parent)?;
+            let cname = source::name_cstr(name).map_err(err)?;
+            source::mknodat(parent.fd(), &cname, mode, rdev as u64).map_err(err)?;
+            self.chown_new(req, &parent, &cname, mode)?;
+            self.do_lookup(&parent, &cname)
+        })();
+        self.reply_entry(reply, r);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = (|| {
+            self.check_writable()?;
+            let parent = self.inode(parent)?;
+            let cname = source::name_cstr(name).map_err(err)?;
+            source::mkdirat(parent.fd(), &cname, mode & 0o7777).map_err(err)?;
+            self.chown_new(req, &parent, &cname, mode)?;
+            self.do_lookup(&parent, &cname)
+        })();
+        self.reply_entry(reply, r);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = (|| {
+            self.check_writable()?;
+            let parent = self.inode(parent)?;
+            let cname = source::name_cstr(name).map_err(err)?;
+            source::unlinkat(parent.fd(), &cname, 0).map_err(err)
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = (|| {
+            self.check_writable()?;
+            let parent = self.inode(parent)?;
+            let cname = source::name_cstr(name).map_err(err)?;
+            source::unlinkat(parent.fd(), &cname, libc::AT_REMOVEDIR).map_err(err)
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let r = (|| {
+            self.check_writable()?;
+            let parent = self.inode(parent)?;
+            let cname = source::name_cstr(link_name).map_err(err)?;
+            let ctarget =
+                std::ffi::CString::new(target.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+            source::symlinkat(&ctarget, parent.fd(), &cname).map_err(err)?;
+            self.chown_new(req, &parent, &cname, 0o777)?;
+            self.do_lookup(&parent, &cname)
+        })();
+        self.reply_entry(reply, r);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let r = (|| {
+            self.check_writable()?;
+            let p = self.inode(parent)?;
+            let np = self.inode(newparent)?;
+            let a = source::name_cstr(name).map_err(err)?;
+            let b = source::name_cstr(newname).map_err(err)?;
+            source::renameat2(p.fd(), &a, np.fd(), &b, flags.bits()).map_err(err)
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let r = (|| {
+            self.check_writable()?;
+            let inode = self.inode(ino)?;
+            let np = self.inode(newparent)?;
+            let b = source::name_cstr(newname).map_err(err)?;
+            source::linkat_fd(inode.fd(), np.fd(), &b).map_err(err)?;
+            self.do_lookup(&np, &b)
+        })();
+        self.reply_entry(reply, r);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        stats::add(&self.ctx.stats.fuse_requests, 1);
+        let r = (|| {
+            let inode = self.inode(ino)?;
+            let wants_write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+            if wants_write {
+                self.check_writable()?;
+            }
+            let c = self.cache_of(&inode)?;
+            if wants_write && !c.file.writable() {
+                return Err(Errno::EACCES);
+            }
+            if flags.0 & libc::O_TRUNC != 0 {
+                self.ctx.truncate(&c, 0).map_err(err)?;
+            }
+            c.open_handles.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        })();
+        match r {
+            Ok(()) => reply.opened(FileHandle(0), self.open_flags()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        stats::add(&self.ctx.stats.fuse_requests, 1);
+        let c = match self.inode(ino).and_then(|i| self.cache_of(&i)) {
+            Ok(c) => c,
+            Err(e) => return reply.error(e),
+        };
+        let mut reply = Some(reply);
+        let r = self.ctx.read(&c, offset, size, |bytes| {
+            reply.take().unwrap().data(bytes);
+        });
+        if let Err(e) = r {
+            stats::add(&self.ctx.stats.fuse_errors, 1);
+            if let Some(reply) = reply.take() {
+                reply.error(err(e));
+            }
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        stats::add(&self.ctx.stats.fuse_requests, 1);
+        let r = (|| {
+            self.check_writable()?;
+            let c = self.inode(ino).and_then(|i| self.cache_of(&i))?;
+            let append = self.cfg.cache == CacheMode::Pool && flags.0 & libc::O_APPEND != 0;
+            self.ctx.write(&c, offset, data, append).map_err(err)
+        })();
+        match r {
+            Ok(_) => reply.written(data.len() as u32),
+            Err(e) => {
+                stats::add(&self.ctx.stats.fuse_errors, 1);
+                reply.error(e)
+            }
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        let r = (|| {
+            let inode = self.inode(ino)?;
+            if let Some(c) = self.ctx.get(inode.key) {
+                if let Some(e) = c.take_wb_error() {
+                    return Err(errno(e));
+                }
+                if c.dirty_bytes() > 0 {
+                    self.ctx.queue_writeback(&c);
+                }
+            }
+            Ok(())
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        if let Some(inode) = self.inodes.get(ino.0) {
+            if let Some(c) = self.ctx.get(inode.key) {
+                let _ = c
+                    .open_handles
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            }
+        }
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let r = (|| {
+            let inode = self.inode(ino)?;
+            let c = self.cache_of(&inode)?;
+            self.ctx.sync_file(&c, datasync).map_err(err)
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.inode(ino).and_then(|i| self.open_dir(&i)) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let r = self.walk_dir(fh, offset, |name, d_ino, d_type, next| {
+            reply.add(
+                INodeNo(d_ino),
+                next,
+                dtype_to_filetype(d_type),
+                OsStr::from_bytes(name),
+            )
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let parent = match self.inode(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let zero = Duration::ZERO;
+        let r = self.walk_dir(fh, offset, |name, d_ino, d_type, next| {
+            if name == b"." || name == b".." {
+                let attr = FileAttr {
+                    ino: INodeNo(d_ino),
+                    size: 0,
+                    blocks: 0,
+                    atime: UNIX_EPOCH,
+                    mtime: UNIX_EPOCH,
+                    ctime: UNIX_EPOCH,
+                    crtime: UNIX_EPOCH,
+                    kind: dtype_to_filetype(d_type),
+                    perm: 0,
+                    nlink: 0,
+                    uid: 0,
+                    gid: 0,
+                    rdev: 0,
+                    blksize: 4096,
+                    flags: 0,
+                };
+                return reply.add(
+                    INodeNo(d_ino),
+                    next,
+                    OsStr::from_bytes(name),
+                    &zero,
+                    &attr,
+                    Generation(0),
+                );
+            }
+            let Ok(cname) = std::ffi::CString::new(name) else {
+                return false;
+            };
+            match self.do_lookup(&parent, &cname) {
+                Ok(attr) => {
+                    let full = reply.add(
+                        attr.ino,
+                        next,
+                        OsStr::from_bytes(name),
+                        &self.cfg.ttl,
+                        &attr,
+                        Generation(0),
+                    );
+                    if full {
+                        // The kernel never saw this entry: drop the reference we took.
+                        self.forget_one(attr.ino.0, 1);
+                    }
+                    full
+                }
+                // Vanished between readdir and lookup: skip it.
+                Err(_) => false,
+            }
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs.lock().unwrap().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let r = (|| {
+            let inode = self.inode(ino)?;
+            let fd = source::reopen(inode.fd(), libc::O_RDONLY | libc::O_DIRECTORY).map_err(err)?;
+            let rc = unsafe {
+                if datasync {
+                    libc::fdatasync(fd.as_raw_fd())
+                } else {
+                    libc::fsync(fd.as_raw_fd())
+                }
+            };
+            source::cvt(rc).map(drop).map_err(err)
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let r = (|| {
+            let inode = self.inode(ino)?;
+            let fd = source::reopen(inode.fd(), libc::O_RDONLY | libc::O_NONBLOCK).or_else(|_| {
+                let root = self.inodes.get(inodes::ROOT_ID).ok_or(Errno::EIO)?;
+                source::reopen(root.fd(), libc::O_RDONLY | libc::O_DIRECTORY).map_err(err)
+            });
+            let fd = fd.map_err(|_| Errno::EIO)?;
+            source::statvfs(fd.as_fd()).map_err(err)
+        })();
+        match r {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                s.f_namemax as u32,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        match self.do_setxattr(req, ino, name, value, flags) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.do_getxattr(req, ino, name) {
+            Ok(v) => xattr::reply_value(reply, &v, size),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.do_listxattr(ino) {
+            Ok(v) => xattr::reply_value(reply, &v, size),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.do_removexattr(ino, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // Permission checks are the kernel's (default_permissions is always on).
+        match self.inode(ino) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        stats::add(&self.ctx.stats.fuse_requests, 1);
+        match self.do_create(req, parent, name, mode, flags) {
+            Ok((attr, _c)) => reply.created(
+                &self.cfg.ttl,
+                &attr,
+                Generation(0),
+                FileHandle(0),
+                self.open_flags(),
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        match self
+            .inode(ino)
+            .and_then(|i| self.do_fallocate(&i, offset, length, mode))
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let r = (|| {
+            let inode = self.inode(ino)?;
+            let c = self.cache_of(&inode)?;
+            if whence == libc::SEEK_DATA || whence == libc::SEEK_HOLE {
+                if offset < 0 {
+                    return Err(Errno::ENXIO);
+                }
+                if offset as u64 >= c.size() {
+                    return Err(Errno::ENXIO);
+                }
+                return self.ctx.seek(&c, offset, whence).map_err(err);
+            }
+            Err(Errno::EINVAL)
+        })();
+        match r {
+            Ok(o) => reply.offset(o),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        ino_in: INodeNo,
+        _fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        _fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        let r = (|| {
+            let a = self.inode(ino_in).and_then(|i| self.cache_of(&i))?;
+            let b = self.inode(ino_out).and_then(|i| self.cache_of(&i))?;
+            self.do_copy_range(&a, offset_in, &b, offset_out, len)
+        })();
+        match r {
+            Ok(n) => reply.written(n.min(u32::MAX as u64) as u32),
+            Err(e) => reply.error(e),
+        }
+    }
+}

@@ -217,7 +217,11 @@ pub fn chown(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
 }
 
 /// Set times; `is_symlink` selects the no-follow form on the /proc link.
-pub fn utimens(fd: BorrowedFd<'_>, times: &[libc::timespec; 2], is_symlink: bool) -> io::Result<()> {
+pub fn utimens(
+    fd: BorrowedFd<'_>,
+    times: &[libc::timespec; 2],
+    is_symlink: bool,
+) -> io::Result<()> {
     if is_symlink {
         // The /proc magic link cannot be used with AT_SYMLINK_NOFOLLOW; AT_EMPTY_PATH can.
         return cvt(unsafe {
@@ -393,15 +397,8 @@ impl DataFile {
     }
 
     pub fn fallocate(&self, mode: i32, off: u64, len: u64) -> io::Result<()> {
-        cvt(unsafe {
-            libc::fallocate(
-                self.raw(),
-                mode,
-                off as libc::off_t,
-                len as libc::off_t,
-            )
-        })
-        .map(drop)
+        cvt(unsafe { libc::fallocate(self.raw(), mode, off as libc::off_t, len as libc::off_t) })
+            .map(drop)
     }
 
     pub fn lseek(&self, off: i64, whence: i32) -> io::Result<i64> {
@@ -458,7 +455,9 @@ mod tests {
         assert!(name_cstr(OsStr::new("a/b")).is_err());
         assert!(name_cstr(OsStr::new("")).is_err());
         assert_eq!(
-            name_cstr(OsStr::new(&"x".repeat(256))).unwrap_err().raw_os_error(),
+            name_cstr(OsStr::new(&"x".repeat(256)))
+                .unwrap_err()
+                .raw_os_error(),
             Some(libc::ENAMETOOLONG)
         );
         // Invalid UTF-8 is fine: names are bytes.

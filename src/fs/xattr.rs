@@ -1,0 +1,324 @@
+//! Extended attributes: SOURCE's are passed through; `user.extentfs.*` are extentfs's own.
+//!
+//! - `user.extentfs.stats` / `user.extentfs.stats.json`: figures of the whole mount (on the
+//!   mount root) or of one regular file, as `key=value` lines or one JSON object;
+//! - `user.extentfs.extents`: a file's state tree, one `start end bits` line per range;
+//! - `user.extentfs.ctl`: write `sync` or `drop` (root or the mounting user only).
+//!
+//! Our names are never listed, never stored in SOURCE, and cannot be set except `ctl`.
+
+use super::{err, errno, inodes, source, ExtentFs, R};
+use crate::cache::inode_cache::InodeCache;
+use fuser::{Errno, INodeNo, ReplyXattr, Request};
+use std::ffi::{CString, OsStr};
+use std::fmt::Write as _;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::Ordering;
+
+pub const NAMESPACE: &str = "user.extentfs.";
+pub const STATS: &str = "user.extentfs.stats";
+pub const STATS_JSON: &str = "user.extentfs.stats.json";
+pub const EXTENTS: &str = "user.extentfs.extents";
+pub const CTL: &str = "user.extentfs.ctl";
+
+/// A figure in a stats rendering.
+pub enum Figure {
+    Int(u64),
+    Real(f64),
+    Text(String),
+}
+
+/// `key=value` lines.
+pub fn render_text(figs: &[(String, Figure)]) -> String {
+    let mut s = String::new();
+    for (k, v) in figs {
+        match v {
+            Figure::Int(n) => writeln!(s, "{k}={n}"),
+            Figure::Real(x) => writeln!(s, "{k}={x:.4}"),
+            Figure::Text(t) => writeln!(s, "{k}={t}"),
+        }
+        .unwrap();
+    }
+    s
+}
+
+/// One flat JSON object.
+pub fn render_json(figs: &[(String, Figure)]) -> String {
+    let mut s = String::from("{");
+    for (i, (k, v)) in figs.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        match v {
+            Figure::Int(n) => write!(s, "\"{k}\":{n}"),
+            Figure::Real(x) => write!(s, "\"{k}\":{x:.4}"),
+            Figure::Text(t) => write!(
+                s,
+                "\"{k}\":\"{}\"",
+                t.replace('\\', "\\\\").replace('"', "\\\"")
+            ),
+        }
+        .unwrap();
+    }
+    s.push_str("}\n");
+    s
+}
+
+pub fn reply_value(reply: ReplyXattr, v: &[u8], size: u32) {
+    if size == 0 {
+        reply.size(v.len() as u32);
+    } else if (size as usize) < v.len() {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(v);
+    }
+}
+
+impl ExtentFs {
+    pub(crate) fn mount_figures(&self) -> Vec<(String, Figure)> {
+        use Figure::*;
+        let ctx = &self.ctx;
+        let pool = &ctx.pool;
+        let page = crate::pool::PAGE_SIZE as u64;
+        let caches = ctx.all_caches();
+        let (mut entries, mut extents, mut meta, mut wb) = (0u64, 0u64, 0u64, 0u64);
+        for c in &caches {
+            entries += c.tree.entries() as u64;
+            extents += c.map.entries() as u64;
+            meta += c.metadata_bytes() as u64;
+            wb += c.tree.writeback_bytes();
+        }
+        let mut f: Vec<(String, Figure)> = vec![
+            (
+                "pool_capacity_bytes".into(),
+                Int(pool.capacity_pages() as u64 * page),
+            ),
+            (
+                "pool_used_bytes".into(),
+                Int(pool.used_pages() as u64 * page),
+            ),
+            (
+                "pool_free_bytes".into(),
+                Int(pool.free_pages() as u64 * page),
+            ),
+            ("dirty_bytes".into(), Int(ctx.dirty_bytes())),
+            ("writeback_bytes".into(), Int(wb)),
+            ("pool_backing".into(), Text(pool.backing().as_str().into())),
+            ("huge_page_bytes".into(), Int(pool.huge_bytes())),
+        ];
+        let snap = ctx.stats.snapshot();
+        let get = |k: &str| snap.iter().find(|(n, _)| *n == k).map(|x| x.1).unwrap_or(0);
+        for (k, v) in &snap {
+            let key = match *k {
+                "writeback_bytes" => "writeback_bytes_total",
+                other => other,
+            };
+            f.push((key.to_string(), Int(*v)));
+        }
+        let rb = get("read_bytes");
+        f.push((
+            "read_hit_ratio".into(),
+            Real(if rb == 0 {
+                0.0
+            } else {
+                get("read_hit_bytes") as f64 / rb as f64
+            }),
+        ));
+        let ops = get("writeback_ops");
+        f.push((
+            "writeback_mean_bytes".into(),
+            Int(get("writeback_bytes").checked_div(ops).unwrap_or(0)),
+        ));
+        f.push(("state_tree_entries".into(), Int(entries)));
+        f.push(("extent_map_extents".into(), Int(extents)));
+        f.push(("metadata_bytes".into(), Int(meta)));
+        f.push((
+            "pool_metadata_bytes".into(),
+            Int(pool.metadata_bytes() as u64),
+        ));
+        f.push(("cached_inodes".into(), Int(caches.len() as u64)));
+        f.push(("known_inodes".into(), Int(self.inodes.len() as u64)));
+        f.push(("uptime_seconds".into(), Real(ctx.uptime().as_secs_f64())));
+        f
+    }
+
+    pub(crate) fn file_figures(&self, c: &InodeCache) -> Vec<(String, Figure)> {
+        use Figure::*;
+        let hit = c.hit_bytes.load(Ordering::Relaxed);
+        let miss = c.miss_bytes.load(Ordering::Relaxed);
+        let err = c.last_wb_error.load(Ordering::Relaxed);
+        vec![
+            ("size".into(), Int(c.size())),
+            ("cached_bytes".into(), Int(c.map.mapped_bytes())),
+            ("uptodate_bytes".into(), Int(c.tree.uptodate_bytes())),
+            ("dirty_bytes".into(), Int(c.tree.dirty_bytes())),
+            ("writeback_bytes".into(), Int(c.tree.writeback_bytes())),
+            ("state_tree_entries".into(), Int(c.tree.entries() as u64)),
+            ("extent_map_extents".into(), Int(c.map.entries() as u64)),
+            ("metadata_bytes".into(), Int(c.metadata_bytes() as u64)),
+            ("read_hit_bytes".into(), Int(hit)),
+            ("read_miss_bytes".into(), Int(miss)),
+            (
+                "last_writeback_error".into(),
+                Text(if err == 0 {
+                    "none".into()
+                } else {
+                    std::io::Error::from_raw_os_error(err as i32).to_string()
+                }),
+            ),
+        ]
+    }
+
+    fn extents_dump(c: &InodeCache) -> String {
+        let mut s = String::new();
+        for st in c.tree.states() {
+            writeln!(s, "{} {} {}", st.start, st.end, st.bits).unwrap();
+        }
+        s
+    }
+
+    pub(crate) fn do_getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr) -> R<Vec<u8>> {
+        let inode = self.inode(ino)?;
+        let n = name.as_bytes();
+        if n.starts_with(NAMESPACE.as_bytes()) {
+            let is_root = inode.id == inodes::ROOT_ID;
+            let cache = if inode.is_file() {
+                Some(self.cache_of(&inode)?)
+            } else {
+                None
+            };
+            let figs = |json: bool| -> R<Vec<u8>> {
+                let f = match (&cache, is_root) {
+                    (_, true) => self.mount_figures(),
+                    (Some(c), _) => self.file_figures(c),
+                    _ => return Err(Errno::NO_XATTR),
+                };
+                Ok(if json {
+                    render_json(&f)
+                } else {
+                    render_text(&f)
+                }
+                .into_bytes())
+            };
+            return match n {
+                x if x == STATS.as_bytes() => figs(false),
+                x if x == STATS_JSON.as_bytes() => figs(true),
+                x if x == EXTENTS.as_bytes() => match &cache {
+                    Some(c) => Ok(Self::extents_dump(c).into_bytes()),
+                    None => Err(Errno::NO_XATTR),
+                },
+                _ => Err(Errno::NO_XATTR),
+            };
+        }
+        if inode.is_symlink() {
+            return Err(Errno::NO_XATTR);
+        }
+        let cname = CString::new(n).map_err(|_| Errno::EINVAL)?;
+        let len = source::getxattr(inode.fd(), &cname, &mut []).map_err(err)?;
+        let mut buf = vec![0u8; len.max(1)];
+        let got = source::getxattr(inode.fd(), &cname, &mut buf).map_err(err)?;
+        buf.truncate(got);
+        Ok(buf)
+    }
+
+    pub(crate) fn do_setxattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+    ) -> R<()> {
+        let inode = self.inode(ino)?;
+        let n = name.as_bytes();
+        if n.starts_with(NAMESPACE.as_bytes()) {
+            if n != CTL.as_bytes() {
+                return Err(Errno::EPERM);
+            }
+            if req.uid() != 0 && req.uid() != self.cfg.owner_uid {
+                return Err(Errno::EPERM);
+            }
+            let cmd = std::str::from_utf8(value)
+                .map_err(|_| Errno::EINVAL)?
+                .trim_end_matches(['\n', '\0']);
+            let caches = if inode.id == inodes::ROOT_ID {
+                self.ctx.all_caches()
+            } else if inode.is_file() {
+                vec![self.cache_of(&inode)?]
+            } else {
+                return Err(Errno::EINVAL);
+            };
+            return match cmd {
+                "sync" => {
+                    for c in &caches {
+                        self.ctx.sync_file(c, false).map_err(err)?;
+                    }
+                    Ok(())
+                }
+                "drop" => {
+                    for c in &caches {
+                        self.ctx.drop_clean(c);
+                    }
+                    Ok(())
+                }
+                _ => Err(Errno::EINVAL),
+            };
+        }
+        self.check_writable()?;
+        if inode.is_symlink() {
+            return Err(Errno::EPERM);
+        }
+        let cname = CString::new(n).map_err(|_| Errno::EINVAL)?;
+        source::setxattr(inode.fd(), &cname, value, flags).map_err(err)
+    }
+
+    pub(crate) fn do_listxattr(&self, ino: INodeNo) -> R<Vec<u8>> {
+        let inode = self.inode(ino)?;
+        if inode.is_symlink() {
+            return Ok(Vec::new());
+        }
+        let len = source::listxattr(inode.fd(), &mut []).map_err(err)?;
+        let mut buf = vec![0u8; len.max(1)];
+        let got = source::listxattr(inode.fd(), &mut buf).map_err(err)?;
+        buf.truncate(got);
+        // Hide our namespace, should SOURCE ever carry such names.
+        let mut out = Vec::with_capacity(buf.len());
+        for name in buf.split(|&b| b == 0).filter(|s| !s.is_empty()) {
+            if !name.starts_with(NAMESPACE.as_bytes()) {
+                out.extend_from_slice(name);
+                out.push(0);
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn do_removexattr(&self, ino: INodeNo, name: &OsStr) -> R<()> {
+        let inode = self.inode(ino)?;
+        let n = name.as_bytes();
+        if n.starts_with(NAMESPACE.as_bytes()) {
+            return Err(Errno::EPERM);
+        }
+        self.check_writable()?;
+        if inode.is_symlink() {
+            return Err(errno(libc::EPERM));
+        }
+        let cname = CString::new(n).map_err(|_| Errno::EINVAL)?;
+        source::removexattr(inode.fd(), &cname).map_err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renderings() {
+        let f = vec![
+            ("a".to_string(), Figure::Int(1)),
+            ("b".to_string(), Figure::Real(0.5)),
+            ("c".to_string(), Figure::Text("x\"y".into())),
+        ];
+        assert_eq!(render_text(&f), "a=1\nb=0.5000\nc=x\"y\n");
+        assert_eq!(render_json(&f), "{\"a\":1,\"b\":0.5000,\"c\":\"x\\\"y\"}\n");
+    }
+}
