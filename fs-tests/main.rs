@@ -1,1 +1,5 @@
+//! Tests that mount extentfs for real (root and /dev/fuse required) and compare what they
+//! see through the mount against a model or against SOURCE.
 
+mod harness;
+mod smoke;

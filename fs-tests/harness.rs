@@ -1,0 +1,266 @@
+//! Mounting for real in tests: a `Mount` owns a temporary SOURCE and mount point and an
+//! `extentfs -f` child process started by PID. Dropping it unmounts (also when the test
+//! failed), waits for the daemon, and kills only that PID if it does not exit.
+
+#![allow(dead_code)]
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_extentfs");
+
+pub fn require_root() {
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "fs-tests mount FUSE filesystems and must run as root (with /dev/fuse)"
+    );
+    assert!(Path::new("/dev/fuse").exists(), "/dev/fuse is missing");
+}
+
+/// Is `path` a mount point right now (per /proc/self/mountinfo)?
+pub fn is_mounted(path: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let want = path.to_string_lossy().replace(' ', "\\040");
+    info.lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+/// The fstype and source /proc/mounts shows for `path`.
+pub fn mount_entry(path: &Path) -> Option<(String, String)> {
+    let m = std::fs::read_to_string("/proc/mounts").ok()?;
+    let want = path.to_string_lossy().replace(' ', "\\040");
+    m.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.len() > 2 && f[1] == want).then(|| (f[2].to_string(), f[0].to_string()))
+    })
+}
+
+pub fn umount(path: &Path) -> bool {
+    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    unsafe { libc::umount2(c.as_ptr(), 0) == 0 }
+}
+
+pub fn umount_lazy(path: &Path) {
+    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+}
+
+pub struct Mount {
+    pub dir: tempfile::TempDir,
+    pub src: PathBuf,
+    pub mnt: PathBuf,
+    pub opts: String,
+    child: Option<Child>,
+}
+
+impl Mount {
+    /// Mount a fresh empty SOURCE with `-o opts`.
+    pub fn new(opts: &str) -> Mount {
+        Self::with_source(opts, |_| {})
+    }
+
+    /// Mount after `setup` filled SOURCE.
+    pub fn with_source(opts: &str, setup: impl FnOnce(&Path)) -> Mount {
+        require_root();
+        let dir = tempfile::Builder::new()
+            .prefix("extentfs-test-")
+            .tempdir()
+            .unwrap();
+        let src = dir.path().join("src");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::create_dir(&mnt).unwrap();
+        setup(&src);
+        let mut m = Mount {
+            dir,
+            src,
+            mnt,
+            opts: opts.to_string(),
+            child: None,
+        };
+        m.start();
+        m
+    }
+
+    fn start(&mut self) {
+        let mut cmd = Command::new(BIN);
+        cmd.arg(&self.src).arg(&self.mnt).arg("-f");
+        if !self.opts.is_empty() {
+            cmd.arg("-o").arg(&self.opts);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn extentfs");
+        self.child = Some(child);
+        let t0 = Instant::now();
+        while !is_mounted(&self.mnt) {
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                panic!("extentfs exited before mounting: {st}");
+            }
+            assert!(t0.elapsed() < Duration::from_secs(20), "mount did not come up");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The root answers once INIT is done.
+        std::fs::metadata(&self.mnt).unwrap();
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Path inside the mount.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// Path inside SOURCE.
+    pub fn src_path(&self, rel: &str) -> PathBuf {
+        self.src.join(rel)
+    }
+
+    /// Unmount and wait for the daemon to finish writing back; returns its exit status.
+    pub fn unmount(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("mounted");
+        let t0 = Instant::now();
+        while is_mounted(&self.mnt) && !umount(&self.mnt) {
+            assert!(t0.elapsed() < Duration::from_secs(30), "umount stays busy");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        wait_or_kill(&mut child, Duration::from_secs(120))
+    }
+
+    /// Unmount and mount again on the same SOURCE (cold cache).
+    pub fn remount(&mut self) {
+        let st = self.unmount();
+        assert!(st.success(), "daemon exit status {st}");
+        self.start();
+    }
+
+    /// Kill the daemon with a signal (crash tests); the dead mount stays until `cleanup_dead`.
+    pub fn kill(&mut self, sig: i32) -> ExitStatus {
+        let mut child = self.child.take().expect("mounted");
+        unsafe { libc::kill(child.id() as i32, sig) };
+        wait_or_kill(&mut child, Duration::from_secs(120))
+    }
+
+    /// Start a daemon again on the same mount point (after a crash).
+    pub fn restart(&mut self) {
+        self.start();
+    }
+}
+
+fn wait_or_kill(child: &mut Child, limit: Duration) -> ExitStatus {
+    let t0 = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            return child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if is_mounted(&self.mnt) && !umount(&self.mnt) {
+                umount_lazy(&self.mnt);
+            }
+            wait_or_kill(&mut child, Duration::from_secs(60));
+        }
+        // A daemon killed by a test may leave a dead mount behind.
+        if is_mounted(&self.mnt) {
+            umount_lazy(&self.mnt);
+        }
+    }
+}
+
+/// Run the extentfs binary with `args`; returns (exit code, stderr).
+pub fn run_bin(args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A small deterministic PRNG (xorshift64*), so failures reproduce from the seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+/// getxattr as a String (None when absent).
+pub fn getxattr(path: &Path, name: &str) -> Option<String> {
+    let p = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let r = unsafe {
+        libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr() as *mut _, buf.len())
+    };
+    if r < 0 {
+        return None;
+    }
+    buf.truncate(r as usize);
+    Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
+pub fn setxattr(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+    let p = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    let r = unsafe {
+        libc::setxattr(p.as_ptr(), n.as_ptr(), value.as_ptr() as *const _, value.len(), 0)
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// One figure from the `key=value` stats text.
+pub fn stat(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key} in stats:\n{text}"))
+        .parse()
+        .unwrap()
+}
