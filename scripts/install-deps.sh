@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Install what building, mounting and testing extentfs need on a Debian machine:
+# fuse3 (mount.fuse3, fusermount3, /etc/fuse.conf), attr (getfattr/setfattr), util-linux
+# (mount, setpriv), and the Rust toolchain check. Idempotent; quiet when all is present.
+set -euo pipefail
+
+need=()
+command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
+command -v mount.fuse3 >/dev/null 2>&1 || need+=(fuse3)
+command -v getfattr >/dev/null 2>&1 || need+=(attr)
+command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+for extra in "$@"; do
+    dpkg -s "$extra" >/dev/null 2>&1 || need+=("$extra")
+done
+
+if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "install-deps: need root to install: ${need[*]}" >&2
+        exit 1
+    fi
+    echo "install-deps: installing ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if [ ! -e /dev/fuse ]; then
+    modprobe fuse 2>/dev/null || true
+fi
+if [ ! -e /dev/fuse ]; then
+    echo "install-deps: /dev/fuse is missing: this machine cannot run FUSE filesystems" >&2
+    exit 1
+fi
+# allow_other for non-root users needs user_allow_other; harmless for root.
+if [ -w /etc/fuse.conf ] && ! grep -q '^user_allow_other' /etc/fuse.conf; then
+    echo user_allow_other >> /etc/fuse.conf
+fi
+command -v cargo >/dev/null || { echo "install-deps: cargo (Rust) is required" >&2; exit 1; }

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Build extentfs (release) and mount SOURCE at MOUNTPOINT: the one command a new user runs.
+#   scripts/mount.sh SOURCE MOUNTPOINT [-o options]
+# Installs what it needs first (fuse3, attr). Unmount with: umount MOUNTPOINT
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ $# -lt 2 ]; then
+    echo "usage: scripts/mount.sh SOURCE MOUNTPOINT [-o options]" >&2
+    exit 2
+fi
+scripts/install-deps.sh
+cargo build --release --quiet
+src=$1; mnt=$2; shift 2
+mkdir -p "$mnt"
+exec ./target/release/extentfs "$src" "$mnt" "$@"
