@@ -105,7 +105,10 @@ impl Mount {
                 self.child = None;
                 panic!("extentfs exited before mounting: {st}");
             }
-            assert!(t0.elapsed() < Duration::from_secs(20), "mount did not come up");
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "mount did not come up"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         // The root answers once INIT is done.
@@ -234,7 +237,12 @@ pub fn getxattr(path: &Path, name: &str) -> Option<String> {
     let n = CString::new(name).unwrap();
     let mut buf = vec![0u8; 1 << 20];
     let r = unsafe {
-        libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr() as *mut _, buf.len())
+        libc::getxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            buf.as_mut_ptr() as *mut _,
+            buf.len(),
+        )
     };
     if r < 0 {
         return None;
@@ -247,7 +255,13 @@ pub fn setxattr(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
     let p = CString::new(path.as_os_str().as_bytes()).unwrap();
     let n = CString::new(name).unwrap();
     let r = unsafe {
-        libc::setxattr(p.as_ptr(), n.as_ptr(), value.as_ptr() as *const _, value.len(), 0)
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr() as *const _,
+            value.len(),
+            0,
+        )
     };
     if r < 0 {
         Err(std::io::Error::last_os_error())

@@ -37,9 +37,87 @@ counters!(
     evicted_extents,
     evicted_bytes,
     backpressure_waits,
-    fuse_requests,
-    fuse_errors,
 );
+
+macro_rules! ops {
+    ($($name:ident => $text:literal),* $(,)?) => {
+        /// FUSE operations, counted per opcode.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Op { $($name,)* }
+
+        impl Op {
+            pub const ALL: &'static [Op] = &[$(Op::$name,)*];
+            pub fn name(self) -> &'static str {
+                match self { $(Op::$name => $text,)* }
+            }
+        }
+    };
+}
+
+ops!(
+    Lookup => "lookup", Forget => "forget", Getattr => "getattr", Setattr => "setattr",
+    Readlink => "readlink", Mknod => "mknod", Mkdir => "mkdir", Unlink => "unlink",
+    Rmdir => "rmdir", Symlink => "symlink", Rename => "rename", Link => "link", Open => "open",
+    Read => "read", Write => "write", Flush => "flush", Release => "release", Fsync => "fsync",
+    Opendir => "opendir", Readdir => "readdir", Readdirplus => "readdirplus",
+    Releasedir => "releasedir", Fsyncdir => "fsyncdir", Statfs => "statfs",
+    Setxattr => "setxattr", Getxattr => "getxattr", Listxattr => "listxattr",
+    Removexattr => "removexattr", Access => "access", Create => "create",
+    Fallocate => "fallocate", Lseek => "lseek", CopyFileRange => "copy_file_range",
+);
+
+/// Requests and errors per FUSE opcode.
+#[derive(Debug)]
+pub struct OpCounters {
+    requests: Vec<AtomicU64>,
+    errors: Vec<AtomicU64>,
+}
+
+impl Default for OpCounters {
+    fn default() -> Self {
+        OpCounters {
+            requests: (0..Op::ALL.len()).map(|_| AtomicU64::new(0)).collect(),
+            errors: (0..Op::ALL.len()).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl OpCounters {
+    #[inline]
+    pub fn request(&self, op: Op) {
+        self.requests[op as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn error(&self, op: Op) {
+        self.errors[op as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (opcode, requests, errors) for every opcode seen at least once.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64, u64)> {
+        Op::ALL
+            .iter()
+            .map(|&op| {
+                (
+                    op.name(),
+                    self.requests[op as usize].load(Ordering::Relaxed),
+                    self.errors[op as usize].load(Ordering::Relaxed),
+                )
+            })
+            .filter(|&(_, r, _)| r > 0)
+            .collect()
+    }
+
+    pub fn totals(&self) -> (u64, u64) {
+        let r = self
+            .requests
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .sum();
+        let e = self.errors.iter().map(|a| a.load(Ordering::Relaxed)).sum();
+        (r, e)
+    }
+}
 
 /// Add `n` to a counter.
 #[inline]
@@ -57,6 +135,12 @@ mod tests {
         add(&c.read_bytes, 5);
         let s = c.snapshot();
         assert!(s.contains(&("read_bytes", 5)));
-        assert!(s.iter().any(|(k, _)| *k == "fuse_errors"));
+        assert!(s.iter().any(|(k, _)| *k == "backpressure_waits"));
+        let ops = OpCounters::default();
+        ops.request(Op::Read);
+        ops.request(Op::Read);
+        ops.error(Op::Read);
+        assert_eq!(ops.snapshot(), vec![("read", 2, 1)]);
+        assert_eq!(ops.totals(), (2, 1));
     }
 }

@@ -322,17 +322,49 @@ fn unaligned_write_read_and_sparse_extension() {
     let f = Fixture::new(POOL, true);
     let mut m = Vec::new();
     for op in [
-        Op::Write { off: 1000, len: 5000, seed: 1, append: false },
-        Op::Write { off: 3 * P + 17, len: 10, seed: 2, append: false },
+        Op::Write {
+            off: 1000,
+            len: 5000,
+            seed: 1,
+            append: false,
+        },
+        Op::Write {
+            off: 3 * P + 17,
+            len: 10,
+            seed: 2,
+            append: false,
+        },
         // Sparse write far past EOF: the gap must read as zeros.
-        Op::Write { off: 10 * P + 4095, len: 2, seed: 3, append: false },
-        Op::Write { off: 0, len: 7, seed: 4, append: true },
-        Op::Read { off: 0, len: 20 * P as u32 },
-        Op::Read { off: 4 * P - 1, len: 3 },
+        Op::Write {
+            off: 10 * P + 4095,
+            len: 2,
+            seed: 3,
+            append: false,
+        },
+        Op::Write {
+            off: 0,
+            len: 7,
+            seed: 4,
+            append: true,
+        },
+        Op::Read {
+            off: 0,
+            len: 20 * P as u32,
+        },
+        Op::Read {
+            off: 4 * P - 1,
+            len: 3,
+        },
         Op::Sync,
         Op::DropClean,
-        Op::Read { off: 999, len: 5002 },
-        Op::Read { off: 0, len: 20 * P as u32 },
+        Op::Read {
+            off: 999,
+            len: 5002,
+        },
+        Op::Read {
+            off: 0,
+            len: 20 * P as u32,
+        },
     ] {
         apply(&f, &mut m, &op);
         f.check_quiescent();
@@ -345,22 +377,41 @@ fn truncate_down_then_up_reads_zeros() {
     let f = Fixture::new(POOL, true);
     let mut m = Vec::new();
     for op in [
-        Op::Write { off: 0, len: 5 * P as usize, seed: 9, append: false },
+        Op::Write {
+            off: 0,
+            len: 5 * P as usize,
+            seed: 9,
+            append: false,
+        },
         // Cached and dirty: cut inside a page, then grow again.
         Op::Truncate(2 * P + 100),
         Op::Truncate(6 * P),
-        Op::Read { off: 0, len: 6 * P as u32 },
+        Op::Read {
+            off: 0,
+            len: 6 * P as u32,
+        },
         // Same with clean (written back) data, then with nothing cached.
-        Op::Write { off: 0, len: 5 * P as usize, seed: 10, append: false },
+        Op::Write {
+            off: 0,
+            len: 5 * P as usize,
+            seed: 10,
+            append: false,
+        },
         Op::Sync,
         Op::Truncate(P + 1),
         Op::Truncate(4 * P + 5),
-        Op::Read { off: 0, len: 6 * P as u32 },
+        Op::Read {
+            off: 0,
+            len: 6 * P as u32,
+        },
         Op::Sync,
         Op::DropClean,
         Op::Truncate(7),
         Op::Truncate(3 * P),
-        Op::Read { off: 0, len: 6 * P as u32 },
+        Op::Read {
+            off: 0,
+            len: 6 * P as u32,
+        },
     ] {
         apply(&f, &mut m, &op);
         f.check_quiescent();
@@ -373,18 +424,43 @@ fn punch_inside_cached_dirty_data() {
     let f = Fixture::new(POOL, true);
     let mut m = Vec::new();
     for op in [
-        Op::Write { off: 0, len: 8 * P as usize, seed: 5, append: false },
+        Op::Write {
+            off: 0,
+            len: 8 * P as usize,
+            seed: 5,
+            append: false,
+        },
         Op::Sync,
-        Op::Write { off: 100, len: 6 * P as usize, seed: 6, append: false },
+        Op::Write {
+            off: 100,
+            len: 6 * P as usize,
+            seed: 6,
+            append: false,
+        },
         // Dirty, unaligned on both ends, spanning whole pages.
-        Op::Punch { off: P + 300, len: 3 * P + 10 },
-        Op::Read { off: 0, len: 8 * P as u32 },
+        Op::Punch {
+            off: P + 300,
+            len: 3 * P + 10,
+        },
+        Op::Read {
+            off: 0,
+            len: 8 * P as u32,
+        },
         // Inside one page, and on clean data.
-        Op::Punch { off: 7 * P + 1, len: 2 },
-        Op::Read { off: 0, len: 8 * P as u32 },
+        Op::Punch {
+            off: 7 * P + 1,
+            len: 2,
+        },
+        Op::Read {
+            off: 0,
+            len: 8 * P as u32,
+        },
         Op::Sync,
         Op::DropClean,
-        Op::Read { off: 0, len: 8 * P as u32 },
+        Op::Read {
+            off: 0,
+            len: 8 * P as u32,
+        },
     ] {
         apply(&f, &mut m, &op);
         f.check_quiescent();
@@ -404,7 +480,12 @@ fn working_set_three_times_the_pool() {
         apply(
             &f,
             &mut m,
-            &Op::Write { off: off + 7, len: chunk, seed: off, append: false },
+            &Op::Write {
+                off: off + 7,
+                len: chunk,
+                seed: off,
+                append: false,
+            },
         );
         off += chunk as u64;
     }

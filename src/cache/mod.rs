@@ -15,7 +15,7 @@ pub mod writeback;
 use crate::extent::state::Bits;
 use crate::fs::source::DataFile;
 use crate::pool::PagePool;
-use crate::stats::{self, Counters};
+use crate::stats::{self, Counters, OpCounters};
 use inode_cache::{ceil_page, floor_page, Again, InodeCache, InodeKey, MAX_FILE_SIZE, P};
 use std::collections::HashMap;
 use std::io;
@@ -54,6 +54,7 @@ pub struct CacheContext {
     pub pool: Arc<PagePool>,
     pub cfg: CacheConfig,
     pub stats: Counters,
+    pub ops: OpCounters,
     caches: Mutex<HashMap<InodeKey, Arc<InodeCache>>>,
     /// Sum of every file's DIRTY bytes (kept by the paths that set and clear DIRTY).
     dirty: AtomicU64,
@@ -74,6 +75,7 @@ impl CacheContext {
             pool,
             cfg,
             stats: Counters::default(),
+            ops: OpCounters::default(),
             caches: Mutex::new(HashMap::new()),
             dirty: AtomicU64::new(0),
             progress: Mutex::new(0),

@@ -9,10 +9,11 @@
 //!   at zero the entry and its descriptor go. Holding the descriptor keeps the SOURCE inode
 //!   alive, so its number cannot be reused by another file while the kernel knows it.
 
+use crate::cache::inode_cache::InodeCache;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock, RwLock};
 
 pub const ROOT_ID: u64 = 1;
 const SYNTHETIC_BASE: u64 = 1 << 56;
@@ -26,6 +27,8 @@ pub struct Inode {
     pub kind: u32,
     fd: OwnedFd,
     lookups: AtomicU64,
+    /// The data cache of a regular file, once opened (also kept in the cache registry).
+    pub cache: OnceLock<Arc<InodeCache>>,
 }
 
 impl Inode {
@@ -54,7 +57,7 @@ struct Table {
 
 pub struct InodeTable {
     root_dev: u64,
-    t: Mutex<Table>,
+    t: RwLock<Table>,
 }
 
 impl InodeTable {
@@ -66,6 +69,7 @@ impl InodeTable {
             kind: libc::S_IFDIR,
             fd: root_fd,
             lookups: AtomicU64::new(1),
+            cache: OnceLock::new(),
         });
         let mut by_id = HashMap::new();
         by_id.insert(ROOT_ID, root);
@@ -73,7 +77,7 @@ impl InodeTable {
         by_key.insert(key, ROOT_ID);
         InodeTable {
             root_dev: root_st.st_dev,
-            t: Mutex::new(Table {
+            t: RwLock::new(Table {
                 by_id,
                 by_key,
                 next_synthetic: SYNTHETIC_BASE,
@@ -82,13 +86,13 @@ impl InodeTable {
     }
 
     pub fn get(&self, id: u64) -> Option<Arc<Inode>> {
-        self.t.lock().unwrap().by_id.get(&id).cloned()
+        self.t.read().unwrap().by_id.get(&id).cloned()
     }
 
     /// The inode for `st` (found through `fd`), adding one kernel reference.
     pub fn lookup(&self, fd: OwnedFd, st: &libc::stat) -> Arc<Inode> {
         let key = (st.st_dev, st.st_ino);
-        let mut t = self.t.lock().unwrap();
+        let mut t = self.t.write().unwrap();
         if let Some(id) = t.by_key.get(&key).copied() {
             let ino = t.by_id[&id].clone();
             ino.lookups.fetch_add(1, Ordering::Relaxed);
@@ -110,6 +114,7 @@ impl InodeTable {
             kind: st.st_mode & libc::S_IFMT,
             fd,
             lookups: AtomicU64::new(1),
+            cache: OnceLock::new(),
         });
         t.by_id.insert(id, ino.clone());
         t.by_key.insert(key, id);
@@ -121,7 +126,7 @@ impl InodeTable {
         if id == ROOT_ID {
             return None;
         }
-        let mut t = self.t.lock().unwrap();
+        let mut t = self.t.write().unwrap();
         let ino = t.by_id.get(&id)?;
         let prev = ino.lookups.fetch_sub(
             n.min(ino.lookups.load(Ordering::Relaxed)),
@@ -137,7 +142,7 @@ impl InodeTable {
     }
 
     pub fn len(&self) -> usize {
-        self.t.lock().unwrap().by_id.len()
+        self.t.read().unwrap().by_id.len()
     }
 
     pub fn is_empty(&self) -> bool {

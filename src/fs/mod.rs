@@ -15,7 +15,7 @@ pub mod xattr;
 use crate::cache::inode_cache::InodeCache;
 use crate::cache::CacheContext;
 use crate::options::CacheMode;
-use crate::stats;
+use crate::stats::Op;
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
@@ -173,10 +173,16 @@ impl ExtentFs {
                 Errno::EINVAL
             });
         }
+        if let Some(c) = inode.cache.get() {
+            return Ok(c.clone());
+        }
         let ro = self.cfg.read_only;
-        self.ctx
+        let c = self
+            .ctx
             .get_or_create(inode.key, || source::DataFile::open(inode.fd(), ro))
-            .map_err(err)
+            .map_err(err)?;
+        let _ = inode.cache.set(c.clone());
+        Ok(c)
     }
 
     /// FileAttr of an inode, with the cache's view of size and mtime when it has one.
@@ -186,7 +192,12 @@ impl ExtentFs {
         let mut mtime = systime(st.st_mtime, st.st_mtime_nsec);
         let mut ctime = systime(st.st_ctime, st.st_ctime_nsec);
         if inode.is_file() {
-            if let Some(c) = self.ctx.get(inode.key) {
+            if let Some(c) = inode
+                .cache
+                .get()
+                .cloned()
+                .or_else(|| self.ctx.get(inode.key))
+            {
                 size = c.size();
                 let dirty = c.dirty_bytes();
                 if dirty > 0 {
@@ -232,10 +243,13 @@ impl ExtentFs {
         Ok(self.attr_of(&inode, &st))
     }
 
-    fn reply_entry(&self, reply: ReplyEntry, r: R<FileAttr>) {
+    fn reply_entry(&self, op: Op, reply: ReplyEntry, r: R<FileAttr>) {
         match r {
             Ok(attr) => reply.entry(&self.cfg.ttl, &attr, Generation(0)),
-            Err(e) => reply.error(e),
+            Err(e) => {
+                self.ctx.ops.error(op);
+                reply.error(e)
+            }
         }
     }
 
@@ -546,24 +560,31 @@ impl Filesystem for ExtentFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        stats::add(&self.ctx.stats.fuse_requests, 1);
+        let op = Op::Lookup;
+        self.ctx.ops.request(op);
         let r = (|| {
             let parent = self.inode(parent)?;
             let cname = source::name_cstr(name).map_err(err)?;
             self.do_lookup(&parent, &cname)
         })();
-        self.reply_entry(reply, r);
+        self.reply_entry(op, reply, r);
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let op = Op::Forget;
+        self.ctx.ops.request(op);
         self.forget_one(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        stats::add(&self.ctx.stats.fuse_requests, 1);
+        let op = Op::Getattr;
+        self.ctx.ops.request(op);
         match self.inode(ino).and_then(|i| self.stat_attr(&i)) {
             Ok(attr) => reply.attr(&self.cfg.ttl, &attr),
-            Err(e) => reply.error(e),
+            Err(e) => {
+                self.ctx.ops.error(op);
+                reply.error(e)
+            }
         }
     }
 
@@ -585,23 +606,32 @@ impl Filesystem for ExtentFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        stats::add(&self.ctx.stats.fuse_requests, 1);
+        let op = Op::Setattr;
+        self.ctx.ops.request(op);
         let r = self
             .inode(ino)
             .and_then(|i| self.do_setattr(&i, mode, uid, gid, size, atime, mtime));
         match r {
             Ok(attr) => reply.attr(&self.cfg.ttl, &attr),
-            Err(e) => reply.error(e),
+            Err(e) => {
+                self.ctx.ops.error(op);
+                reply.error(e)
+            }
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let op = Op::Readlink;
+        self.ctx.ops.request(op);
         match self
             .inode(ino)
             .and_then(|i| source::readlink(i.fd()).map_err(err))
         {
             Ok(t) => reply.data(&t),
-            Err(e) => reply.error(e),
+            Err(e) => {
+                self.ctx.ops.error(op);
+                reply.error(e)
+            }
         }
     }
 
@@ -615,6 +645,8 @@ impl Filesystem for ExtentFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let op = Op::Mknod;
+        self.ctx.ops.request(op);
         let r = (|| {
             self.check_writable()?;
             let parent = self.inode(parent)?;
@@ -623,7 +655,7 @@ impl Filesystem for ExtentFs {
             self.chown_new(req, &parent, &cname, mode)?;
             self.do_lookup(&parent, &cname)
         })();
-        self.reply_entry(reply, r);
+        self.reply_entry(op, reply, r);
     }
 
     fn mkdir(
@@ -635,6 +667,8 @@ impl Filesystem for ExtentFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        let op = Op::Mkdir;
+        self.ctx.ops.request(op);
         let r = (|| {
             self.check_writable()?;
             let parent = self.inode(parent)?;
@@ -643,10 +677,12 @@ impl Filesystem for ExtentFs {
             self.chown_new(req, &parent, &cname, mode)?;
             self.do_lookup(&parent, &cname)
         })();
-        self.reply_entry(reply, r);
+        self.reply_entry(op, reply, r);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let op = Op::Unlink;
+        self.ctx.ops.request(op);
         let r = (|| {
             self.check_writable()?;
             let parent = self.inode(parent)?;
@@ -655,11 +691,16 @@ impl Filesystem for ExtentFs {
         })();
         match r {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
+            Err(e) => {
+                self.ctx.ops.error(op);
+                reply.error(e)
+            }
         }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let op = Op::Rmdir;
+        self.ctx.ops.request(op);
         let r = (|| {
             self.check_writable()?;
             let parent = self.inode(parent)?;
@@ -668,7 +709,10 @@ impl Filesystem for ExtentFs {
         })();
         match r {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
+            Err(e) => {
+                self.ctx.ops.error(op);
+                reply.error(e)
+            }
         }
     }
 
@@ -680,6 +724,8 @@ impl Filesystem for ExtentFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let op = Op::Symlink;
+        self.ctx.ops.request(op);
         let r = (|| {
             self.check_writable()?;
             let parent = self.inode(parent)?;
@@ -690,7 +736,7 @@ impl Filesystem for ExtentFs {
             self.chown_new(req, &parent, &cname, 0o777)?;
             self.do_lookup(&parent, &cname)
         })();
-        self.reply_entry(reply, r);
+        self.reply_entry(op, reply, r);
     }
 
     fn rename(
@@ -703,6 +749,8 @@ impl Filesystem for ExtentFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let op = Op::Rename;
+        self.ctx.ops.request(op);
         let r = (|| {
             self.check_writable()?;
             let p = self.inode(parent)?;
@@ -713,7 +761,10 @@ impl Filesystem for ExtentFs {
         })();
         match r {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
+            Err(e) => {
+                self.ctx.ops.error(op);
+                reply.error(e)
+            }
         }
     }
 
@@ -725,6 +776,8 @@ impl Filesystem for ExtentFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let op = Op::Link;
+        self.ctx.ops.request(op);
         let r = (|| {
             self.check_writable()?;
             let inode = self.inode(ino)?;
@@ -733,11 +786,12 @@ impl Filesystem for ExtentFs {
             source::linkat_fd(inode.fd(), np.fd(), &b).map_err(err)?;
             self.do_lookup(&np, &b)
         })();
-        self.reply_entry(reply, r);
+        self.reply_entry(op, reply, r);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        stats::add(&self.ctx.stats.fuse_requests, 1);
+        let op = Op::Open;
+        self.ctx.ops.request(op);
         let r = (|| {
             let inode = self.inode(ino)?;
             let wants_write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
@@ -756,7 +810,10 @@ impl Filesystem for ExtentFs {
         })();
         match r {
             Ok(()) => reply.opened(FileHandle(0), self.open_flags()),
-            Err(e) => reply.error(e),
+            Err(e) => {
+                self.ctx.ops.error(op);
+                reply.error(e)
+            }
         }
     }
 
@@ -771,19 +828,25 @@ impl Filesystem for ExtentFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        stats::add(&self.ctx.stats.fuse_requests, 1);
+        let op = Op::Read;
+        self.ctx.ops.request(op);
         let c = match self.inode(ino).and_then(|i| self.cache_of(&i)) {
             Ok(c) => c,
-            Err(e) => return reply.error(e),
+            Err(e) => {
+                self.ctx.ops.error(op);
+                return reply.error(e);
+            }
         };
         let mut reply = Some(reply);
         let r = self.ctx.read(&c, offset, size, |bytes| {
             reply.take().unwrap().data(bytes);
         });
         if let Err(e) = r {
-            stats::add(&self.ctx.stats.fuse_errors, 1);
             if let Some(reply) = reply.take() {
-                reply.error(err(e));
+                {
+                    self.ctx.ops.error(op);
+                    reply.error(err(e));
+                }
             }
         }
     }
@@ -800,7 +863,8 @@ impl Filesystem for ExtentFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        stats::add(&self.ctx.stats.fuse_requests, 1);
+        let op = Op::Write;
+        self.ctx.ops.request(op);
         let r = (|| {
             self.check_writable()?;
             let c = self.inode(ino).and_then(|i| self.cache_of(&i))?;
@@ -810,7 +874,7 @@ impl Filesystem for ExtentFs {
         match r {
             Ok(_) => reply.written(data.len() as u32),
             Err(e) => {
-                stats::add(&self.ctx.stats.fuse_errors, 1);
+                self.ctx.ops.error(op);
                 reply.error(e)
             }
         }
@@ -824,6 +888,8 @@ impl Filesystem for ExtentFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let op = Op::Flush;
+        self.ctx.ops.request(op);
         let r = (|| {
             let inode = self.inode(ino)?;
             if let Some(c) = self.ctx.get(inode.key) {
@@ -838,7 +904,10 @@ impl Filesystem for ExtentFs {
         })();
         match r {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
+            Err(e) => {
+                self.ctx.ops.error(op);
+                reply.error(e)
+            }
         }
     }
 
@@ -852,6 +921,8 @@ impl Filesystem for ExtentFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let op = Op::Release;
+        self.ctx.ops.request(op);
         if let Some(inode) = self.inodes.get(ino.0) {
             if let Some(c) = self.ctx.get(inode.key) {
                 let _ = c
@@ -870,6 +941,8 @@ impl Filesystem for ExtentFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let op = Op::Fsync;
+        self.ctx.ops.request(op);
         let r = (|| {
             let inode = self.inode(ino)?;
             let c = self.cache_of(&inode)?;
@@ -877,14 +950,22 @@ impl Filesystem for ExtentFs {
         })();
         match r {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
+            Err(e) => {
+                self.ctx.ops.error(op);
+                reply.error(e)
+            }
         }
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let op = Op::Opendir;
+        self.ctx.ops.request(op);
         match self.inode(ino).and_then(|i| self.open_dir(&i)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(e),
+            Err(e) => {
+                self.ctx.ops.error(op);
+                reply.error(e)
+            }
         }
     }
 
@@ -896,6 +977,8 @@ impl Filesystem for ExtentFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let op = Op::Readdir;
+        self.ctx.ops.request(op);
         let r = self.walk_dir(fh, offset, |name, d_ino, d_type, next| {
             reply.add(
                 INodeNo(d_ino),
@@ -906,7 +989,10 @@ impl Filesystem for ExtentFs {
         });
         match r {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
+            Err(e) => {
+                self.ctx.ops.error(op);
+                reply.error(e)
+            }
         }
     }
 
@@ -918,9 +1004,14 @@ impl Filesystem for ExtentFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let op = Op::Readdirplus;
+        self.ctx.ops.request(op);
         let parent = match self.inode(ino) {
             Ok(p) => p,
-            Err(e) => return reply.error(e),
+            Err(e) => {
+                self.ctx.ops.error(op);
+                return reply.error(e);
+            }
         };
         let zero = Duration::ZERO;
         let r = self.walk_dir(fh, offset, |name, d_ino, d_type, next| {
@@ -976,7 +1067,10 @@ impl Filesystem for ExtentFs {
         });
         match r {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
+            Err(e) => {
+                self.ctx.ops.error(op);
+                reply.error(e)
+            }
         }
     }
 
@@ -988,6 +1082,8 @@ impl Filesystem for ExtentFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let op = Op::Releasedir;
+        self.ctx.ops.request(op);
         self.dirs.lock().unwrap().remove(&fh.0);
         reply.ok();
     }
@@ -1000,6 +1096,8 @@ impl Filesystem for ExtentFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let op = Op::Fsyncdir;
+        self.ctx.ops.request(op);
         let r = (|| {
             let inode = self.inode(ino)?;
             let fd = source::reopen(inode.fd(), libc::O_RDONLY | libc::O_DIRECTORY).map_err(err)?;
@@ -1014,11 +1112,16 @@ impl Filesystem for ExtentFs {
         })();
         match r {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
+            Err(e) => {
+                self.ctx.ops.error(op);
+                reply.error(e)
+            }
         }
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let op = Op::Statfs;
+        self.ctx.ops.request(op);
         let r = (|| {
             let inode = self.inode(ino)?;
             let fd = source::reopen(inode.fd(), libc::O_RDONLY | libc::O_NONBLOCK).or_else(|_| {
@@ -1039,7 +1142,10 @@ impl Filesystem for ExtentFs {
                 s.f_namemax as u32,
                 s.f_frsize as u32,
             ),
-            Err(e) => reply.error(e),
+            Err(e) => {
+                self.ctx.ops.error(op);
+                reply.error(e)
+            }
         }
     }
 
@@ -1053,38 +1159,63 @@ impl Filesystem for ExtentFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let op = Op::Setxattr;
+        self.ctx.ops.request(op);
         match self.do_setxattr(req, ino, name, value, flags) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
+            Err(e) => {
+                self.ctx.ops.error(op);
+                reply.error(e)
+            }
         }
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let op = Op::Getxattr;
+        self.ctx.ops.request(op);
         match self.do_getxattr(req, ino, name) {
             Ok(v) => xattr::reply_value(reply, &v, size),
-            Err(e) => reply.error(e),
+            Err(e) => {
+                self.ctx.ops.error(op);
+                reply.error(e)
+            }
         }
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let op = Op::Listxattr;
+        self.ctx.ops.request(op);
         match self.do_listxattr(ino) {
             Ok(v) => xattr::reply_value(reply, &v, size),
-            Err(e) => reply.error(e),
+            Err(e) => {
+                self.ctx.ops.error(op);
+                reply.error(e)
+            }
         }
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let op = Op::Removexattr;
+        self.ctx.ops.request(op);
         match self.do_removexattr(ino, name) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
+            Err(e) => {
+                self.ctx.ops.error(op);
+                reply.error(e)
+            }
         }
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        let op = Op::Access;
+        self.ctx.ops.request(op);
         // Permission checks are the kernel's (default_permissions is always on).
         match self.inode(ino) {
             Ok(_) => reply.ok(),
-            Err(e) => reply.error(e),
+            Err(e) => {
+                self.ctx.ops.error(op);
+                reply.error(e)
+            }
         }
     }
 
@@ -1098,7 +1229,8 @@ impl Filesystem for ExtentFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        stats::add(&self.ctx.stats.fuse_requests, 1);
+        let op = Op::Create;
+        self.ctx.ops.request(op);
         match self.do_create(req, parent, name, mode, flags) {
             Ok((attr, _c)) => reply.created(
                 &self.cfg.ttl,
@@ -1107,7 +1239,10 @@ impl Filesystem for ExtentFs {
                 FileHandle(0),
                 self.open_flags(),
             ),
-            Err(e) => reply.error(e),
+            Err(e) => {
+                self.ctx.ops.error(op);
+                reply.error(e)
+            }
         }
     }
 
@@ -1121,12 +1256,17 @@ impl Filesystem for ExtentFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let op = Op::Fallocate;
+        self.ctx.ops.request(op);
         match self
             .inode(ino)
             .and_then(|i| self.do_fallocate(&i, offset, length, mode))
         {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
+            Err(e) => {
+                self.ctx.ops.error(op);
+                reply.error(e)
+            }
         }
     }
 
@@ -1139,6 +1279,8 @@ impl Filesystem for ExtentFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        let op = Op::Lseek;
+        self.ctx.ops.request(op);
         let r = (|| {
             let inode = self.inode(ino)?;
             let c = self.cache_of(&inode)?;
@@ -1155,7 +1297,10 @@ impl Filesystem for ExtentFs {
         })();
         match r {
             Ok(o) => reply.offset(o),
-            Err(e) => reply.error(e),
+            Err(e) => {
+                self.ctx.ops.error(op);
+                reply.error(e)
+            }
         }
     }
 
@@ -1172,6 +1317,8 @@ impl Filesystem for ExtentFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        let op = Op::CopyFileRange;
+        self.ctx.ops.request(op);
         let r = (|| {
             let a = self.inode(ino_in).and_then(|i| self.cache_of(&i))?;
             let b = self.inode(ino_out).and_then(|i| self.cache_of(&i))?;
@@ -1179,7 +1326,10 @@ impl Filesystem for ExtentFs {
         })();
         match r {
             Ok(n) => reply.written(n.min(u32::MAX as u64) as u32),
-            Err(e) => reply.error(e),
+            Err(e) => {
+                self.ctx.ops.error(op);
+                reply.error(e)
+            }
         }
     }
 }

@@ -138,6 +138,13 @@ impl ExtentFs {
         ));
         f.push(("cached_inodes".into(), Int(caches.len() as u64)));
         f.push(("known_inodes".into(), Int(self.inodes.len() as u64)));
+        let (reqs, errs) = ctx.ops.totals();
+        f.push(("fuse_requests".into(), Int(reqs)));
+        f.push(("fuse_errors".into(), Int(errs)));
+        for (name, r, e) in ctx.ops.snapshot() {
+            f.push((format!("fuse_{name}_requests"), Int(r)));
+            f.push((format!("fuse_{name}_errors"), Int(e)));
+        }
         f.push(("uptime_seconds".into(), Real(ctx.uptime().as_secs_f64())));
         f
     }
