@@ -1,5 +1,10 @@
 //! Tests that mount extentfs for real (root and /dev/fuse required) and compare what they
 //! see through the mount against a model or against SOURCE.
 
+mod cli;
+mod data;
 mod harness;
+mod posix;
 mod smoke;
+mod stats;
+mod suites;

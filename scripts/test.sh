@@ -4,6 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+# pjdfstest (the Rust rewrite) runs from inside a mount in the fs-tests.
+if ! command -v pjdfstest >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/pjdfstest" ]; then
+    echo "== installing pjdfstest"
+    cargo install pjdfstest --locked --quiet
+fi
 echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy --all-targets"

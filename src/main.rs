@@ -115,7 +115,9 @@ fn mount_main(args: MountArgs) -> ExitCode {
     }
     let mountpoint = match std::fs::canonicalize(&args.mountpoint) {
         Ok(p) => p,
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => args.mountpoint.clone(),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            std::path::absolute(&args.mountpoint).unwrap_or_else(|_| args.mountpoint.clone())
+        }
         Err(e) => return fail(format!("MOUNTPOINT {}: {e}", args.mountpoint.display())),
     };
     match mount::check_mount_point(&mountpoint) {

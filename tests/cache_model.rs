@@ -98,6 +98,19 @@ impl Fixture {
         self.ctx.read(&self.c, off, len, |b| b.to_vec()).unwrap()
     }
 
+    /// Read `[0, len)` in 1 MiB requests (one request must fit in the pool).
+    fn read_all(&self, len: u64) -> Vec<u8> {
+        let mut v = Vec::with_capacity(len as usize);
+        let mut off = 0;
+        while off < len {
+            let got = self.read(off, (len - off).min(1 << 20) as u32);
+            assert!(!got.is_empty(), "short read at {off}");
+            off += got.len() as u64;
+            v.extend_from_slice(&got);
+        }
+        v
+    }
+
     fn punch(&self, off: u64, len: u64) {
         let file = &self.c.file;
         self.ctx
@@ -264,7 +277,7 @@ fn run_ops(ops: &[Op]) {
     f.check_quiescent();
     // Everything clean now: all of it must read back, even after dropping the cache.
     f.ctx.drop_clean(&f.c);
-    let all = f.read(0, model.len() as u32);
+    let all = f.read_all(model.len() as u64);
     assert_bytes_eq(&all, &model, "full read after drop_clean");
 }
 
@@ -301,7 +314,10 @@ fn op() -> impl Strategy<Value = Op> {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 24,
+        cases: std::env::var("CACHE_MODEL_CASES")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(24),
         max_shrink_iters: 2000,
         failure_persistence: None,
         ..ProptestConfig::default()
@@ -582,6 +598,36 @@ fn concurrent_regions_with_truncates() {
     }
     whole.resize(last_size as usize, 0);
     f.check_source(&whole);
-    let all = f.read(0, last_size as u32);
+    let all = f.read_all(last_size);
     assert_bytes_eq(&all, &whole, "full read after the threads");
+}
+
+/// Punching the dirty tail of a file that SOURCE does not cover yet (the size was extended
+/// only in the cache) must still leave SOURCE at the cached size after writeback.
+///
+/// BUG (src/cache/mod.rs, `CacheContext::punch`): it clears DIRTY over the whole punched range,
+/// including bytes past SOURCE's EOF. The cache size was extended only in memory (extension
+/// "reaches SOURCE by writeback"), so once the dirty tail is gone nothing ever extends SOURCE:
+/// after `sync_file` SOURCE is 50 bytes long while the cache (and the model) say 100; the size
+/// silently shrinks as soon as the cache is dropped. Fix: under the lock, after `on_source`,
+/// extend SOURCE to `min(end, c.size())` (set_len) if it is shorter.
+#[test]
+#[ignore = "bug: CacheContext::punch loses the size extension of a punched dirty tail"]
+fn punch_dirty_tail_past_source_eof() {
+    let f = Fixture::new(POOL, false);
+    let mut m = Vec::new();
+    for op in [
+        Op::Write {
+            off: 0,
+            len: 100,
+            seed: 1,
+            append: false,
+        },
+        Op::Punch { off: 50, len: 50 },
+        Op::Read { off: 0, len: 200 },
+    ] {
+        apply(&f, &mut m, &op);
+        f.check_quiescent();
+    }
+    f.check_source(&m);
 }
