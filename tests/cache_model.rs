@@ -605,14 +605,9 @@ fn concurrent_regions_with_truncates() {
 /// Punching the dirty tail of a file that SOURCE does not cover yet (the size was extended
 /// only in the cache) must still leave SOURCE at the cached size after writeback.
 ///
-/// BUG (src/cache/mod.rs, `CacheContext::punch`): it clears DIRTY over the whole punched range,
-/// including bytes past SOURCE's EOF. The cache size was extended only in memory (extension
-/// "reaches SOURCE by writeback"), so once the dirty tail is gone nothing ever extends SOURCE:
-/// after `sync_file` SOURCE is 50 bytes long while the cache (and the model) say 100; the size
-/// silently shrinks as soon as the cache is dropped. Fix: under the lock, after `on_source`,
-/// extend SOURCE to `min(end, c.size())` (set_len) if it is shorter.
+/// (Regression test: `CacheContext::punch` used to clear the dirty tail and leave SOURCE
+/// short, so the size shrank once the cache was dropped.)
 #[test]
-#[ignore = "bug: CacheContext::punch loses the size extension of a punched dirty tail"]
 fn punch_dirty_tail_past_source_eof() {
     let f = Fixture::new(POOL, false);
     let mut m = Vec::new();

@@ -6,7 +6,7 @@
 //! overlaps it (taken with `try_lock_range`, never waiting), and nobody else holds its
 //! `ExtentPtr`. Dirty data is never evicted: writers wait for writeback instead.
 
-use super::inode_cache::InodeCache;
+use super::inode_cache::{InodeCache, RangeGuard};
 use super::CacheContext;
 use crate::extent::state::Bits;
 use crate::pool::PAGE_SIZE;
@@ -72,9 +72,7 @@ impl CacheContext {
 
     /// Evict the extent `[s, e)` if it is clean, unlocked and unreferenced.
     pub(crate) fn try_evict_extent(&self, c: &InodeCache, s: u64, e: u64) -> Option<u64> {
-        if !c.tree.try_lock_range(s, e - 1) {
-            return None;
-        }
+        let guard = RangeGuard::try_lock(&c.tree, s, e - 1)?;
         let r = if c.tree.test_any(s, e - 1, Bits::DIRTY | Bits::WRITEBACK) {
             None
         } else {
@@ -82,7 +80,7 @@ impl CacheContext {
                 c.tree.clear_bits(s, e - 1, Bits::UPTODATE);
             })
         };
-        c.tree.unlock_range(s, e - 1);
+        drop(guard);
         if let Some(n) = r {
             stats::add(&self.stats.evicted_extents, 1);
             stats::add(&self.stats.evicted_bytes, n);

@@ -63,6 +63,44 @@ thread_local! {
     static BOUNCE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// LOCKED over an inclusive range of a state tree, released on drop (also when a bug
+/// unwinds through the holder, so a panic cannot leave a range locked forever).
+pub(crate) struct RangeGuard<'a> {
+    tree: &'a ExtentStateTree,
+    start: u64,
+    end: u64,
+}
+
+impl<'a> RangeGuard<'a> {
+    /// Wait until `[start, end]` has no LOCKED byte (nor any of `also_wait_for`), lock it.
+    pub(crate) fn lock(
+        tree: &'a ExtentStateTree,
+        start: u64,
+        end: u64,
+        also_wait_for: Bits,
+    ) -> RangeGuard<'a> {
+        tree.lock_range_waiting(start, end, also_wait_for);
+        RangeGuard { tree, start, end }
+    }
+
+    /// Lock without waiting, or None.
+    pub(crate) fn try_lock(
+        tree: &'a ExtentStateTree,
+        start: u64,
+        end: u64,
+    ) -> Option<RangeGuard<'a>> {
+        // Not `then_some`: that would build (and drop, i.e. unlock) a guard on failure.
+        tree.try_lock_range(start, end)
+            .then(|| RangeGuard { tree, start, end })
+    }
+}
+
+impl Drop for RangeGuard<'_> {
+    fn drop(&mut self) {
+        self.tree.unlock_range(self.start, self.end);
+    }
+}
+
 /// Identity of a SOURCE inode.
 pub type InodeKey = (u64, u64);
 

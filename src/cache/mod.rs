@@ -16,7 +16,9 @@ use crate::extent::state::Bits;
 use crate::fs::source::DataFile;
 use crate::pool::PagePool;
 use crate::stats::{self, Counters, OpCounters};
-use inode_cache::{ceil_page, floor_page, Again, InodeCache, InodeKey, MAX_FILE_SIZE, P};
+use inode_cache::{
+    ceil_page, floor_page, Again, InodeCache, InodeKey, RangeGuard, MAX_FILE_SIZE, P,
+};
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -232,7 +234,7 @@ impl CacheContext {
             b = nb;
         }
         loop {
-            c.tree.lock_range(a, b - 1);
+            let guard = RangeGuard::lock(&c.tree, a, b - 1, Bits::NONE);
             match c.fill(a, b) {
                 Ok(read) => {
                     let len = (want_end.min(c.size()).max(off) - off) as usize;
@@ -251,12 +253,12 @@ impl CacheContext {
                         );
                     }
                     let r = c.with_bytes(off, len, out);
-                    c.tree.unlock_range(a, b - 1);
+                    drop(guard);
                     c.note_read_end(off + len as u64);
                     return Ok(r);
                 }
                 Err(Again::NoMemory(pages)) => {
-                    c.tree.unlock_range(a, b - 1);
+                    drop(guard);
                     if ra > 0 {
                         // Under memory pressure, give up the read-ahead first.
                         b = ceil_page(want_end);
@@ -265,10 +267,7 @@ impl CacheContext {
                     }
                     self.reclaim(pages)?;
                 }
-                Err(Again::Io(e)) => {
-                    c.tree.unlock_range(a, b - 1);
-                    return Err(e);
-                }
+                Err(Again::Io(e)) => return Err(e),
             }
         }
     }
@@ -294,29 +293,25 @@ impl CacheContext {
                 .ok_or_else(|| io::Error::from_raw_os_error(libc::EFBIG))?;
             let a = floor_page(off);
             let b = ceil_page(end);
-            c.tree.lock_range_waiting(a, b - 1, Bits::WRITEBACK);
+            let guard = RangeGuard::lock(&c.tree, a, b - 1, Bits::WRITEBACK);
             if append && c.size() != off {
-                c.tree.unlock_range(a, b - 1);
                 continue;
             }
             match c.prepare_write(a, b, off, end) {
                 Ok(_) => {}
                 Err(Again::NoMemory(pages)) => {
-                    c.tree.unlock_range(a, b - 1);
+                    drop(guard);
                     self.reclaim(pages)?;
                     continue;
                 }
-                Err(Again::Io(e)) => {
-                    c.tree.unlock_range(a, b - 1);
-                    return Err(e);
-                }
+                Err(Again::Io(e)) => return Err(e),
             }
             c.copy_in(off, data);
             c.tree.set_bits(a, b - 1, Bits::UPTODATE);
             self.set_dirty(c, off, end - 1);
             c.extend_size(end);
             c.record_write_time();
-            c.tree.unlock_range(a, b - 1);
+            drop(guard);
             stats::add(&self.stats.write_bytes, data.len() as u64);
             return Ok(off);
         }
@@ -384,7 +379,7 @@ impl CacheContext {
             return Err(io::Error::from_raw_os_error(libc::EFBIG));
         }
         let a = floor_page(new_size);
-        c.tree.lock_range_waiting(a, u64::MAX, Bits::WRITEBACK);
+        let guard = RangeGuard::lock(&c.tree, a, u64::MAX, Bits::WRITEBACK);
         let r = (|| {
             c.file.set_len(new_size)?;
             let tail = ceil_page(new_size);
@@ -398,7 +393,7 @@ impl CacheContext {
             c.record_write_time();
             Ok(())
         })();
-        c.tree.unlock_range(a, u64::MAX);
+        drop(guard);
         self.bump_progress();
         r
     }
@@ -418,7 +413,7 @@ impl CacheContext {
         }
         let a = floor_page(off);
         let b = ceil_page(end);
-        c.tree.lock_range_waiting(a, b - 1, Bits::WRITEBACK);
+        let guard = RangeGuard::lock(&c.tree, a, b - 1, Bits::WRITEBACK);
         let r = (|| {
             on_source()?;
             let inner_a = ceil_page(off);
@@ -433,6 +428,12 @@ impl CacheContext {
                 }
             }
             self.clear_dirty(c, off, end - 1, Bits::NONE);
+            // Dirty bytes past SOURCE's end were what would have extended SOURCE to the
+            // file's size; the hole punched over them must not shorten the file.
+            let keep = end.min(c.size());
+            if (c.file.stat()?.st_size as u64) < keep {
+                c.file.set_len(keep)?;
+            }
             if inner_a < inner_b {
                 c.map.unmap(inner_a, inner_b);
                 c.tree.clear_bits(inner_a, inner_b - 1, Bits::UPTODATE);
@@ -440,7 +441,7 @@ impl CacheContext {
             c.record_write_time();
             Ok(())
         })();
-        c.tree.unlock_range(a, b - 1);
+        drop(guard);
         self.bump_progress();
         r
     }
@@ -449,14 +450,15 @@ impl CacheContext {
     /// move data around in SOURCE, e.g. collapse/insert range).
     pub fn invalidate(&self, c: &InodeCache) -> io::Result<()> {
         self.writeback_file(c, true)?;
-        c.tree.lock_range_waiting(0, u64::MAX, Bits::WRITEBACK);
-        // Anything dirtied in between is written now, under the lock.
-        let r = self.writeback_locked_all(c);
+        let guard = RangeGuard::lock(&c.tree, 0, u64::MAX, Bits::WRITEBACK);
+        // Anything dirtied in between is written now, under the lock. If that fails, the
+        // cache keeps everything (dirty data is never dropped).
+        self.writeback_locked_all(c)?;
         c.map.unmap(0, !(P - 1));
         c.tree.clear_bits(0, u64::MAX, Bits::UPTODATE);
-        c.tree.unlock_range(0, u64::MAX);
+        drop(guard);
         self.bump_progress();
-        r
+        Ok(())
     }
 
     /// Ask the flusher to write this file back soon (close).

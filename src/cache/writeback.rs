@@ -11,7 +11,7 @@
 //! failure the bytes become DIRTY again (nothing is dropped, nothing is written twice by
 //! design), the error is recorded for the file's next fsync/flush, and logged.
 
-use super::inode_cache::InodeCache;
+use super::inode_cache::{InodeCache, RangeGuard};
 use super::{errno_of, CacheContext};
 use crate::extent::state::Bits;
 use crate::stats;
@@ -71,10 +71,15 @@ impl CacheContext {
                     .name(format!("writeback-{i}"))
                     .spawn(move || {
                         for c in rx.iter() {
-                            if let Err(e) = ctx.writeback_file(&c, false) {
-                                tracing::warn!("background writeback of {:?}: {e}", c.key);
+                            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                if let Err(e) = ctx.writeback_file(&c, false) {
+                                    tracing::warn!("background writeback of {:?}: {e}", c.key);
+                                }
+                                c.apply_pending_mtime();
+                            }));
+                            if r.is_err() {
+                                tracing::error!("bug: writeback of {:?} panicked", c.key);
                             }
-                            c.apply_pending_mtime();
                             c.wb_queued.store(false, Ordering::Release);
                             ctx.bump_progress();
                         }
@@ -134,15 +139,20 @@ impl CacheContext {
             .tree
             .find_contiguous(from, Bits::DIRTY, self.cfg.max_writeback)
         {
-            if wait {
-                c.tree.lock_range(s, e);
-            } else if !c.tree.try_lock_range(s, e) {
-                from = match e.checked_add(1) {
-                    Some(f) => f,
-                    None => break,
-                };
-                continue;
-            }
+            let guard = if wait {
+                RangeGuard::lock(&c.tree, s, e, Bits::NONE)
+            } else {
+                match RangeGuard::try_lock(&c.tree, s, e) {
+                    Some(g) => g,
+                    None => {
+                        from = match e.checked_add(1) {
+                            Some(f) => f,
+                            None => break,
+                        };
+                        continue;
+                    }
+                }
+            };
             // Under the lock: what in [s, e] is still dirty becomes WRITEBACK.
             ranges.clear();
             c.tree.for_each(s, e, |st| {
@@ -153,7 +163,7 @@ impl CacheContext {
             for &(rs, re) in &ranges {
                 self.clear_dirty(c, rs, re, Bits::WRITEBACK);
             }
-            c.tree.unlock_range(s, e);
+            drop(guard);
             for &(rs, re) in &ranges {
                 if let Err(err) = self.write_range(c, rs, re) {
                     result = Err(err);
@@ -192,9 +202,9 @@ impl CacheContext {
             .tree
             .find_contiguous(from, Bits::DIRTY, self.cfg.max_writeback)
         {
-            c.tree.lock_range(s, e);
+            let guard = RangeGuard::lock(&c.tree, s, e, Bits::NONE);
             let r = self.writeback_locked_range(c, s, e);
-            c.tree.unlock_range(s, e);
+            drop(guard);
             r?;
             from = match e.checked_add(1) {
                 Some(f) => f,

@@ -143,6 +143,19 @@ fn timespec_of(t: Option<TimeOrNow>) -> libc::timespec {
     }
 }
 
+/// UTIME_NOW as the current wall-clock time.
+fn resolve_now(t: libc::timespec) -> libc::timespec {
+    if t.tv_nsec != libc::UTIME_NOW {
+        return t;
+    }
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
+    now
+}
+
 impl ExtentFs {
     pub fn new(source: &Path, ctx: Arc<CacheContext>, cfg: FsConfig) -> io::Result<ExtentFs> {
         let root = source::open_root(source)?;
@@ -276,6 +289,20 @@ impl ExtentFs {
         Ok(())
     }
 
+    /// Run one request's handler; a panic becomes EIO for that request (its unsent reply is
+    /// dropped, which fuser answers with EIO) and a log line, and the mount keeps serving.
+    fn guard(&self, op: Op, f: impl FnOnce()) {
+        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            self.ctx.ops.error(op);
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!("bug: {} request panicked ({msg}); answered EIO", op.name());
+        }
+    }
+
     fn check_writable(&self) -> R<()> {
         if self.cfg.read_only {
             Err(Errno::EROFS)
@@ -329,13 +356,11 @@ impl ExtentFs {
         }
         if atime.is_some() || mtime.is_some() {
             let times = [timespec_of(atime), timespec_of(mtime)];
-            if inode.is_file() {
-                if let Some(c) = self.ctx.get(inode.key) {
-                    if mtime.is_some() && c.mtime_override().is_some() {
-                        // An explicit mtime wins over the pending write time.
-                        self.ctx.writeback_file(&c, true).map_err(err)?;
-                        c.set_pending_mtime(None);
-                    }
+            if let (Some(c), Some(_)) = (inode.cache.get(), mtime) {
+                if c.mtime_override().is_some() {
+                    // Writes not yet in SOURCE would otherwise stamp their own time later:
+                    // the explicit mtime is what writeback stamps now.
+                    c.set_pending_mtime(Some(resolve_now(times[1])));
                 }
             }
             source::utimens(inode.fd(), &times, inode.is_symlink()).map_err(err)?;
@@ -562,30 +587,36 @@ impl Filesystem for ExtentFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let op = Op::Lookup;
         self.ctx.ops.request(op);
-        let r = (|| {
-            let parent = self.inode(parent)?;
-            let cname = source::name_cstr(name).map_err(err)?;
-            self.do_lookup(&parent, &cname)
-        })();
-        self.reply_entry(op, reply, r);
+        self.guard(op, move || {
+            let r = (|| {
+                let parent = self.inode(parent)?;
+                let cname = source::name_cstr(name).map_err(err)?;
+                self.do_lookup(&parent, &cname)
+            })();
+            self.reply_entry(op, reply, r);
+        });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         let op = Op::Forget;
         self.ctx.ops.request(op);
-        self.forget_one(ino.0, nlookup);
+        self.guard(op, move || {
+            self.forget_one(ino.0, nlookup);
+        });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let op = Op::Getattr;
         self.ctx.ops.request(op);
-        match self.inode(ino).and_then(|i| self.stat_attr(&i)) {
-            Ok(attr) => reply.attr(&self.cfg.ttl, &attr),
-            Err(e) => {
-                self.ctx.ops.error(op);
-                reply.error(e)
+        self.guard(op, move || {
+            match self.inode(ino).and_then(|i| self.stat_attr(&i)) {
+                Ok(attr) => reply.attr(&self.cfg.ttl, &attr),
+                Err(e) => {
+                    self.ctx.ops.error(op);
+                    reply.error(e)
+                }
             }
-        }
+        });
     }
 
     fn setattr(
@@ -608,31 +639,35 @@ impl Filesystem for ExtentFs {
     ) {
         let op = Op::Setattr;
         self.ctx.ops.request(op);
-        let r = self
-            .inode(ino)
-            .and_then(|i| self.do_setattr(&i, mode, uid, gid, size, atime, mtime));
-        match r {
-            Ok(attr) => reply.attr(&self.cfg.ttl, &attr),
-            Err(e) => {
-                self.ctx.ops.error(op);
-                reply.error(e)
+        self.guard(op, move || {
+            let r = self
+                .inode(ino)
+                .and_then(|i| self.do_setattr(&i, mode, uid, gid, size, atime, mtime));
+            match r {
+                Ok(attr) => reply.attr(&self.cfg.ttl, &attr),
+                Err(e) => {
+                    self.ctx.ops.error(op);
+                    reply.error(e)
+                }
             }
-        }
+        });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let op = Op::Readlink;
         self.ctx.ops.request(op);
-        match self
-            .inode(ino)
-            .and_then(|i| source::readlink(i.fd()).map_err(err))
-        {
-            Ok(t) => reply.data(&t),
-            Err(e) => {
-                self.ctx.ops.error(op);
-                reply.error(e)
+        self.guard(op, move || {
+            match self
+                .inode(ino)
+                .and_then(|i| source::readlink(i.fd()).map_err(err))
+            {
+                Ok(t) => reply.data(&t),
+                Err(e) => {
+                    self.ctx.ops.error(op);
+                    reply.error(e)
+                }
             }
-        }
+        });
     }
 
     fn mknod(
@@ -647,15 +682,17 @@ impl Filesystem for ExtentFs {
     ) {
         let op = Op::Mknod;
         self.ctx.ops.request(op);
-        let r = (|| {
-            self.check_writable()?;
-            let parent = self.inode(parent)?;
-            let cname = source::name_cstr(name).map_err(err)?;
-            source::mknodat(parent.fd(), &cname, mode, rdev as u64).map_err(err)?;
-            self.chown_new(req, &parent, &cname, mode)?;
-            self.do_lookup(&parent, &cname)
-        })();
-        self.reply_entry(op, reply, r);
+        self.guard(op, move || {
+            let r = (|| {
+                self.check_writable()?;
+                let parent = self.inode(parent)?;
+                let cname = source::name_cstr(name).map_err(err)?;
+                source::mknodat(parent.fd(), &cname, mode, rdev as u64).map_err(err)?;
+                self.chown_new(req, &parent, &cname, mode)?;
+                self.do_lookup(&parent, &cname)
+            })();
+            self.reply_entry(op, reply, r);
+        });
     }
 
     fn mkdir(
@@ -669,51 +706,57 @@ impl Filesystem for ExtentFs {
     ) {
         let op = Op::Mkdir;
         self.ctx.ops.request(op);
-        let r = (|| {
-            self.check_writable()?;
-            let parent = self.inode(parent)?;
-            let cname = source::name_cstr(name).map_err(err)?;
-            source::mkdirat(parent.fd(), &cname, mode & 0o7777).map_err(err)?;
-            self.chown_new(req, &parent, &cname, mode)?;
-            self.do_lookup(&parent, &cname)
-        })();
-        self.reply_entry(op, reply, r);
+        self.guard(op, move || {
+            let r = (|| {
+                self.check_writable()?;
+                let parent = self.inode(parent)?;
+                let cname = source::name_cstr(name).map_err(err)?;
+                source::mkdirat(parent.fd(), &cname, mode & 0o7777).map_err(err)?;
+                self.chown_new(req, &parent, &cname, mode)?;
+                self.do_lookup(&parent, &cname)
+            })();
+            self.reply_entry(op, reply, r);
+        });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let op = Op::Unlink;
         self.ctx.ops.request(op);
-        let r = (|| {
-            self.check_writable()?;
-            let parent = self.inode(parent)?;
-            let cname = source::name_cstr(name).map_err(err)?;
-            source::unlinkat(parent.fd(), &cname, 0).map_err(err)
-        })();
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => {
-                self.ctx.ops.error(op);
-                reply.error(e)
+        self.guard(op, move || {
+            let r = (|| {
+                self.check_writable()?;
+                let parent = self.inode(parent)?;
+                let cname = source::name_cstr(name).map_err(err)?;
+                source::unlinkat(parent.fd(), &cname, 0).map_err(err)
+            })();
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    self.ctx.ops.error(op);
+                    reply.error(e)
+                }
             }
-        }
+        });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let op = Op::Rmdir;
         self.ctx.ops.request(op);
-        let r = (|| {
-            self.check_writable()?;
-            let parent = self.inode(parent)?;
-            let cname = source::name_cstr(name).map_err(err)?;
-            source::unlinkat(parent.fd(), &cname, libc::AT_REMOVEDIR).map_err(err)
-        })();
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => {
-                self.ctx.ops.error(op);
-                reply.error(e)
+        self.guard(op, move || {
+            let r = (|| {
+                self.check_writable()?;
+                let parent = self.inode(parent)?;
+                let cname = source::name_cstr(name).map_err(err)?;
+                source::unlinkat(parent.fd(), &cname, libc::AT_REMOVEDIR).map_err(err)
+            })();
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    self.ctx.ops.error(op);
+                    reply.error(e)
+                }
             }
-        }
+        });
     }
 
     fn symlink(
@@ -726,17 +769,19 @@ impl Filesystem for ExtentFs {
     ) {
         let op = Op::Symlink;
         self.ctx.ops.request(op);
-        let r = (|| {
-            self.check_writable()?;
-            let parent = self.inode(parent)?;
-            let cname = source::name_cstr(link_name).map_err(err)?;
-            let ctarget =
-                std::ffi::CString::new(target.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
-            source::symlinkat(&ctarget, parent.fd(), &cname).map_err(err)?;
-            self.chown_new(req, &parent, &cname, 0o777)?;
-            self.do_lookup(&parent, &cname)
-        })();
-        self.reply_entry(op, reply, r);
+        self.guard(op, move || {
+            let r = (|| {
+                self.check_writable()?;
+                let parent = self.inode(parent)?;
+                let cname = source::name_cstr(link_name).map_err(err)?;
+                let ctarget = std::ffi::CString::new(target.as_os_str().as_bytes())
+                    .map_err(|_| Errno::EINVAL)?;
+                source::symlinkat(&ctarget, parent.fd(), &cname).map_err(err)?;
+                self.chown_new(req, &parent, &cname, 0o777)?;
+                self.do_lookup(&parent, &cname)
+            })();
+            self.reply_entry(op, reply, r);
+        });
     }
 
     fn rename(
@@ -751,21 +796,23 @@ impl Filesystem for ExtentFs {
     ) {
         let op = Op::Rename;
         self.ctx.ops.request(op);
-        let r = (|| {
-            self.check_writable()?;
-            let p = self.inode(parent)?;
-            let np = self.inode(newparent)?;
-            let a = source::name_cstr(name).map_err(err)?;
-            let b = source::name_cstr(newname).map_err(err)?;
-            source::renameat2(p.fd(), &a, np.fd(), &b, flags.bits()).map_err(err)
-        })();
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => {
-                self.ctx.ops.error(op);
-                reply.error(e)
+        self.guard(op, move || {
+            let r = (|| {
+                self.check_writable()?;
+                let p = self.inode(parent)?;
+                let np = self.inode(newparent)?;
+                let a = source::name_cstr(name).map_err(err)?;
+                let b = source::name_cstr(newname).map_err(err)?;
+                source::renameat2(p.fd(), &a, np.fd(), &b, flags.bits()).map_err(err)
+            })();
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    self.ctx.ops.error(op);
+                    reply.error(e)
+                }
             }
-        }
+        });
     }
 
     fn link(
@@ -778,43 +825,47 @@ impl Filesystem for ExtentFs {
     ) {
         let op = Op::Link;
         self.ctx.ops.request(op);
-        let r = (|| {
-            self.check_writable()?;
-            let inode = self.inode(ino)?;
-            let np = self.inode(newparent)?;
-            let b = source::name_cstr(newname).map_err(err)?;
-            source::linkat_fd(inode.fd(), np.fd(), &b).map_err(err)?;
-            self.do_lookup(&np, &b)
-        })();
-        self.reply_entry(op, reply, r);
+        self.guard(op, move || {
+            let r = (|| {
+                self.check_writable()?;
+                let inode = self.inode(ino)?;
+                let np = self.inode(newparent)?;
+                let b = source::name_cstr(newname).map_err(err)?;
+                source::linkat_fd(inode.fd(), np.fd(), &b).map_err(err)?;
+                self.do_lookup(&np, &b)
+            })();
+            self.reply_entry(op, reply, r);
+        });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let op = Op::Open;
         self.ctx.ops.request(op);
-        let r = (|| {
-            let inode = self.inode(ino)?;
-            let wants_write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
-            if wants_write {
-                self.check_writable()?;
+        self.guard(op, move || {
+            let r = (|| {
+                let inode = self.inode(ino)?;
+                let wants_write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+                if wants_write {
+                    self.check_writable()?;
+                }
+                let c = self.cache_of(&inode)?;
+                if wants_write && !c.file.writable() {
+                    return Err(Errno::EACCES);
+                }
+                if flags.0 & libc::O_TRUNC != 0 {
+                    self.ctx.truncate(&c, 0).map_err(err)?;
+                }
+                c.open_handles.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            })();
+            match r {
+                Ok(()) => reply.opened(FileHandle(0), self.open_flags()),
+                Err(e) => {
+                    self.ctx.ops.error(op);
+                    reply.error(e)
+                }
             }
-            let c = self.cache_of(&inode)?;
-            if wants_write && !c.file.writable() {
-                return Err(Errno::EACCES);
-            }
-            if flags.0 & libc::O_TRUNC != 0 {
-                self.ctx.truncate(&c, 0).map_err(err)?;
-            }
-            c.open_handles.fetch_add(1, Ordering::Relaxed);
-            Ok(())
-        })();
-        match r {
-            Ok(()) => reply.opened(FileHandle(0), self.open_flags()),
-            Err(e) => {
-                self.ctx.ops.error(op);
-                reply.error(e)
-            }
-        }
+        });
     }
 
     fn read(
@@ -830,25 +881,27 @@ impl Filesystem for ExtentFs {
     ) {
         let op = Op::Read;
         self.ctx.ops.request(op);
-        let c = match self.inode(ino).and_then(|i| self.cache_of(&i)) {
-            Ok(c) => c,
-            Err(e) => {
-                self.ctx.ops.error(op);
-                return reply.error(e);
-            }
-        };
-        let mut reply = Some(reply);
-        let r = self.ctx.read(&c, offset, size, |bytes| {
-            reply.take().unwrap().data(bytes);
-        });
-        if let Err(e) = r {
-            if let Some(reply) = reply.take() {
-                {
+        self.guard(op, move || {
+            let c = match self.inode(ino).and_then(|i| self.cache_of(&i)) {
+                Ok(c) => c,
+                Err(e) => {
                     self.ctx.ops.error(op);
-                    reply.error(err(e));
+                    return reply.error(e);
+                }
+            };
+            let mut reply = Some(reply);
+            let r = self.ctx.read(&c, offset, size, |bytes| {
+                reply.take().unwrap().data(bytes);
+            });
+            if let Err(e) = r {
+                if let Some(reply) = reply.take() {
+                    {
+                        self.ctx.ops.error(op);
+                        reply.error(err(e));
+                    }
                 }
             }
-        }
+        });
     }
 
     fn write(
@@ -865,19 +918,21 @@ impl Filesystem for ExtentFs {
     ) {
         let op = Op::Write;
         self.ctx.ops.request(op);
-        let r = (|| {
-            self.check_writable()?;
-            let c = self.inode(ino).and_then(|i| self.cache_of(&i))?;
-            let append = self.cfg.cache == CacheMode::Pool && flags.0 & libc::O_APPEND != 0;
-            self.ctx.write(&c, offset, data, append).map_err(err)
-        })();
-        match r {
-            Ok(_) => reply.written(data.len() as u32),
-            Err(e) => {
-                self.ctx.ops.error(op);
-                reply.error(e)
+        self.guard(op, move || {
+            let r = (|| {
+                self.check_writable()?;
+                let c = self.inode(ino).and_then(|i| self.cache_of(&i))?;
+                let append = self.cfg.cache == CacheMode::Pool && flags.0 & libc::O_APPEND != 0;
+                self.ctx.write(&c, offset, data, append).map_err(err)
+            })();
+            match r {
+                Ok(_) => reply.written(data.len() as u32),
+                Err(e) => {
+                    self.ctx.ops.error(op);
+                    reply.error(e)
+                }
             }
-        }
+        });
     }
 
     fn flush(
@@ -890,25 +945,27 @@ impl Filesystem for ExtentFs {
     ) {
         let op = Op::Flush;
         self.ctx.ops.request(op);
-        let r = (|| {
-            let inode = self.inode(ino)?;
-            if let Some(c) = self.ctx.get(inode.key) {
-                if let Some(e) = c.take_wb_error() {
-                    return Err(errno(e));
+        self.guard(op, move || {
+            let r = (|| {
+                let inode = self.inode(ino)?;
+                if let Some(c) = self.ctx.get(inode.key) {
+                    if let Some(e) = c.take_wb_error() {
+                        return Err(errno(e));
+                    }
+                    if c.dirty_bytes() > 0 {
+                        self.ctx.queue_writeback(&c);
+                    }
                 }
-                if c.dirty_bytes() > 0 {
-                    self.ctx.queue_writeback(&c);
+                Ok(())
+            })();
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    self.ctx.ops.error(op);
+                    reply.error(e)
                 }
             }
-            Ok(())
-        })();
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => {
-                self.ctx.ops.error(op);
-                reply.error(e)
-            }
-        }
+        });
     }
 
     fn release(
@@ -923,14 +980,18 @@ impl Filesystem for ExtentFs {
     ) {
         let op = Op::Release;
         self.ctx.ops.request(op);
-        if let Some(inode) = self.inodes.get(ino.0) {
-            if let Some(c) = self.ctx.get(inode.key) {
-                let _ = c
-                    .open_handles
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        self.guard(op, move || {
+            if let Some(inode) = self.inodes.get(ino.0) {
+                if let Some(c) = self.ctx.get(inode.key) {
+                    let _ =
+                        c.open_handles
+                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                                n.checked_sub(1)
+                            });
+                }
             }
-        }
-        reply.ok();
+            reply.ok();
+        });
     }
 
     fn fsync(
@@ -943,30 +1004,34 @@ impl Filesystem for ExtentFs {
     ) {
         let op = Op::Fsync;
         self.ctx.ops.request(op);
-        let r = (|| {
-            let inode = self.inode(ino)?;
-            let c = self.cache_of(&inode)?;
-            self.ctx.sync_file(&c, datasync).map_err(err)
-        })();
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => {
-                self.ctx.ops.error(op);
-                reply.error(e)
+        self.guard(op, move || {
+            let r = (|| {
+                let inode = self.inode(ino)?;
+                let c = self.cache_of(&inode)?;
+                self.ctx.sync_file(&c, datasync).map_err(err)
+            })();
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    self.ctx.ops.error(op);
+                    reply.error(e)
+                }
             }
-        }
+        });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let op = Op::Opendir;
         self.ctx.ops.request(op);
-        match self.inode(ino).and_then(|i| self.open_dir(&i)) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => {
-                self.ctx.ops.error(op);
-                reply.error(e)
+        self.guard(op, move || {
+            match self.inode(ino).and_then(|i| self.open_dir(&i)) {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => {
+                    self.ctx.ops.error(op);
+                    reply.error(e)
+                }
             }
-        }
+        });
     }
 
     fn readdir(
@@ -979,21 +1044,23 @@ impl Filesystem for ExtentFs {
     ) {
         let op = Op::Readdir;
         self.ctx.ops.request(op);
-        let r = self.walk_dir(fh, offset, |name, d_ino, d_type, next| {
-            reply.add(
-                INodeNo(d_ino),
-                next,
-                dtype_to_filetype(d_type),
-                OsStr::from_bytes(name),
-            )
-        });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => {
-                self.ctx.ops.error(op);
-                reply.error(e)
+        self.guard(op, move || {
+            let r = self.walk_dir(fh, offset, |name, d_ino, d_type, next| {
+                reply.add(
+                    INodeNo(d_ino),
+                    next,
+                    dtype_to_filetype(d_type),
+                    OsStr::from_bytes(name),
+                )
+            });
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    self.ctx.ops.error(op);
+                    reply.error(e)
+                }
             }
-        }
+        });
     }
 
     fn readdirplus(
@@ -1006,72 +1073,74 @@ impl Filesystem for ExtentFs {
     ) {
         let op = Op::Readdirplus;
         self.ctx.ops.request(op);
-        let parent = match self.inode(ino) {
-            Ok(p) => p,
-            Err(e) => {
-                self.ctx.ops.error(op);
-                return reply.error(e);
-            }
-        };
-        let zero = Duration::ZERO;
-        let r = self.walk_dir(fh, offset, |name, d_ino, d_type, next| {
-            if name == b"." || name == b".." {
-                let attr = FileAttr {
-                    ino: INodeNo(d_ino),
-                    size: 0,
-                    blocks: 0,
-                    atime: UNIX_EPOCH,
-                    mtime: UNIX_EPOCH,
-                    ctime: UNIX_EPOCH,
-                    crtime: UNIX_EPOCH,
-                    kind: dtype_to_filetype(d_type),
-                    perm: 0,
-                    nlink: 0,
-                    uid: 0,
-                    gid: 0,
-                    rdev: 0,
-                    blksize: 4096,
-                    flags: 0,
-                };
-                return reply.add(
-                    INodeNo(d_ino),
-                    next,
-                    OsStr::from_bytes(name),
-                    &zero,
-                    &attr,
-                    Generation(0),
-                );
-            }
-            let Ok(cname) = std::ffi::CString::new(name) else {
-                return false;
+        self.guard(op, move || {
+            let parent = match self.inode(ino) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.ctx.ops.error(op);
+                    return reply.error(e);
+                }
             };
-            match self.do_lookup(&parent, &cname) {
-                Ok(attr) => {
-                    let full = reply.add(
-                        attr.ino,
+            let zero = Duration::ZERO;
+            let r = self.walk_dir(fh, offset, |name, d_ino, d_type, next| {
+                if name == b"." || name == b".." {
+                    let attr = FileAttr {
+                        ino: INodeNo(d_ino),
+                        size: 0,
+                        blocks: 0,
+                        atime: UNIX_EPOCH,
+                        mtime: UNIX_EPOCH,
+                        ctime: UNIX_EPOCH,
+                        crtime: UNIX_EPOCH,
+                        kind: dtype_to_filetype(d_type),
+                        perm: 0,
+                        nlink: 0,
+                        uid: 0,
+                        gid: 0,
+                        rdev: 0,
+                        blksize: 4096,
+                        flags: 0,
+                    };
+                    return reply.add(
+                        INodeNo(d_ino),
                         next,
                         OsStr::from_bytes(name),
-                        &self.cfg.ttl,
+                        &zero,
                         &attr,
                         Generation(0),
                     );
-                    if full {
-                        // The kernel never saw this entry: drop the reference we took.
-                        self.forget_one(attr.ino.0, 1);
-                    }
-                    full
                 }
-                // Vanished between readdir and lookup: skip it.
-                Err(_) => false,
+                let Ok(cname) = std::ffi::CString::new(name) else {
+                    return false;
+                };
+                match self.do_lookup(&parent, &cname) {
+                    Ok(attr) => {
+                        let full = reply.add(
+                            attr.ino,
+                            next,
+                            OsStr::from_bytes(name),
+                            &self.cfg.ttl,
+                            &attr,
+                            Generation(0),
+                        );
+                        if full {
+                            // The kernel never saw this entry: drop the reference we took.
+                            self.forget_one(attr.ino.0, 1);
+                        }
+                        full
+                    }
+                    // Vanished between readdir and lookup: skip it.
+                    Err(_) => false,
+                }
+            });
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    self.ctx.ops.error(op);
+                    reply.error(e)
+                }
             }
         });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => {
-                self.ctx.ops.error(op);
-                reply.error(e)
-            }
-        }
     }
 
     fn releasedir(
@@ -1084,8 +1153,10 @@ impl Filesystem for ExtentFs {
     ) {
         let op = Op::Releasedir;
         self.ctx.ops.request(op);
-        self.dirs.lock().unwrap().remove(&fh.0);
-        reply.ok();
+        self.guard(op, move || {
+            self.dirs.lock().unwrap().remove(&fh.0);
+            reply.ok();
+        });
     }
 
     fn fsyncdir(
@@ -1098,52 +1169,57 @@ impl Filesystem for ExtentFs {
     ) {
         let op = Op::Fsyncdir;
         self.ctx.ops.request(op);
-        let r = (|| {
-            let inode = self.inode(ino)?;
-            let fd = source::reopen(inode.fd(), libc::O_RDONLY | libc::O_DIRECTORY).map_err(err)?;
-            let rc = unsafe {
-                if datasync {
-                    libc::fdatasync(fd.as_raw_fd())
-                } else {
-                    libc::fsync(fd.as_raw_fd())
+        self.guard(op, move || {
+            let r = (|| {
+                let inode = self.inode(ino)?;
+                let fd =
+                    source::reopen(inode.fd(), libc::O_RDONLY | libc::O_DIRECTORY).map_err(err)?;
+                let rc = unsafe {
+                    if datasync {
+                        libc::fdatasync(fd.as_raw_fd())
+                    } else {
+                        libc::fsync(fd.as_raw_fd())
+                    }
+                };
+                source::cvt(rc).map(drop).map_err(err)
+            })();
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    self.ctx.ops.error(op);
+                    reply.error(e)
                 }
-            };
-            source::cvt(rc).map(drop).map_err(err)
-        })();
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => {
-                self.ctx.ops.error(op);
-                reply.error(e)
             }
-        }
+        });
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
         let op = Op::Statfs;
         self.ctx.ops.request(op);
-        let r = (|| {
-            // fstatvfs works on O_PATH descriptors: no need to open (a device) for real.
-            let inode = self.inode(ino)?;
-            let fd = inode.fd();
-            source::statvfs(fd).map_err(err)
-        })();
-        match r {
-            Ok(s) => reply.statfs(
-                s.f_blocks,
-                s.f_bfree,
-                s.f_bavail,
-                s.f_files,
-                s.f_ffree,
-                s.f_bsize as u32,
-                s.f_namemax as u32,
-                s.f_frsize as u32,
-            ),
-            Err(e) => {
-                self.ctx.ops.error(op);
-                reply.error(e)
+        self.guard(op, move || {
+            let r = (|| {
+                // fstatvfs works on O_PATH descriptors: no need to open (a device) for real.
+                let inode = self.inode(ino)?;
+                let fd = inode.fd();
+                source::statvfs(fd).map_err(err)
+            })();
+            match r {
+                Ok(s) => reply.statfs(
+                    s.f_blocks,
+                    s.f_bfree,
+                    s.f_bavail,
+                    s.f_files,
+                    s.f_ffree,
+                    s.f_bsize as u32,
+                    s.f_namemax as u32,
+                    s.f_frsize as u32,
+                ),
+                Err(e) => {
+                    self.ctx.ops.error(op);
+                    reply.error(e)
+                }
             }
-        }
+        });
     }
 
     fn setxattr(
@@ -1158,62 +1234,66 @@ impl Filesystem for ExtentFs {
     ) {
         let op = Op::Setxattr;
         self.ctx.ops.request(op);
-        match self.do_setxattr(req, ino, name, value, flags) {
-            Ok(()) => reply.ok(),
-            Err(e) => {
-                self.ctx.ops.error(op);
-                reply.error(e)
+        self.guard(op, move || {
+            match self.do_setxattr(req, ino, name, value, flags) {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    self.ctx.ops.error(op);
+                    reply.error(e)
+                }
             }
-        }
+        });
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let op = Op::Getxattr;
         self.ctx.ops.request(op);
-        match self.do_getxattr(req, ino, name) {
+        self.guard(op, move || match self.do_getxattr(req, ino, name) {
             Ok(v) => xattr::reply_value(reply, &v, size),
             Err(e) => {
                 self.ctx.ops.error(op);
                 reply.error(e)
             }
-        }
+        });
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let op = Op::Listxattr;
         self.ctx.ops.request(op);
-        match self.do_listxattr(ino) {
+        self.guard(op, move || match self.do_listxattr(ino) {
             Ok(v) => xattr::reply_value(reply, &v, size),
             Err(e) => {
                 self.ctx.ops.error(op);
                 reply.error(e)
             }
-        }
+        });
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let op = Op::Removexattr;
         self.ctx.ops.request(op);
-        match self.do_removexattr(ino, name) {
+        self.guard(op, move || match self.do_removexattr(ino, name) {
             Ok(()) => reply.ok(),
             Err(e) => {
                 self.ctx.ops.error(op);
                 reply.error(e)
             }
-        }
+        });
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         let op = Op::Access;
         self.ctx.ops.request(op);
-        // Permission checks are the kernel's (default_permissions is always on).
-        match self.inode(ino) {
-            Ok(_) => reply.ok(),
-            Err(e) => {
-                self.ctx.ops.error(op);
-                reply.error(e)
+        self.guard(op, move || {
+            // Permission checks are the kernel's (default_permissions is always on).
+            match self.inode(ino) {
+                Ok(_) => reply.ok(),
+                Err(e) => {
+                    self.ctx.ops.error(op);
+                    reply.error(e)
+                }
             }
-        }
+        });
     }
 
     fn create(
@@ -1228,19 +1308,21 @@ impl Filesystem for ExtentFs {
     ) {
         let op = Op::Create;
         self.ctx.ops.request(op);
-        match self.do_create(req, parent, name, mode, flags) {
-            Ok((attr, _c)) => reply.created(
-                &self.cfg.ttl,
-                &attr,
-                Generation(0),
-                FileHandle(0),
-                self.open_flags(),
-            ),
-            Err(e) => {
-                self.ctx.ops.error(op);
-                reply.error(e)
+        self.guard(op, move || {
+            match self.do_create(req, parent, name, mode, flags) {
+                Ok((attr, _c)) => reply.created(
+                    &self.cfg.ttl,
+                    &attr,
+                    Generation(0),
+                    FileHandle(0),
+                    self.open_flags(),
+                ),
+                Err(e) => {
+                    self.ctx.ops.error(op);
+                    reply.error(e)
+                }
             }
-        }
+        });
     }
 
     fn fallocate(
@@ -1255,16 +1337,18 @@ impl Filesystem for ExtentFs {
     ) {
         let op = Op::Fallocate;
         self.ctx.ops.request(op);
-        match self
-            .inode(ino)
-            .and_then(|i| self.do_fallocate(&i, offset, length, mode))
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => {
-                self.ctx.ops.error(op);
-                reply.error(e)
+        self.guard(op, move || {
+            match self
+                .inode(ino)
+                .and_then(|i| self.do_fallocate(&i, offset, length, mode))
+            {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    self.ctx.ops.error(op);
+                    reply.error(e)
+                }
             }
-        }
+        });
     }
 
     fn lseek(
@@ -1278,27 +1362,31 @@ impl Filesystem for ExtentFs {
     ) {
         let op = Op::Lseek;
         self.ctx.ops.request(op);
-        let r = (|| {
-            let inode = self.inode(ino)?;
-            let c = self.cache_of(&inode)?;
-            if whence == libc::SEEK_DATA || whence == libc::SEEK_HOLE {
-                if offset < 0 {
-                    return Err(Errno::ENXIO);
+        self.guard(op, move || {
+            let r = (|| {
+                let inode = self.inode(ino)?;
+                let c = self.cache_of(&inode)?;
+                if self.cfg.cache == CacheMode::Kernel {
+                    // The kernel holds dirty pages we have not seen yet: let it answer
+                    // (everything below EOF is data) rather than answer from SOURCE.
+                    return Err(Errno::ENOSYS);
                 }
-                if offset as u64 >= c.size() {
-                    return Err(Errno::ENXIO);
+                if whence == libc::SEEK_DATA || whence == libc::SEEK_HOLE {
+                    if offset < 0 || offset as u64 >= c.size() {
+                        return Err(Errno::ENXIO);
+                    }
+                    return self.ctx.seek(&c, offset, whence).map_err(err);
                 }
-                return self.ctx.seek(&c, offset, whence).map_err(err);
+                Err(Errno::EINVAL)
+            })();
+            match r {
+                Ok(o) => reply.offset(o),
+                Err(e) => {
+                    self.ctx.ops.error(op);
+                    reply.error(e)
+                }
             }
-            Err(Errno::EINVAL)
-        })();
-        match r {
-            Ok(o) => reply.offset(o),
-            Err(e) => {
-                self.ctx.ops.error(op);
-                reply.error(e)
-            }
-        }
+        });
     }
 
     fn copy_file_range(
@@ -1316,17 +1404,19 @@ impl Filesystem for ExtentFs {
     ) {
         let op = Op::CopyFileRange;
         self.ctx.ops.request(op);
-        let r = (|| {
-            let a = self.inode(ino_in).and_then(|i| self.cache_of(&i))?;
-            let b = self.inode(ino_out).and_then(|i| self.cache_of(&i))?;
-            self.do_copy_range(&a, offset_in, &b, offset_out, len)
-        })();
-        match r {
-            Ok(n) => reply.written(n.min(u32::MAX as u64) as u32),
-            Err(e) => {
-                self.ctx.ops.error(op);
-                reply.error(e)
+        self.guard(op, move || {
+            let r = (|| {
+                let a = self.inode(ino_in).and_then(|i| self.cache_of(&i))?;
+                let b = self.inode(ino_out).and_then(|i| self.cache_of(&i))?;
+                self.do_copy_range(&a, offset_in, &b, offset_out, len)
+            })();
+            match r {
+                Ok(n) => reply.written(n.min(u32::MAX as u64) as u32),
+                Err(e) => {
+                    self.ctx.ops.error(op);
+                    reply.error(e)
+                }
             }
-        }
+        });
     }
 }
