@@ -285,6 +285,21 @@ fn detach_stdio() {
     }
 }
 
+/// The daemon holds a descriptor per inode the kernel knows and per cached file: take the
+/// whole hard limit.
+fn raise_fd_limit() {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && rl.rlim_cur < rl.rlim_max {
+            rl.rlim_cur = rl.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+        }
+    }
+}
+
 fn block_signals() -> libc::sigset_t {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -306,6 +321,7 @@ fn serve(
     foreground: bool,
 ) -> Result<(), String> {
     unsafe { libc::umask(0) };
+    raise_fd_limit();
     // Every thread started from here on inherits the blocked signals; one thread waits.
     let sigset = block_signals();
 

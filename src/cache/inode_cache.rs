@@ -191,7 +191,7 @@ impl InodeCache {
             tv_sec: 0,
             tv_nsec: 0,
         };
-        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
         *self.pending_mtime.lock().unwrap() = Some(ts);
     }
 

@@ -473,6 +473,23 @@ impl CacheContext {
         c.set_size(size);
     }
 
+    /// The file was deleted and its last handle closed: its data can never be read again, so
+    /// drop it, dirty or not, instead of writing it back to an unlinked inode.
+    pub fn discard_if_deleted(&self, c: &InodeCache) {
+        match c.file.stat() {
+            Ok(st) if st.st_nlink == 0 => {}
+            _ => return,
+        }
+        let guard = RangeGuard::lock(&c.tree, 0, u64::MAX, Bits::WRITEBACK);
+        self.clear_dirty(c, 0, u64::MAX, Bits::NONE);
+        c.map.unmap(0, !(P - 1));
+        c.tree.clear_bits(0, u64::MAX, Bits::UPTODATE);
+        c.set_pending_mtime(None);
+        let _ = c.take_wb_error();
+        drop(guard);
+        self.bump_progress();
+    }
+
     /// Re-read the size from SOURCE after an operation that changed it there.
     pub fn refresh_size(&self, c: &InodeCache) -> io::Result<()> {
         let st = c.file.stat()?;

@@ -152,7 +152,7 @@ fn resolve_now(t: libc::timespec) -> libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut now) };
     now
 }
 
@@ -374,18 +374,21 @@ impl ExtentFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
+        umask: u32,
         flags: i32,
     ) -> R<(FileAttr, Arc<InodeCache>)> {
         self.check_writable()?;
         let parent = self.inode(parent)?;
         let cname = source::name_cstr(name).map_err(err)?;
         let excl = flags & libc::O_EXCL;
-        let created = match source::openat(
-            parent.fd(),
-            &cname,
-            libc::O_CREAT | libc::O_EXCL | libc::O_RDONLY,
-            mode & 0o7777,
-        ) {
+        let created = match source::with_umask(mode & 0o7777, umask, |m| {
+            source::openat(
+                parent.fd(),
+                &cname,
+                libc::O_CREAT | libc::O_EXCL | libc::O_RDONLY,
+                m,
+            )
+        }) {
             Ok(fd) => {
                 drop(fd);
                 true
@@ -394,7 +397,7 @@ impl ExtentFs {
             Err(e) => return Err(err(e)),
         };
         if created {
-            self.chown_new(req, &parent, &cname, mode)?;
+            self.chown_new(req, &parent, &cname, mode & !umask)?;
         }
         let attr = self.do_lookup(&parent, &cname)?;
         let inode = self.inodes.get(attr.ino.0).ok_or(Errno::ESTALE)?;
@@ -473,6 +476,12 @@ impl ExtentFs {
         len: u64,
     ) -> R<u64> {
         self.check_writable()?;
+        // Only what the source file holds is copied; the copy must fit below the size limit.
+        let len = len.min(src.size().saturating_sub(off_in));
+        let max = crate::cache::inode_cache::MAX_FILE_SIZE;
+        if len > 0 && off_out.checked_add(len).is_none_or(|e| e > max) {
+            return Err(Errno::EFBIG);
+        }
         let mut done = 0u64;
         let mut buf: Vec<u8> = Vec::new();
         while done < len {
@@ -563,7 +572,9 @@ impl Filesystem for ExtentFs {
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_MAX_PAGES
             | InitFlags::FUSE_ASYNC_DIO
-            | InitFlags::FUSE_CACHE_SYMLINKS;
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            // The umask comes with each create; SOURCE applies it or the default ACL.
+            | InitFlags::FUSE_DONT_MASK;
         match self.cfg.cache {
             CacheMode::Pool => caps |= InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
             CacheMode::Kernel => caps |= InitFlags::FUSE_WRITEBACK_CACHE,
@@ -676,7 +687,7 @@ impl Filesystem for ExtentFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
@@ -687,8 +698,11 @@ impl Filesystem for ExtentFs {
                 self.check_writable()?;
                 let parent = self.inode(parent)?;
                 let cname = source::name_cstr(name).map_err(err)?;
-                source::mknodat(parent.fd(), &cname, mode, rdev as u64).map_err(err)?;
-                self.chown_new(req, &parent, &cname, mode)?;
+                source::with_umask(mode, umask, |m| {
+                    source::mknodat(parent.fd(), &cname, m, rdev as u64)
+                })
+                .map_err(err)?;
+                self.chown_new(req, &parent, &cname, mode & !umask)?;
                 self.do_lookup(&parent, &cname)
             })();
             self.reply_entry(op, reply, r);
@@ -701,7 +715,7 @@ impl Filesystem for ExtentFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         let op = Op::Mkdir;
@@ -711,8 +725,11 @@ impl Filesystem for ExtentFs {
                 self.check_writable()?;
                 let parent = self.inode(parent)?;
                 let cname = source::name_cstr(name).map_err(err)?;
-                source::mkdirat(parent.fd(), &cname, mode & 0o7777).map_err(err)?;
-                self.chown_new(req, &parent, &cname, mode)?;
+                source::with_umask(mode & 0o7777, umask, |m| {
+                    source::mkdirat(parent.fd(), &cname, m)
+                })
+                .map_err(err)?;
+                self.chown_new(req, &parent, &cname, mode & !umask)?;
                 self.do_lookup(&parent, &cname)
             })();
             self.reply_entry(op, reply, r);
@@ -982,12 +999,15 @@ impl Filesystem for ExtentFs {
         self.ctx.ops.request(op);
         self.guard(op, move || {
             if let Some(inode) = self.inodes.get(ino.0) {
-                if let Some(c) = self.ctx.get(inode.key) {
-                    let _ =
+                if let Some(c) = inode.cache.get() {
+                    let prev =
                         c.open_handles
                             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                                 n.checked_sub(1)
                             });
+                    if prev == Ok(1) {
+                        self.ctx.discard_if_deleted(c);
+                    }
                 }
             }
             reply.ok();
@@ -1248,7 +1268,7 @@ impl Filesystem for ExtentFs {
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let op = Op::Getxattr;
         self.ctx.ops.request(op);
-        self.guard(op, move || match self.do_getxattr(req, ino, name) {
+        self.guard(op, move || match self.do_getxattr(req, ino, name, size) {
             Ok(v) => xattr::reply_value(reply, &v, size),
             Err(e) => {
                 self.ctx.ops.error(op);
@@ -1302,14 +1322,14 @@ impl Filesystem for ExtentFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         let op = Op::Create;
         self.ctx.ops.request(op);
         self.guard(op, move || {
-            match self.do_create(req, parent, name, mode, flags) {
+            match self.do_create(req, parent, name, mode, umask, flags) {
                 Ok((attr, _c)) => reply.created(
                     &self.cfg.ttl,
                     &attr,

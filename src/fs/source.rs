@@ -12,6 +12,30 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
+/// Run `f` (a create/mkdir/mknod) with the caller's umask, as the kernel would: SOURCE's
+/// filesystem then applies the parent's default ACL instead of the umask where there is one.
+/// Each request thread gets its own umask by unsharing its fs attributes once; if that is not
+/// possible, the umask is applied to `mode` here (no default-ACL semantics).
+pub fn with_umask<T>(mode: u32, umask: u32, f: impl FnOnce(u32) -> T) -> T {
+    use std::cell::Cell;
+    thread_local! {
+        static OWN_FS: Cell<Option<bool>> = const { Cell::new(None) };
+    }
+    let own = OWN_FS.with(|c| {
+        if c.get().is_none() {
+            c.set(Some(unsafe { libc::unshare(libc::CLONE_FS) } == 0));
+        }
+        c.get().unwrap()
+    });
+    if !own {
+        return f(mode & !umask);
+    }
+    let old = unsafe { libc::umask(umask & 0o777) };
+    let r = f(mode);
+    unsafe { libc::umask(old) };
+    r
+}
+
 /// Convert a libc return value (-1 = errno) into a Result.
 pub fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {

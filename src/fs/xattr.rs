@@ -184,7 +184,15 @@ impl ExtentFs {
         s
     }
 
-    pub(crate) fn do_getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr) -> R<Vec<u8>> {
+    /// The value of `name`; with `size == 0` only its length matters (the caller replies with
+    /// the size).
+    pub(crate) fn do_getxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        size: u32,
+    ) -> R<Vec<u8>> {
         let inode = self.inode(ino)?;
         let n = name.as_bytes();
         if n.starts_with(NAMESPACE.as_bytes()) {
@@ -221,8 +229,13 @@ impl ExtentFs {
             return Err(Errno::NO_XATTR);
         }
         let cname = CString::new(n).map_err(|_| Errno::EINVAL)?;
-        let len = source::getxattr(inode.fd(), &cname, &mut []).map_err(err)?;
-        let mut buf = vec![0u8; len.max(1)];
+        // Ask SOURCE with the caller's size, so a value that changes in between yields
+        // ERANGE (as on a local filesystem) rather than a failed second read.
+        if size == 0 {
+            let len = source::getxattr(inode.fd(), &cname, &mut []).map_err(err)?;
+            return Ok(vec![0u8; len]);
+        }
+        let mut buf = vec![0u8; size as usize];
         let got = source::getxattr(inode.fd(), &cname, &mut buf).map_err(err)?;
         buf.truncate(got);
         Ok(buf)
@@ -284,9 +297,18 @@ impl ExtentFs {
         if inode.is_symlink() {
             return Ok(Vec::new());
         }
-        let len = source::listxattr(inode.fd(), &mut []).map_err(err)?;
-        let mut buf = vec![0u8; len.max(1)];
-        let got = source::listxattr(inode.fd(), &mut buf).map_err(err)?;
+        // Read the whole list (our names must be filtered out before sizing the reply).
+        let mut buf = vec![0u8; 4096];
+        let got = loop {
+            match source::listxattr(inode.fd(), &mut buf) {
+                Ok(n) => break n,
+                Err(e) if e.raw_os_error() == Some(libc::ERANGE) && buf.len() < (1 << 20) => {
+                    let want = source::listxattr(inode.fd(), &mut []).map_err(err)?;
+                    buf.resize(want.max(buf.len() * 2), 0);
+                }
+                Err(e) => return Err(err(e)),
+            }
+        };
         buf.truncate(got);
         // Hide our namespace, should SOURCE ever carry such names.
         let mut out = Vec::with_capacity(buf.len());
