@@ -11,7 +11,7 @@ utime_now = {}
 rename_ctime = {}
 posix_fallocate = {}
 [settings]
-naptime = 0.001
+naptime = 0.01
 allow_remount = false
 [dummy_auth]
 entries = [["nobody", "nogroup"], ["daemon", "daemon"]]

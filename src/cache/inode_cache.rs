@@ -191,7 +191,7 @@ impl InodeCache {
             tv_sec: 0,
             tv_nsec: 0,
         };
-        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
+        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
         *self.pending_mtime.lock().unwrap() = Some(ts);
     }
 
@@ -302,7 +302,7 @@ impl InodeCache {
                             "extentfs bug: no pool memory mapped at {cur:#x}"
                         )));
                     };
-                    let t = ptr.end().min(e);
+                    let t = ptr.piece_end(cur).min(e);
                     // SAFETY: caller holds LOCKED or WRITEBACK over [s, e).
                     unsafe { ptr.iovecs(cur, (t - cur) as usize, &mut iov) };
                     ptr.mark_referenced();
@@ -317,23 +317,18 @@ impl InodeCache {
         })
     }
 
-    /// Zero the mapped range `[s, e)`. Caller holds LOCKED.
+    /// Zero whatever of `[s, e)` is mapped. Caller holds LOCKED.
     pub(crate) fn zero_range(&self, s: u64, e: u64) {
-        let mut cur = s;
-        while cur < e {
-            let Some(ptr) = self.map.get(cur) else {
-                // Unmapped: nothing cached to zero; skip to the next extent.
-                match self.map.next_from(cur) {
-                    Some(p) if p.start() < e => {
-                        cur = p.start();
-                        continue;
-                    }
-                    _ => return,
-                }
-            };
-            let t = ptr.end().min(e);
-            unsafe { ptr.zero(cur, (t - cur) as usize) };
-            cur = t;
+        let mut pieces: Vec<(u64, u64)> = Vec::new();
+        self.map.for_each_mapped(s, e, |a, b| pieces.push((a, b)));
+        for (a, b) in pieces {
+            let mut cur = a;
+            while cur < b {
+                let Some(ptr) = self.map.get(cur) else { break };
+                let t = ptr.piece_end(cur).min(b);
+                unsafe { ptr.zero(cur, (t - cur) as usize) };
+                cur = t;
+            }
         }
     }
 
@@ -343,7 +338,7 @@ impl InodeCache {
         let mut done = 0usize;
         while done < data.len() {
             let ptr = self.map.get(cur).expect("write range is mapped");
-            let n = ((ptr.end() - cur) as usize).min(data.len() - done);
+            let n = ((ptr.piece_end(cur) - cur) as usize).min(data.len() - done);
             unsafe { ptr.copy_in(cur, &data[done..done + n]) };
             ptr.mark_referenced();
             done += n;
@@ -373,7 +368,7 @@ impl InodeCache {
             let mut done = 0usize;
             while done < len {
                 let ptr = self.map.get(cur).expect("read range is mapped");
-                let n = ((ptr.end() - cur) as usize).min(len - done);
+                let n = ((ptr.piece_end(cur) - cur) as usize).min(len - done);
                 unsafe { ptr.copy_out(cur, &mut buf[done..done + n]) };
                 done += n;
                 cur += n as u64;

@@ -1,26 +1,32 @@
 //! `ExtentMap`: which pool memory holds which page-aligned range of one file.
 //!
 //! A sorted map from file offset to [`ExtentPtr`]. Invariants:
-//! - extents never overlap; each is page aligned and at most `max_extent` bytes long;
+//! - extents never overlap; each is page aligned, at most `max_extent` bytes long and at most
+//!   `MAX_RUNS` runs; an extent may contain holes (ranges with no memory), never at its ends;
 //! - outside a range locked in the inode's state tree, a page is mapped here exactly when it is
 //!   UPTODATE there (the cache keeps the two in step; this module only holds memory);
-//! - the map's structure is guarded by a short mutex that is never held across I/O or while
-//!   waiting for memory;
-//! - extents are grown in place or fused with their left neighbour when the pool pages are
-//!   contiguous and nobody else holds a reference, so a sequentially filled file costs a
-//!   handful of entries, not one per block.
+//! - the map's structure is guarded by a short mutex that is never held across I/O, while
+//!   waiting for memory, or while waiting for another thread to drop an `ExtentPtr`;
+//! - a new piece of memory is grown into its left neighbour in place when the pool pages
+//!   allow, else appended to a neighbour less than `FUSE_GAP` away (with a hole in between)
+//!   when nobody else holds that neighbour. So a sequentially filled file costs a handful of
+//!   entries, and scattered 4 KiB blocks cost a run each, not an extent each.
 
 use super::ptr::{ExtentBuf, ExtentPtr};
 use crate::pool::{PagePool, Run, PAGE_SIZE};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 const P: u64 = PAGE_SIZE as u64;
 
 /// Upper bound on one extent's length: keeps eviction granular while a 1 GiB file still needs
 /// only 16 entries.
 pub const MAX_EXTENT: u64 = 64 << 20;
+/// Upper bound on the runs of one extent (keeps shape changes cheap).
+pub const MAX_RUNS: usize = 128;
+/// Neighbours closer than this are joined into one extent with a hole between them.
+pub const FUSE_GAP: u64 = 1 << 20;
 
 pub struct ExtentMap {
     pool: Arc<PagePool>,
@@ -35,6 +41,18 @@ pub struct NoMemory {
     pub pages: u64,
 }
 
+type Map = BTreeMap<u64, ExtentPtr>;
+
+/// The extent whose range contains `off` (mapped or in a hole).
+fn containing(m: &Map, off: u64) -> Option<(u64, &ExtentPtr)> {
+    let (&k, e) = m.range(..=off).next_back()?;
+    (off < e.end()).then_some((k, e))
+}
+
+fn wait_for_release() {
+    std::thread::sleep(std::time::Duration::from_micros(50));
+}
+
 impl ExtentMap {
     pub fn new(pool: Arc<PagePool>) -> ExtentMap {
         let cap = (pool.capacity_pages() as u64 * P / 8).clamp(P, MAX_EXTENT) & !(P - 1);
@@ -44,6 +62,10 @@ impl ExtentMap {
             extents: Mutex::new(BTreeMap::new()),
             mapped_bytes: AtomicU64::new(0),
         }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Map> {
+        self.extents.lock().unwrap()
     }
 
     pub fn pool(&self) -> &Arc<PagePool> {
@@ -56,49 +78,29 @@ impl ExtentMap {
     }
 
     pub fn entries(&self) -> usize {
-        self.extents.lock().unwrap().len()
+        self.lock().len()
     }
 
     /// Estimated heap bytes: BTreeMap entries (key + pointer, amortized node overhead) plus
-    /// each extent's own bookkeeping.
+    /// each extent's own bookkeeping (struct, Arc header, run list and index).
     pub fn metadata_bytes(&self) -> usize {
-        let m = self.extents.lock().unwrap();
-        m.values().map(|e| e.metadata_bytes() + 24).sum()
+        self.lock().values().map(|e| e.metadata_bytes() + 24).sum()
     }
 
-    /// The extent containing file offset `off`.
+    /// The extent mapping the page that holds `off` (None in a hole or outside extents).
     pub fn get(&self, off: u64) -> Option<ExtentPtr> {
-        let m = self.extents.lock().unwrap();
-        let (_, e) = m.range(..=off).next_back()?;
-        (off < e.end()).then(|| e.clone())
+        let m = self.lock();
+        let (_, e) = containing(&m, off)?;
+        e.0.is_mapped_at(off).then(|| e.clone())
     }
 
-    /// The first extent that ends after `off` (contains it or starts after it).
-    pub fn next_from(&self, off: u64) -> Option<ExtentPtr> {
-        let m = self.extents.lock().unwrap();
-        if let Some((_, e)) = m.range(..=off).next_back() {
-            if off < e.end() {
-                return Some(e.clone());
-            }
-        }
-        m.range(off.saturating_add(1)..)
-            .next()
-            .map(|(_, e)| e.clone())
-    }
-
-    /// Visit mapped sub-ranges of `[start, end)` as (start, end) in order.
+    /// Visit mapped sub-ranges of `[start, end)` as (start, end), in order (pieces that touch
+    /// may be reported separately).
     pub fn for_each_mapped(&self, start: u64, end: u64, mut f: impl FnMut(u64, u64)) {
-        let m = self.extents.lock().unwrap();
-        let first = match m.range(..=start).next_back() {
-            Some((&k, e)) if e.end() > start => k,
-            _ => start,
-        };
+        let m = self.lock();
+        let first = containing(&m, start).map(|(k, _)| k).unwrap_or(start);
         for (_, e) in m.range(first..end) {
-            let s = e.start().max(start);
-            let t = e.end().min(end);
-            if s < t {
-                f(s, t);
-            }
+            e.0.for_each_mapped(start, end, &mut f);
         }
     }
 
@@ -109,200 +111,208 @@ impl ExtentMap {
             if s > cur {
                 f(cur, s);
             }
-            cur = t;
+            cur = cur.max(t);
         });
         if cur < end {
             f(cur, end);
         }
     }
 
-    /// Map pool memory over the page-aligned gap `[start, end)` (which must be unmapped),
-    /// without waiting: grow the left neighbour in place when its pages are followed by free
-    /// pool pages, else allocate runs (contiguous if possible) for new extents. All or nothing.
+    /// Map pool memory over the page-aligned gap `[start, end)` (which must be unmapped:
+    /// either inside one extent's hole or outside all extents), without waiting for memory.
+    /// All or nothing.
     pub fn map_gap(&self, start: u64, end: u64) -> Result<(), NoMemory> {
         debug_assert!(start.is_multiple_of(P) && end.is_multiple_of(P) && start < end);
-        let mut m = self.extents.lock().unwrap();
         let mut cur = start;
-        // 1. Grow the extent ending at `start` in place, up to the extent cap.
-        if let Some((_, left)) = m.range_mut(..start).next_back() {
-            if left.end() == start && left.len() < self.max_extent {
-                let grow = (end - start).min(self.max_extent - left.len());
-                if let Some(buf) = Arc::get_mut(&mut left.0) {
-                    if buf.try_grow_in_place((grow / P) as u32) {
-                        cur += grow;
-                    }
-                }
-            }
-        }
-        // 2. New extents for the rest, at most max_extent each.
-        let mut added: Vec<ExtentPtr> = Vec::new();
         while cur < end {
-            let len = (end - cur).min(self.max_extent);
-            let pages = (len / P) as u32;
-            let mut runs = Vec::with_capacity(1);
-            let ok = match self.pool.alloc_run(pages) {
-                Some(r) => {
-                    runs.push(r);
-                    true
+            let chunk_end = end.min(cur + self.max_extent);
+            if let Err(e) = self.map_chunk(cur, chunk_end) {
+                // All or nothing: give back what this call mapped.
+                if cur > start {
+                    self.unmap(start, cur);
                 }
-                None => self.pool.alloc_runs(pages, &mut runs),
-            };
-            if !ok {
-                // Undo: drop what this call added (its pages return to the pool).
-                let grown = cur - start - added.iter().map(|e| e.len()).sum::<u64>();
-                drop(added);
-                if grown > 0 {
-                    if let Some((_, left)) = m.range_mut(..start).next_back() {
-                        if let Some(buf) = Arc::get_mut(&mut left.0) {
-                            let keep = buf.end() - grown;
-                            drop(buf.split_off(keep));
-                        }
-                    }
-                }
-                return Err(NoMemory {
-                    pages: (end - start) / P,
-                });
+                return Err(e);
             }
-            added.push(ExtentPtr::new(ExtentBuf::new(self.pool.clone(), cur, runs)));
-            cur += len;
+            cur = chunk_end;
         }
-        for e in added {
-            m.insert(e.start(), e);
-        }
-        self.mapped_bytes.fetch_add(end - start, Ordering::Relaxed);
-        // 3. Fuse the new extents with their left neighbours where pool pages are contiguous.
-        Self::fuse_around(&mut m, start, end, self.max_extent);
         Ok(())
     }
 
-    fn fuse_around(m: &mut BTreeMap<u64, ExtentPtr>, start: u64, end: u64, cap: u64) {
-        let keys: Vec<u64> = m.range(start..end).map(|(&k, _)| k).collect::<Vec<_>>();
-        for k in keys {
-            let Some(right) = m.get(&k) else { continue };
-            let Some((&lk, left)) = m.range(..k).next_back() else {
-                continue;
-            };
-            if left.end() != k
-                || left.len() + right.len() > cap
-                || !left.is_unique()
-                || !right.is_unique()
-            {
-                continue;
-            }
-            let contiguous = match (left.runs().last(), right.runs().first()) {
-                (Some(a), Some(b)) => a.end() == b.first,
-                _ => false,
-            };
-            if !contiguous {
-                continue;
-            }
-            let right = m.remove(&k).unwrap();
-            let right_buf = match Arc::try_unwrap(right.0) {
-                Ok(b) => b,
-                Err(arc) => {
-                    m.insert(k, ExtentPtr(arc));
-                    continue;
+    fn map_chunk(&self, start: u64, end: u64) -> Result<(), NoMemory> {
+        let pages = ((end - start) / P) as u32;
+        // 1. Sequential growth: the extent ending at `start` takes the pool pages right after
+        //    its last run, with no allocation of a new run.
+        {
+            let mut m = self.lock();
+            if let Some((_, left)) = m.range_mut(..start).next_back() {
+                if left.end() == start && left.len() + (end - start) <= self.max_extent {
+                    if let Some(buf) = Arc::get_mut(&mut left.0) {
+                        if buf.try_grow_in_place(pages) {
+                            self.mapped_bytes.fetch_add(end - start, Ordering::Relaxed);
+                            return Ok(());
+                        }
+                    }
                 }
-            };
-            let left = m.get_mut(&lk).unwrap();
-            Arc::get_mut(&mut left.0)
-                .expect("unique checked under the map lock")
-                .absorb(right_buf);
+            }
         }
+        // 2. Memory first (no lock held), contiguous if possible.
+        let mut runs = Vec::with_capacity(1);
+        match self.pool.alloc_run(pages) {
+            Some(r) => runs.push(r),
+            None => {
+                if !self.pool.alloc_runs(pages, &mut runs) {
+                    return Err(NoMemory {
+                        pages: pages as u64,
+                    });
+                }
+            }
+        }
+        // 3. Place it. Shape changes need the sole reference: if another thread holds the
+        //    extent (a reader replying, writeback writing), wait for it outside the lock.
+        let mut runs = Some(runs);
+        loop {
+            let mut m = self.lock();
+            if let Some((k, _)) = containing(&m, start) {
+                let e = m.get_mut(&k).unwrap();
+                match Arc::get_mut(&mut e.0) {
+                    Some(buf) => {
+                        buf.fill_hole(start, &runs.take().unwrap());
+                        break;
+                    }
+                    None => {
+                        drop(m);
+                        wait_for_release();
+                        continue;
+                    }
+                }
+            }
+            let new = ExtentBuf::new(self.pool.clone(), start, runs.take().unwrap());
+            self.place_new(&mut m, new);
+            break;
+        }
+        self.mapped_bytes.fetch_add(end - start, Ordering::Relaxed);
+        Ok(())
     }
 
-    /// Drop the mapping of page-aligned `[start, end)` (end may be u64::MAX rounded down),
-    /// splitting extents that straddle the edges. Pages of extents that someone else still
-    /// references are released when that reference drops. Returns bytes unmapped.
+    /// Insert a new extent, appending it to a near left neighbour or taking in a near right
+    /// one when nobody else holds them and the limits allow.
+    fn place_new(&self, m: &mut Map, mut new: ExtentBuf) {
+        let fits = |a: &ExtentBuf, b_end: u64, b_runs: usize| {
+            b_end - a.start() <= self.max_extent && a.runs().len() + b_runs < MAX_RUNS
+        };
+        // Right neighbour into the new extent.
+        let right_key = m
+            .range(new.end()..)
+            .next()
+            .filter(|(_, r)| r.start() - new.end() < FUSE_GAP && r.is_unique())
+            .map(|(&k, _)| k);
+        if let Some(k) = right_key {
+            let (r_end, r_runs) = {
+                let r = &m[&k];
+                (r.end(), r.runs().len())
+            };
+            if fits(&new, r_end, r_runs) {
+                let r = m.remove(&k).unwrap();
+                match Arc::try_unwrap(r.0) {
+                    Ok(rbuf) => {
+                        let gap = rbuf.start() - new.end();
+                        new.append(gap, rbuf);
+                    }
+                    Err(arc) => {
+                        m.insert(k, ExtentPtr(arc));
+                    }
+                }
+            }
+        }
+        // The new extent into its left neighbour.
+        if let Some((_, left)) = m.range_mut(..new.start()).next_back() {
+            let gap = new.start() - left.end();
+            if gap < FUSE_GAP && fits(&left.0, new.end(), new.runs().len()) {
+                if let Some(lbuf) = Arc::get_mut(&mut left.0) {
+                    lbuf.append(gap, new);
+                    return;
+                }
+            }
+        }
+        m.insert(new.start(), ExtentPtr::new(new));
+    }
+
+    /// Drop the mapping of page-aligned `[start, end)` (end may be the last page boundary
+    /// below 2^64): extents inside go, extents across an edge lose that part (a hole, or a
+    /// shorter extent). Returns bytes unmapped.
     pub fn unmap(&self, start: u64, end: u64) -> u64 {
         debug_assert!(start.is_multiple_of(P));
         let mut removed = 0;
         loop {
-            let mut m = self.extents.lock().unwrap();
-            match Self::unmap_locked(&mut m, start, end, &mut removed) {
-                Ok(()) => break,
-                Err(()) => {
-                    // An extent straddling an edge is referenced elsewhere (a reader or
-                    // writeback of a neighbouring range): wait for it to be released.
-                    drop(m);
-                    std::thread::sleep(std::time::Duration::from_micros(50));
+            let mut m = self.lock();
+            let first = containing(&m, start).map(|(k, _)| k).unwrap_or(start);
+            let keys: Vec<u64> = m.range(first..end).map(|(&k, _)| k).collect();
+            let mut busy = false;
+            for k in keys {
+                let e = m.get_mut(&k).unwrap();
+                if e.start() >= start && e.end() <= end {
+                    let e = m.remove(&k).unwrap();
+                    removed += e.0.mapped_bytes();
+                    continue;
+                }
+                match Arc::get_mut(&mut e.0) {
+                    Some(buf) => {
+                        removed += buf.punch(start, end);
+                        if buf.is_empty() {
+                            m.remove(&k);
+                        } else if buf.start() != k {
+                            let e = m.remove(&k).unwrap();
+                            m.insert(e.start(), e);
+                        }
+                    }
+                    None => busy = true,
                 }
             }
+            if !busy {
+                break;
+            }
+            // An extent across an edge is referenced elsewhere (a reader or writeback of a
+            // neighbouring range): wait for it to be released, outside the lock.
+            drop(m);
+            wait_for_release();
         }
         self.mapped_bytes.fetch_sub(removed, Ordering::Relaxed);
         removed
     }
 
-    fn unmap_locked(
-        m: &mut BTreeMap<u64, ExtentPtr>,
-        start: u64,
-        end: u64,
-        removed: &mut u64,
-    ) -> Result<(), ()> {
-        // Split the extent straddling `start`.
-        if let Some((_, e)) = m.range_mut(..start).next_back() {
-            if e.end() > start {
-                let buf = Arc::get_mut(&mut e.0).ok_or(())?;
-                let mut tail = buf.split_off(start);
-                if tail.end() > end {
-                    let rest = tail.split_off(end);
-                    m.insert(end, ExtentPtr::new(rest));
-                }
-                *removed += tail.len();
-                drop(tail);
-            }
-        }
-        // Split the extent straddling `end`.
-        if let Some((&k, e)) = m.range_mut(start..end).next_back() {
-            if e.end() > end {
-                let buf = Arc::get_mut(&mut e.0).ok_or(())?;
-                let rest = buf.split_off(end);
-                m.insert(end, ExtentPtr::new(rest));
-                let _ = k;
-            }
-        }
-        // Everything now inside [start, end) goes.
-        let keys: Vec<u64> = m.range(start..end).map(|(&k, _)| k).collect();
-        for k in keys {
-            let e = m.remove(&k).unwrap();
-            *removed += e.len();
-        }
-        Ok(())
-    }
-
-    /// Remove exactly the extent starting at `start` if `ok(extent)` allows and nobody else
-    /// references it (eviction). Returns its length.
+    /// Remove exactly the extent `[start, end)` if `ok(extent)` allows and nobody else
+    /// references it (eviction). Returns the bytes of memory freed.
     pub fn remove_extent_if(&self, start: u64, ok: impl FnOnce(&ExtentPtr) -> bool) -> Option<u64> {
-        let mut m = self.extents.lock().unwrap();
+        let mut m = self.lock();
         let e = m.get(&start)?;
         if !e.is_unique() || !ok(e) {
             return None;
         }
         let e = m.remove(&start).unwrap();
-        let len = e.len();
         drop(m);
+        let freed = e.0.mapped_bytes();
         drop(e);
-        self.mapped_bytes.fetch_sub(len, Ordering::Relaxed);
-        Some(len)
+        self.mapped_bytes.fetch_sub(freed, Ordering::Relaxed);
+        Some(freed)
     }
 
     /// (start, end) of every extent, in order (stats, eviction scans, tests).
     pub fn extents(&self) -> Vec<(u64, u64)> {
-        let m = self.extents.lock().unwrap();
-        m.values().map(|e| (e.start(), e.end())).collect()
+        self.lock().values().map(|e| (e.start(), e.end())).collect()
     }
 
-    /// The pool runs of every extent (tests and the extents dump).
+    /// The pool runs of every extent (tests and the extents dump); holes have `first == HOLE`.
     pub fn runs(&self) -> Vec<(u64, Vec<Run>)> {
-        let m = self.extents.lock().unwrap();
-        m.values().map(|e| (e.start(), e.runs().to_vec())).collect()
+        self.lock()
+            .values()
+            .map(|e| (e.start(), e.runs().to_vec()))
+            .collect()
     }
 }
 
 impl Drop for ExtentMap {
     fn drop(&mut self) {
-        let m = self.extents.get_mut().unwrap();
-        m.clear();
+        self.extents.get_mut().unwrap().clear();
     }
 }
 
@@ -338,6 +348,29 @@ mod tests {
     }
 
     #[test]
+    fn scattered_blocks_share_an_extent() {
+        let pool = pool(64);
+        let map = ExtentMap::new(pool.clone());
+        // Every other page, backwards (so no in-place growth): one extent with holes.
+        for i in (0..64u64).rev() {
+            map.map_gap(2 * i * P, (2 * i + 1) * P).unwrap();
+        }
+        assert_eq!(map.entries(), 1, "{:?}", map.extents());
+        assert_eq!(map.mapped_bytes(), 64 * P);
+        let mut gaps = 0;
+        map.for_each_gap(0, 128 * P, |_, _| gaps += 1);
+        assert_eq!(gaps, 64);
+        // Filling the holes keeps one extent.
+        for i in 0..64u64 {
+            map.map_gap((2 * i + 1) * P, (2 * i + 2) * P).unwrap();
+        }
+        assert_eq!(map.entries(), 1);
+        let mut gaps = 0;
+        map.for_each_gap(0, 128 * P, |_, _| gaps += 1);
+        assert_eq!(gaps, 0);
+    }
+
+    #[test]
     fn gaps_and_mapped() {
         let pool = pool(16);
         let map = ExtentMap::new(pool.clone());
@@ -348,33 +381,26 @@ mod tests {
         assert_eq!(gaps, vec![(0, 2), (4, 8), (9, 10)]);
         assert!(map.get(3 * P + 7).is_some());
         assert!(map.get(4 * P).is_none());
-        assert_eq!(map.next_from(4 * P).unwrap().start(), 8 * P);
+        assert!(map.get(8 * P).is_some());
     }
 
     #[test]
-    fn unmap_splits_both_edges_and_frees() {
+    fn unmap_both_edges_and_frees() {
         let pool = pool(16);
         let free0 = pool.free_pages();
         let map = ExtentMap::new(pool.clone());
         map.map_gap(0, 10 * P).unwrap();
         assert_eq!(map.unmap(3 * P, 5 * P), 2 * P);
-        assert_eq!(map.extents(), vec![(0, 3 * P), (5 * P, 10 * P)]);
+        assert!(map.get(2 * P).is_some() && map.get(3 * P).is_none() && map.get(5 * P).is_some());
         assert_eq!(pool.free_pages(), free0 - 8);
-        // Unmap to the top of the range.
+        // Unmap to the top of the range: the extent shrinks.
         assert_eq!(map.unmap(7 * P, !(P - 1)), 3 * P);
-        assert_eq!(map.extents(), vec![(0, 3 * P), (5 * P, 7 * P)]);
+        assert_eq!(map.extents(), vec![(0, 7 * P)]);
         assert_eq!(map.mapped_bytes(), 5 * P);
+        assert_eq!(map.unmap(0, 3 * P), 3 * P);
+        assert_eq!(map.extents(), vec![(5 * P, 7 * P)]);
         drop(map);
         assert_eq!(pool.free_pages(), free0);
-    }
-
-    #[test]
-    fn unmap_inside_one_extent() {
-        let pool = pool(16);
-        let map = ExtentMap::new(pool.clone());
-        map.map_gap(0, 10 * P).unwrap();
-        map.unmap(4 * P, 6 * P);
-        assert_eq!(map.extents(), vec![(0, 4 * P), (6 * P, 10 * P)]);
     }
 
     #[test]

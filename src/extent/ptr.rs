@@ -1,22 +1,41 @@
 //! `ExtentPtr`: a refcounted mapping of one page-aligned file range onto pool pages.
 //!
-//! This is the only way code touches cached bytes (like kmap/kunmap): it owns one or more
-//! contiguous [`Run`]s of the [`PagePool`], in file order, that together hold exactly
-//! `[start, start + len)` of the file. The pages go back to the pool when the last reference is
-//! dropped (the extent map holds one reference; readers and writeback hold others briefly).
+//! This is the only way code touches cached bytes (like kmap/kunmap): an [`ExtentBuf`] owns,
+//! in file order, the [`Run`]s of the [`PagePool`] that hold `[start, start + len)` of the file.
+//! A run may be a *hole* (`first == HOLE`): pages of the range that are not in memory. Holes
+//! let one extent cover a sparsely cached stretch, so scattered 4 KiB blocks cost a run entry
+//! each (8 + 4 bytes) instead of an extent each. The pages go back to the pool when the last
+//! reference is dropped (the extent map holds one reference; readers and writeback hold others
+//! briefly).
 //!
 //! Invariants:
-//! - `start` and `len` are multiples of `PAGE_SIZE`; the runs' pages add up to `len`.
-//! - It carries no dirty/lock/writeback state: that lives only in the inode's extent state tree.
-//!   Who may read or write the bytes is decided there: a writer holds LOCKED over the bytes it
-//!   changes; readers hold LOCKED, or WRITEBACK (which keeps writers out), over what they read.
-//!   The `unsafe` accessors below state that contract.
-//! - Its shape (start, len, runs) only changes while the map holds the sole reference
+//! - `start` and `len` are multiples of `PAGE_SIZE`; the runs' pages add up to `len`; `ends[i]`
+//!   is the page count from `start` to the end of `runs[i]` (binary search by offset);
+//! - the first and last runs are not holes, no two holes are adjacent, and adjacent memory
+//!   runs that the pool can fuse are fused;
+//! - it carries no dirty/lock/writeback state: that lives only in the inode's extent state
+//!   tree. Who may read or write the bytes is decided there: a writer holds LOCKED over the
+//!   bytes it changes; readers hold LOCKED, or WRITEBACK (which keeps writers out), over what
+//!   they read. The `unsafe` accessors below state that contract;
+//! - its shape (start, len, runs) only changes while the map holds the sole reference
 //!   (`Arc::get_mut`), so nobody can observe a shape change.
 
 use crate::pool::{PagePool, Run, PAGE_SIZE};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+const P: u64 = PAGE_SIZE as u64;
+
+/// `Run::first` of a hole: pages of the extent's range with no memory behind them.
+pub const HOLE: u32 = u32::MAX;
+
+fn hole(pages: u32) -> Run {
+    Run { first: HOLE, pages }
+}
+
+fn is_hole(r: &Run) -> bool {
+    r.first == HOLE
+}
 
 /// The owned pages of one extent. Reached through [`ExtentPtr`].
 pub struct ExtentBuf {
@@ -24,6 +43,8 @@ pub struct ExtentBuf {
     start: u64,
     len: u64,
     runs: Vec<Run>,
+    ends: Vec<u32>,
+    mapped_pages: u32,
     /// CLOCK reference bit for eviction: set on access, cleared by the evictor's hand.
     referenced: AtomicBool,
 }
@@ -47,23 +68,29 @@ impl std::fmt::Debug for ExtentPtr {
 impl Drop for ExtentBuf {
     fn drop(&mut self) {
         for run in self.runs.drain(..) {
-            self.pool.free_run(run);
+            if !is_hole(&run) {
+                self.pool.free_run(run);
+            }
         }
     }
 }
 
 impl ExtentBuf {
-    /// A new extent over `runs` (taken over: they are freed when it drops).
+    /// A new extent over `runs` (memory, no holes; taken over: freed when it drops).
     pub fn new(pool: Arc<PagePool>, start: u64, runs: Vec<Run>) -> ExtentBuf {
-        debug_assert_eq!(start % PAGE_SIZE as u64, 0);
-        let len = runs.iter().map(|r| r.bytes() as u64).sum();
-        ExtentBuf {
+        debug_assert!(start.is_multiple_of(P));
+        debug_assert!(!runs.is_empty() && runs.iter().all(|r| !is_hole(r)));
+        let mut b = ExtentBuf {
             pool,
             start,
-            len,
+            len: 0,
             runs,
+            ends: Vec::new(),
+            mapped_pages: 0,
             referenced: AtomicBool::new(true),
-        }
+        };
+        b.normalize();
+        b
     }
 
     pub fn start(&self) -> u64 {
@@ -87,8 +114,145 @@ impl ExtentBuf {
         &self.runs
     }
 
+    /// Bytes backed by memory (the extent's length less its holes).
+    pub fn mapped_bytes(&self) -> u64 {
+        self.mapped_pages as u64 * P
+    }
+
+    /// Fuse adjacent holes and poolwise-contiguous runs, drop holes at both ends, and
+    /// recompute `ends`, `len` and `mapped_pages`.
+    fn normalize(&mut self) {
+        // Compact in place: no allocation on the write path.
+        let mut w = 0usize;
+        for i in 0..self.runs.len() {
+            let r = self.runs[i];
+            if r.pages == 0 {
+                continue;
+            }
+            if w > 0 {
+                let last = self.runs[w - 1];
+                if is_hole(&last) && is_hole(&r) {
+                    self.runs[w - 1].pages += r.pages;
+                    continue;
+                }
+                if !is_hole(&last) && !is_hole(&r) {
+                    if let Some(f) = self.pool.merge_runs(last, r) {
+                        self.runs[w - 1] = f;
+                        continue;
+                    }
+                }
+            }
+            self.runs[w] = r;
+            w += 1;
+        }
+        self.runs.truncate(w);
+        let lead = self.runs.iter().take_while(|r| is_hole(r)).count();
+        if lead > 0 {
+            for h in self.runs.drain(..lead) {
+                self.start += h.pages as u64 * P;
+            }
+        }
+        while self.runs.last().is_some_and(is_hole) {
+            self.runs.pop();
+        }
+        self.ends.clear();
+        let mut acc = 0u32;
+        let mut mapped = 0u32;
+        for r in &self.runs {
+            acc += r.pages;
+            if !is_hole(r) {
+                mapped += r.pages;
+            }
+            self.ends.push(acc);
+        }
+        self.len = acc as u64 * P;
+        self.mapped_pages = mapped;
+    }
+
+    /// Replace pages `[ps, pe)` (relative to `start`) with `with`; returns the pieces that
+    /// were there (memory ones are the caller's to free or keep).
+    fn replace(&mut self, ps: u32, pe: u32, with: &[Run]) -> Vec<Run> {
+        // Runs [i0, i1) overlap [ps, pe); splice the replacement in their place.
+        let i0 = self.ends.partition_point(|&e| e <= ps);
+        let i1 = self.ends.partition_point(|&e| e < pe) + 1;
+        let i1 = i1.min(self.runs.len());
+        let mut repl: Vec<Run> = Vec::with_capacity(with.len() + 2);
+        let mut removed = Vec::with_capacity(i1 - i0);
+        for i in i0..i1 {
+            let r = self.runs[i];
+            let r0 = if i == 0 { 0 } else { self.ends[i - 1] };
+            let r1 = self.ends[i];
+            let slice = |a: u32, b: u32| Run {
+                first: if is_hole(&r) {
+                    HOLE
+                } else {
+                    r.first + (a - r0)
+                },
+                pages: b - a,
+            };
+            if r0 < ps {
+                repl.push(slice(r0, ps));
+            }
+            removed.push(slice(r0.max(ps), r1.min(pe)));
+            if i == i1 - 1 {
+                repl.extend_from_slice(with);
+            }
+            if r1 > pe {
+                repl.push(slice(pe, r1));
+            }
+        }
+        self.runs.splice(i0..i1, repl);
+        self.normalize();
+        removed
+    }
+
+    fn rel_pages(&self, off: u64) -> u32 {
+        ((off - self.start) / P) as u32
+    }
+
+    /// Free the memory of `[s, e)` (page aligned, inside the extent), leaving a hole; the
+    /// extent shrinks when the hole reaches an end. Returns bytes freed. Sole owner only.
+    pub(crate) fn punch(&mut self, s: u64, e: u64) -> u64 {
+        let s = s.max(self.start);
+        let e = e.min(self.end());
+        if s >= e {
+            return 0;
+        }
+        let (ps, pe) = (self.rel_pages(s), self.rel_pages(e));
+        let old_start = self.start;
+        let removed = self.replace(ps, pe, &[hole(pe - ps)]);
+        let _ = old_start;
+        let mut freed = 0;
+        for r in removed {
+            if !is_hole(&r) {
+                freed += r.pages as u64 * P;
+                self.pool.free_run(r);
+            }
+        }
+        freed
+    }
+
+    /// Put `runs` (memory) into the hole `[s, s + pages)` inside the extent. Sole owner only.
+    pub(crate) fn fill_hole(&mut self, s: u64, runs: &[Run]) {
+        let pages: u32 = runs.iter().map(|r| r.pages).sum();
+        let ps = self.rel_pages(s);
+        let removed = self.replace(ps, ps + pages, runs);
+        debug_assert!(removed.iter().all(is_hole), "fill_hole over memory");
+    }
+
+    /// Append a hole of `gap` bytes and then `next` (which starts at `end() + gap`).
+    pub(crate) fn append(&mut self, gap: u64, mut next: ExtentBuf) {
+        debug_assert_eq!(self.end() + gap, next.start);
+        if gap > 0 {
+            self.runs.push(hole((gap / P) as u32));
+        }
+        self.runs.append(&mut next.runs);
+        next.len = 0;
+        self.normalize();
+    }
+
     /// Grow by `extra_pages` at the end, in place in the pool if the pages after the last run
-    /// are free. Only through `Arc::get_mut` (sole owner).
+    /// are free. Sole owner only.
     pub(crate) fn try_grow_in_place(&mut self, extra_pages: u32) -> bool {
         let Some(last) = self.runs.last().copied() else {
             return false;
@@ -96,89 +260,72 @@ impl ExtentBuf {
         match self.pool.try_grow(last, extra_pages) {
             Some(grown) => {
                 *self.runs.last_mut().unwrap() = grown;
-                self.len += extra_pages as u64 * PAGE_SIZE as u64;
+                self.normalize();
                 true
             }
             None => false,
         }
     }
 
-    /// Append another extent that starts where this one ends (taking its runs).
-    /// Adjacent runs that are contiguous in the pool are fused.
-    pub(crate) fn absorb(&mut self, mut next: ExtentBuf) {
-        debug_assert_eq!(self.end(), next.start);
-        let runs = std::mem::take(&mut next.runs);
-        for r in runs {
-            let fused = self
-                .runs
-                .last()
-                .and_then(|last| self.pool.merge_runs(*last, r));
-            match fused {
-                Some(f) => *self.runs.last_mut().unwrap() = f,
-                None => self.runs.push(r),
-            }
-        }
-        self.len += next.len;
-        next.len = 0;
-    }
-
-    /// Cut the extent at page-aligned file offset `at` (start < at < end): self keeps
-    /// `[start, at)`, the returned buffer holds `[at, end)`.
-    pub(crate) fn split_off(&mut self, at: u64) -> ExtentBuf {
-        debug_assert!(at > self.start && at < self.end() && at.is_multiple_of(PAGE_SIZE as u64));
-        let mut pages_left = ((at - self.start) / PAGE_SIZE as u64) as u32;
-        let mut idx = 0;
-        while pages_left >= self.runs[idx].pages {
-            pages_left -= self.runs[idx].pages;
-            idx += 1;
-            if pages_left == 0 {
-                break;
-            }
-        }
-        let mut tail: Vec<Run> = Vec::with_capacity(self.runs.len() - idx + 1);
-        if pages_left > 0 {
-            let r = self.runs[idx];
-            self.runs[idx] = Run {
-                first: r.first,
-                pages: pages_left,
-            };
-            tail.push(Run {
-                first: r.first + pages_left,
-                pages: r.pages - pages_left,
-            });
-            idx += 1;
-        }
-        tail.extend(self.runs.drain(idx..));
-        let tail_len = self.end() - at;
-        self.len = at - self.start;
-        ExtentBuf {
-            pool: self.pool.clone(),
-            start: at,
-            len: tail_len,
-            runs: tail,
-            referenced: AtomicBool::new(self.referenced.load(Ordering::Relaxed)),
-        }
-    }
-
-    /// Heap bytes this extent costs (the Arc'd struct and its run list).
+    /// Heap bytes this extent costs: the Arc'd struct and its run and index lists.
     pub fn metadata_bytes(&self) -> usize {
-        std::mem::size_of::<ExtentBuf>() + 16 + self.runs.capacity() * std::mem::size_of::<Run>()
+        std::mem::size_of::<ExtentBuf>()
+            + 16
+            + self.runs.capacity() * std::mem::size_of::<Run>()
+            + self.ends.capacity() * std::mem::size_of::<u32>()
     }
 
     /// Where file offset `off` (inside the extent) lives: (run index, byte offset in the run).
     fn locate(&self, off: u64) -> (usize, usize) {
         debug_assert!(off >= self.start && off < self.end());
-        let mut rel = (off - self.start) as usize;
-        for (i, r) in self.runs.iter().enumerate() {
-            if rel < r.bytes() {
-                return (i, rel);
-            }
-            rel -= r.bytes();
-        }
-        unreachable!("offset inside the extent is inside one of its runs")
+        let page = self.rel_pages(off);
+        let idx = self.ends.partition_point(|&e| e <= page);
+        let run_start = if idx == 0 { 0 } else { self.ends[idx - 1] };
+        let in_run = (off - self.start - run_start as u64 * P) as usize;
+        (idx, in_run)
     }
 
-    /// Visit the pieces of `[off, off+len)` run by run as (pointer, length).
+    /// Is the page holding `off` in memory?
+    pub fn is_mapped_at(&self, off: u64) -> bool {
+        off >= self.start && off < self.end() && !is_hole(&self.runs[self.locate(off).0])
+    }
+
+    /// End of the stretch of memory runs that contains `off` (`off` must be mapped).
+    pub fn piece_end(&self, off: u64) -> u64 {
+        let (mut idx, _) = self.locate(off);
+        while idx + 1 < self.runs.len() && !is_hole(&self.runs[idx + 1]) {
+            idx += 1;
+        }
+        self.start + self.ends[idx] as u64 * P
+    }
+
+    /// Visit memory stretches of `[s, e)` as (start, end) file offsets.
+    pub fn for_each_mapped(&self, s: u64, e: u64, mut f: impl FnMut(u64, u64)) {
+        let s = s.max(self.start);
+        let e = e.min(self.end());
+        if s >= e {
+            return;
+        }
+        let (mut idx, _) = self.locate(s);
+        let mut pos = self.start
+            + if idx == 0 {
+                0
+            } else {
+                self.ends[idx - 1] as u64 * P
+            };
+        while idx < self.runs.len() && pos < e {
+            let r = self.runs[idx];
+            let r_end = pos + r.pages as u64 * P;
+            if !is_hole(&r) {
+                f(pos.max(s), r_end.min(e));
+            }
+            pos = r_end;
+            idx += 1;
+        }
+    }
+
+    /// Visit the pieces of `[off, off+len)` run by run as (pointer, length). Panics on a hole:
+    /// callers only touch ranges that are UPTODATE, hence mapped.
     fn for_each_piece(&self, off: u64, len: usize, mut f: impl FnMut(*mut u8, usize)) {
         assert!(
             off >= self.start && off + len as u64 <= self.end(),
@@ -191,6 +338,7 @@ impl ExtentBuf {
         let mut left = len;
         while left > 0 {
             let r = self.runs[idx];
+            assert!(!is_hole(&r), "access to an unmapped page of an extent");
             let n = (r.bytes() - in_run).min(left);
             // SAFETY: in_run + n <= r.bytes(), so the pointer stays inside the run.
             let p = unsafe { self.pool.run_ptr(r).add(in_run) };
@@ -227,6 +375,11 @@ impl ExtentPtr {
         &self.0.runs
     }
 
+    /// End of the memory stretch containing `off` (reads and writes stop there).
+    pub fn piece_end(&self, off: u64) -> u64 {
+        self.0.piece_end(off)
+    }
+
     /// True if only the holder of this pointer references the extent.
     pub fn is_unique(&self) -> bool {
         Arc::strong_count(&self.0) == 1
@@ -254,7 +407,7 @@ impl ExtentPtr {
         }
         let (idx, in_run) = self.0.locate(off);
         let r = self.0.runs[idx];
-        if in_run + len > r.bytes() {
+        if is_hole(&r) || in_run + len > r.bytes() {
             return None;
         }
         Some(std::slice::from_raw_parts(
@@ -274,7 +427,7 @@ impl ExtentPtr {
         }
         let (idx, in_run) = self.0.locate(off);
         let r = self.0.runs[idx];
-        if in_run + len > r.bytes() {
+        if is_hole(&r) || in_run + len > r.bytes() {
             return None;
         }
         Some(std::slice::from_raw_parts_mut(
@@ -346,8 +499,6 @@ mod tests {
         Arc::new(PagePool::new(&cfg).unwrap())
     }
 
-    const P: u64 = PAGE_SIZE as u64;
-
     #[test]
     fn copy_across_runs_and_slices() {
         let pool = pool();
@@ -394,34 +545,47 @@ mod tests {
     }
 
     #[test]
-    fn split_and_absorb() {
+    fn punch_fill_and_trim() {
         let pool = pool();
         let free0 = pool.free_pages();
-        let a = pool.alloc_run(3).unwrap();
-        let b = pool.alloc_run(2).unwrap();
-        let mut buf = ExtentBuf::new(pool.clone(), 0, vec![a, b]);
-        // Split inside run a.
-        let tail = buf.split_off(P);
-        assert_eq!((buf.start(), buf.len(), buf.runs().len()), (0, P, 1));
-        assert_eq!((tail.start(), tail.len(), tail.runs().len()), (P, 4 * P, 2));
-        // Split exactly at the run boundary.
-        let mut tail = tail;
-        let tail2 = tail.split_off(3 * P);
-        assert_eq!(
-            tail.runs(),
-            &[Run {
-                first: a.first + 1,
-                pages: 2
-            }]
-        );
-        assert_eq!(tail2.runs(), &[b]);
-        // Re-absorb: contiguous runs fuse back into one.
-        buf.absorb(tail);
-        assert_eq!(buf.runs(), &[a]);
-        buf.absorb(tail2);
-        assert_eq!(buf.len(), 5 * P);
+        let r = pool.alloc_run(8).unwrap();
+        let mut buf = ExtentBuf::new(pool.clone(), 0, vec![r]);
+        // A hole in the middle: three runs, pages freed.
+        assert_eq!(buf.punch(2 * P, 4 * P), 2 * P);
+        assert_eq!(buf.runs().len(), 3);
+        assert_eq!(buf.mapped_bytes(), 6 * P);
+        assert!(buf.is_mapped_at(P) && !buf.is_mapped_at(3 * P) && buf.is_mapped_at(4 * P));
+        assert_eq!(buf.piece_end(0), 2 * P);
+        let mut seen = vec![];
+        buf.for_each_mapped(0, 8 * P, |s, e| seen.push((s / P, e / P)));
+        assert_eq!(seen, vec![(0, 2), (4, 8)]);
+        // Fill it again with other memory.
+        let f = pool.alloc_run(2).unwrap();
+        buf.fill_hole(2 * P, &[f]);
+        assert_eq!(buf.mapped_bytes(), 8 * P);
+        assert_eq!(buf.piece_end(0), 8 * P);
+        // Punching at the ends trims the extent.
+        buf.punch(0, P);
+        assert_eq!((buf.start(), buf.len()), (P, 7 * P));
+        buf.punch(6 * P, 8 * P);
+        assert_eq!((buf.start(), buf.end()), (P, 6 * P));
         drop(buf);
         assert_eq!(pool.free_pages(), free0);
+    }
+
+    #[test]
+    fn append_with_a_gap() {
+        let pool = pool();
+        let a = pool.alloc_run(1).unwrap();
+        let b = pool.alloc_run(1).unwrap();
+        let mut left = ExtentBuf::new(pool.clone(), 0, vec![a]);
+        let right = ExtentBuf::new(pool.clone(), 3 * P, vec![b]);
+        left.append(2 * P, right);
+        assert_eq!(
+            (left.start(), left.len(), left.mapped_bytes()),
+            (0, 4 * P, 2 * P)
+        );
+        assert!(!left.is_mapped_at(P) && left.is_mapped_at(3 * P));
     }
 
     #[test]

@@ -152,7 +152,7 @@ fn resolve_now(t: libc::timespec) -> libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut now) };
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
     now
 }
 
