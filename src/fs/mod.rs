@@ -574,7 +574,10 @@ impl Filesystem for ExtentFs {
             | InitFlags::FUSE_ASYNC_DIO
             | InitFlags::FUSE_CACHE_SYMLINKS
             // The umask comes with each create; SOURCE applies it or the default ACL.
-            | InitFlags::FUSE_DONT_MASK;
+            | InitFlags::FUSE_DONT_MASK
+            // POSIX ACLs (stored as xattrs in SOURCE) take part in the kernel's permission
+            // checks, and ACL changes update the mode the kernel caches.
+            | InitFlags::FUSE_POSIX_ACL;
         match self.cfg.cache {
             CacheMode::Pool => caps |= InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
             CacheMode::Kernel => caps |= InitFlags::FUSE_WRITEBACK_CACHE,
