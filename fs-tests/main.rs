@@ -5,6 +5,7 @@ mod cli;
 mod data;
 mod harness;
 mod posix;
+mod reliability;
 mod smoke;
 mod stats;
 mod suites;

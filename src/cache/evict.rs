@@ -73,7 +73,10 @@ impl CacheContext {
     /// Evict the extent `[s, e)` if it is clean, unlocked and unreferenced.
     pub(crate) fn try_evict_extent(&self, c: &InodeCache, s: u64, e: u64) -> Option<u64> {
         let guard = RangeGuard::try_lock(&c.tree, s, e - 1)?;
-        let r = if c.tree.test_any(s, e - 1, Bits::DIRTY | Bits::WRITEBACK) {
+        let r = if c
+            .tree
+            .test_any(s, e - 1, Bits::DIRTY | Bits::WRITEBACK | Bits::UNSTABLE)
+        {
             None
         } else {
             c.map.remove_extent_if(s, |p| p.end() == e).inspect(|_| {

@@ -119,6 +119,9 @@ pub struct InodeCache {
     /// mtime of the last write not yet stamped on SOURCE (written after writeback).
     pending_mtime: Mutex<Option<libc::timespec>>,
     pub(crate) wb_queued: AtomicBool,
+    /// Serializes fsyncs of SOURCE's file: an fsync error is reported to one caller only, so
+    /// two concurrent commits could otherwise both settle the same unstable bytes.
+    pub(crate) commit_lock: Mutex<()>,
     /// The kernel forgot the inode: drop the cache once clean.
     pub(crate) forgotten: AtomicBool,
     pub(crate) open_handles: AtomicU64,
@@ -143,6 +146,7 @@ impl InodeCache {
             last_wb_error: AtomicU64::new(0),
             pending_mtime: Mutex::new(None),
             wb_queued: AtomicBool::new(false),
+            commit_lock: Mutex::new(()),
             forgotten: AtomicBool::new(false),
             open_handles: AtomicU64::new(0),
             last_read_end: AtomicU64::new(u64::MAX),
@@ -169,8 +173,11 @@ impl InodeCache {
         self.tree.dirty_bytes()
     }
 
+    /// Nothing to write back and nothing waiting for SOURCE's fsync.
     pub fn is_clean(&self) -> bool {
-        self.tree.dirty_bytes() == 0 && self.tree.writeback_bytes() == 0
+        self.tree.dirty_bytes() == 0
+            && self.tree.writeback_bytes() == 0
+            && self.tree.find_first(0, Bits::UNSTABLE).is_none()
     }
 
     /// Trees' heap use: state tree plus extent map.

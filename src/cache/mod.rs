@@ -134,12 +134,20 @@ impl CacheContext {
         self.caches.lock().unwrap().values().cloned().collect()
     }
 
-    /// The kernel forgot the inode: its cache goes once it is clean.
+    /// The kernel forgot the inode: its cache goes once it is clean (at once when the file
+    /// was deleted: its data is dropped, and with it the last descriptor on the SOURCE inode,
+    /// so SOURCE frees the space).
     pub fn forget(&self, key: InodeKey) {
+        let Some(c) = self.get(key) else { return };
+        c.forgotten.store(true, Ordering::Relaxed);
+        if c.open_handles.load(Ordering::Relaxed) == 0 {
+            self.discard_if_deleted(&c);
+        }
+        drop(c);
         let mut m = self.caches.lock().unwrap();
         if let Some(c) = m.get(&key) {
-            c.forgotten.store(true, Ordering::Relaxed);
-            if c.is_clean()
+            if c.forgotten.load(Ordering::Relaxed)
+                && c.is_clean()
                 && c.open_handles.load(Ordering::Relaxed) == 0
                 && Arc::strong_count(c) == 1
             {
@@ -387,6 +395,7 @@ impl CacheContext {
                 c.zero_range(new_size, tail);
             }
             self.clear_dirty(c, new_size, u64::MAX, Bits::NONE);
+            c.tree.clear_bits(new_size, u64::MAX, Bits::UNSTABLE);
             c.map.unmap(tail, !(P - 1));
             c.tree.clear_bits(tail, u64::MAX, Bits::UPTODATE);
             c.set_size(new_size);
@@ -428,6 +437,7 @@ impl CacheContext {
                 }
             }
             self.clear_dirty(c, off, end - 1, Bits::NONE);
+            c.tree.clear_bits(off, end - 1, Bits::UNSTABLE);
             // Dirty bytes past SOURCE's end were what would have extended SOURCE to the
             // file's size; the hole punched over them must not shorten the file.
             let keep = end.min(c.size());
@@ -454,6 +464,7 @@ impl CacheContext {
         // Anything dirtied in between is written now, under the lock. If that fails, the
         // cache keeps everything (dirty data is never dropped).
         self.writeback_locked_all(c)?;
+        self.commit(c, true, false, true)?;
         c.map.unmap(0, !(P - 1));
         c.tree.clear_bits(0, u64::MAX, Bits::UPTODATE);
         drop(guard);
@@ -483,7 +494,8 @@ impl CacheContext {
         let guard = RangeGuard::lock(&c.tree, 0, u64::MAX, Bits::WRITEBACK);
         self.clear_dirty(c, 0, u64::MAX, Bits::NONE);
         c.map.unmap(0, !(P - 1));
-        c.tree.clear_bits(0, u64::MAX, Bits::UPTODATE);
+        c.tree
+            .clear_bits(0, u64::MAX, Bits::UPTODATE | Bits::UNSTABLE);
         c.set_pending_mtime(None);
         let _ = c.take_wb_error();
         drop(guard);
@@ -509,26 +521,27 @@ impl CacheContext {
 
     /// fsync: write back the file's dirty data and make it durable in SOURCE.
     pub fn sync_file(&self, c: &InodeCache, datasync: bool) -> io::Result<()> {
-        let r = self.writeback_file(c, true);
-        if let Some(errno) = c.take_wb_error() {
-            return Err(io::Error::from_raw_os_error(errno));
-        }
+        let r = self.writeback_pass(c, true).and_then(|_| {
+            c.apply_pending_mtime();
+            self.commit(c, datasync, true, false)
+        });
+        // An error of this call, or of a background writeback since the last report, is
+        // reported once (like the kernel's errseq for fsync).
+        let earlier = c.take_wb_error();
         r?;
-        c.apply_pending_mtime();
-        c.file.sync(datasync)
+        match earlier {
+            Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+            None => Ok(()),
+        }
     }
 
     /// Write back every file and fsync it (unmount, SIGTERM, ctl sync). Returns the first error.
     pub fn sync_all(&self) -> io::Result<()> {
         let mut first: Option<io::Error> = None;
         for c in self.all_caches() {
-            let r = self.writeback_file(&c, true).and_then(|_| {
+            let r = self.writeback_pass(&c, true).and_then(|_| {
                 c.apply_pending_mtime();
-                if c.file.writable() {
-                    c.file.sync(false)
-                } else {
-                    Ok(())
-                }
+                self.commit(&c, false, true, false)
             });
             if let Err(e) = r {
                 tracing::error!(

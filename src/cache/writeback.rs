@@ -128,10 +128,18 @@ impl CacheContext {
         }
     }
 
-    /// Write back all DIRTY data of `c`. With `wait`, also waits for ranges another thread is
-    /// writing or locking, so that on return everything dirty before the call is in SOURCE
-    /// (or the error is returned).
+    /// Write back all DIRTY data of `c` and make it durable in SOURCE (fdatasync when anything
+    /// was written). With `wait`, also waits for ranges another thread is writing or locking,
+    /// so that on return everything dirty before the call is in SOURCE (or the error is
+    /// returned).
     pub fn writeback_file(&self, c: &InodeCache, wait: bool) -> io::Result<()> {
+        let r = self.writeback_pass(c, wait);
+        let committed = self.commit(c, true, false, false);
+        r.and(committed)
+    }
+
+    /// `writeback_file` without the fsync (callers that fsync anyway).
+    pub(crate) fn writeback_pass(&self, c: &InodeCache, wait: bool) -> io::Result<()> {
         let mut from = 0u64;
         let mut result = Ok(());
         let mut ranges: Vec<(u64, u64)> = Vec::new();
@@ -257,7 +265,8 @@ impl CacheContext {
         };
         match r {
             Ok(()) => {
-                c.tree.clear_bits(s, e, Bits::WRITEBACK);
+                // In SOURCE's page cache, not yet durable: UNSTABLE until SOURCE's fsync.
+                c.tree.set_clear_bits(s, e, Bits::UNSTABLE, Bits::WRITEBACK);
                 stats::add(&self.stats.writeback_ops, 1);
                 stats::add(&self.stats.writeback_bytes, end - s);
                 self.last_wb_errno.store(0, Ordering::Relaxed);
@@ -273,6 +282,74 @@ impl CacheContext {
                 // Back to DIRTY: the data stays in the cache for a later attempt.
                 self.set_dirty(c, s, e);
                 c.tree.clear_bits(s, e, Bits::WRITEBACK);
+                c.record_wb_error(errno);
+                stats::add(&self.stats.writeback_errors, 1);
+                self.last_wb_errno.store(errno as u64, Ordering::Relaxed);
+                Err(err)
+            }
+        }
+    }
+}
+
+impl CacheContext {
+    /// fsync SOURCE's file and settle its UNSTABLE bytes: durable now (clear the bit), or, if
+    /// the fsync failed, DIRTY again so they are written once more (a failed fsync may have
+    /// dropped them from SOURCE's page cache). With `always`, fsync even when nothing is
+    /// unstable (fsync(2) also covers metadata). `locked`: the caller holds LOCKED over the
+    /// whole file.
+    pub(crate) fn commit(
+        &self,
+        c: &InodeCache,
+        datasync: bool,
+        always: bool,
+        locked: bool,
+    ) -> io::Result<()> {
+        let unstable_now = || {
+            let mut v: Vec<(u64, u64)> = Vec::new();
+            c.tree.for_each(0, u64::MAX, |st| {
+                if st.bits.contains(Bits::UNSTABLE) {
+                    v.push((st.start, st.end));
+                }
+            });
+            v
+        };
+        let _serial = c.commit_lock.lock().unwrap();
+        let unstable = unstable_now();
+        if unstable.is_empty() && !always {
+            return Ok(());
+        }
+        if !c.file.writable() {
+            return Ok(());
+        }
+        match c.file.sync(datasync) {
+            Ok(()) => {
+                for &(s, e) in &unstable {
+                    c.tree.clear_bits(s, e, Bits::UNSTABLE);
+                }
+                Ok(())
+            }
+            Err(err) => {
+                let errno = errno_of(&err);
+                tracing::error!(
+                    "fsync of inode {:?} in SOURCE failed: {err}; its written-back data is dirty again",
+                    c.key
+                );
+                // Everything unstable now, including what became so during the fsync.
+                for &(s, e) in &unstable_now() {
+                    let _guard = (!locked).then(|| RangeGuard::lock(&c.tree, s, e, Bits::NONE));
+                    // Only what is still unstable and inside the file.
+                    let size = c.size();
+                    let mut redo: Vec<(u64, u64)> = Vec::new();
+                    c.tree.for_each(s, e, |st| {
+                        if st.bits.contains(Bits::UNSTABLE) && st.start < size {
+                            redo.push((st.start, st.end.min(size - 1)));
+                        }
+                    });
+                    for (rs, re) in redo {
+                        self.set_dirty(c, rs, re);
+                    }
+                    c.tree.clear_bits(s, e, Bits::UNSTABLE);
+                }
                 c.record_wb_error(errno);
                 stats::add(&self.stats.writeback_errors, 1);
                 self.last_wb_errno.store(errno as u64, Ordering::Relaxed);

@@ -96,6 +96,9 @@ impl Bits {
     pub const LOCKED: Bits = Bits(1 << 2);
     /// The bytes are being written back.
     pub const WRITEBACK: Bits = Bits(1 << 3);
+    /// Written back to the backing file but not yet made durable there (fsync pending): like
+    /// NFS's unstable writes, they become DIRTY again if the fsync fails.
+    pub const UNSTABLE: Bits = Bits(1 << 4);
     /// Every bit, including those not named yet.
     pub const ALL: Bits = Bits(!0);
 
@@ -142,11 +145,12 @@ impl Not for Bits {
     }
 }
 
-const BIT_NAMES: [(Bits, &str); 4] = [
+const BIT_NAMES: [(Bits, &str); 5] = [
     (Bits::UPTODATE, "UPTODATE"),
     (Bits::DIRTY, "DIRTY"),
     (Bits::LOCKED, "LOCKED"),
     (Bits::WRITEBACK, "WRITEBACK"),
+    (Bits::UNSTABLE, "UNSTABLE"),
 ];
 
 impl fmt::Display for Bits {
@@ -867,7 +871,8 @@ mod tests {
         assert_eq!((U | D).to_string(), "UPTODATE|DIRTY");
         assert_eq!((L | W).to_string(), "LOCKED|WRITEBACK");
         assert_eq!((D | Bits(0x100)).to_string(), "DIRTY|0x100");
-        assert_eq!(Bits(0x30).to_string(), "0x30");
+        assert_eq!(Bits(0x30).to_string(), "UNSTABLE|0x20");
+        assert_eq!(Bits(0xc0).to_string(), "0xc0");
     }
 
     #[test]

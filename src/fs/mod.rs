@@ -747,7 +747,17 @@ impl Filesystem for ExtentFs {
                 self.check_writable()?;
                 let parent = self.inode(parent)?;
                 let cname = source::name_cstr(name).map_err(err)?;
-                source::unlinkat(parent.fd(), &cname, 0).map_err(err)
+                let victim = source::fstatat(parent.fd(), &cname).ok();
+                source::unlinkat(parent.fd(), &cname, 0).map_err(err)?;
+                // The last name of a file nobody has open: its cached data is dead.
+                if let Some(st) = victim.filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG) {
+                    if let Some(c) = self.ctx.get((st.st_dev, st.st_ino)) {
+                        if c.open_handles.load(Ordering::Relaxed) == 0 {
+                            self.ctx.discard_if_deleted(&c);
+                        }
+                    }
+                }
+                Ok(())
             })();
             match r {
                 Ok(()) => reply.ok(),
