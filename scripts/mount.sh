@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build extentfs (release) and mount SOURCE at MOUNTPOINT: the one command a new user runs.
 #   scripts/mount.sh SOURCE MOUNTPOINT [-o options]
-# Installs what it needs first (fuse3, attr). Unmount with: umount MOUNTPOINT
+# Installs what it needs first (fuse3, attr) and, as root, the binary as /usr/local/bin/extentfs.
+# Unmount with: umount MOUNTPOINT
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 2 ]; then
@@ -10,6 +11,11 @@ if [ $# -lt 2 ]; then
 fi
 scripts/install-deps.sh
 cargo build --release --quiet
+# On sh's default PATH, so `mount -t fuse.extentfs` and fstab lines find it (mount.fuse3 runs
+# it through /bin/sh with a default PATH).
+if [ "$(id -u)" -eq 0 ]; then
+    install -m 0755 target/release/extentfs /usr/local/bin/extentfs
+fi
 src=$1; mnt=$2; shift 2
 mkdir -p "$mnt"
 exec ./target/release/extentfs "$src" "$mnt" "$@"
