@@ -1087,3 +1087,52 @@ fn readdir_while_unlinking_sees_every_entry_once() {
     std::fs::remove_dir(m.path("d")).unwrap();
     assert!(!m.src_path("d").exists());
 }
+
+/// A write by an unprivileged user drops set-user-ID, and set-group-ID on a group-executable
+/// file, as on a local filesystem; the mode seen through the mount changes at once.
+fn setid_cleared_on_write_by_non_owner(opts: &str) {
+    let m = Mount::new(opts);
+    open_up(&m);
+    let f = m.path("suid");
+    std::fs::write(&f, b"x").unwrap();
+    for (mode, want) in [(0o6777, 0o0777), (0o2757, 0o0757)] {
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+        let path = cpath(&f);
+        let r = as_nobody(|| unsafe {
+            let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_APPEND);
+            if fd < 0 {
+                return child_errno(fd);
+            }
+            let w = libc::write(fd, b"y".as_ptr() as *const _, 1);
+            libc::close(fd);
+            if w == 1 {
+                0
+            } else {
+                child_errno(-1)
+            }
+        });
+        assert_eq!(r, 0, "write as nobody failed: errno {r}");
+        let seen = lstat(&f).st_mode & 0o7777;
+        assert_eq!(seen, want, "mode {mode:o} after a write by nobody ({opts})");
+        assert_eq!(lstat(&m.src_path("suid")).st_mode & 0o7777, want);
+    }
+    // Root's writes keep the bits.
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o6777)).unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&f)
+        .unwrap()
+        .write_all(b"z")
+        .unwrap();
+    assert_eq!(lstat(&f).st_mode & 0o7777, 0o6777);
+}
+
+#[test]
+fn setid_cleared_on_write_by_non_owner_pool() {
+    setid_cleared_on_write_by_non_owner("cache_size=16M,allow_other");
+}
+
+#[test]
+fn setid_cleared_on_write_by_non_owner_kernel() {
+    setid_cleared_on_write_by_non_owner("cache_size=16M,allow_other,cache=kernel");
+}

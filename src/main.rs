@@ -353,6 +353,7 @@ fn serve(
         fuser::SessionACL::Owner
     };
     fcfg.acl = acl;
+    let notifier_slot = fs.notifier_slot();
     let session = match mount::mount_fuse(source, mountpoint, cfg) {
         Ok(fd) => fuser::Session::from_fd(fs, fd, acl, fcfg),
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
@@ -383,6 +384,7 @@ fn serve(
             return Err(m);
         }
     };
+    let _ = notifier_slot.set(session.notifier());
     let wb = match ctx.start_writeback() {
         Ok(wb) => wb,
         Err(e) => {

@@ -119,6 +119,8 @@ pub struct InodeCache {
     /// mtime of the last write not yet stamped on SOURCE (written after writeback).
     pending_mtime: Mutex<Option<libc::timespec>>,
     pub(crate) wb_queued: AtomicBool,
+    /// The file's mode may carry set-user-ID or set-group-ID (checked before writes).
+    pub may_have_setid: AtomicBool,
     /// Serializes fsyncs of SOURCE's file: an fsync error is reported to one caller only, so
     /// two concurrent commits could otherwise both settle the same unstable bytes.
     pub(crate) commit_lock: Mutex<()>,
@@ -146,6 +148,7 @@ impl InodeCache {
             last_wb_error: AtomicU64::new(0),
             pending_mtime: Mutex::new(None),
             wb_queued: AtomicBool::new(false),
+            may_have_setid: AtomicBool::new(st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0),
             commit_lock: Mutex::new(()),
             forgotten: AtomicBool::new(false),
             open_handles: AtomicU64::new(0),
@@ -224,6 +227,24 @@ impl InodeCache {
 
     pub fn peek_wb_error(&self) -> Option<i32> {
         *self.wb_error.lock().unwrap()
+    }
+
+    /// Drop set-user-ID, and set-group-ID when group-executable, from SOURCE's file (a write
+    /// by an unprivileged caller). True if the mode changed.
+    pub fn kill_setid(&self) -> io::Result<bool> {
+        let st = self.file.stat()?;
+        let mut mode = st.st_mode & 0o7777;
+        mode &= !libc::S_ISUID;
+        if mode & libc::S_IXGRP != 0 {
+            mode &= !libc::S_ISGID;
+        }
+        let changed = mode != st.st_mode & 0o7777;
+        if changed {
+            self.file.chmod(mode)?;
+        }
+        self.may_have_setid
+            .store(mode & libc::S_ISGID != 0, Ordering::Relaxed);
+        Ok(changed)
     }
 
     /// Is `off` where the previous read ended (a sequential reader)?

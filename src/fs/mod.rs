@@ -66,6 +66,9 @@ pub struct ExtentFs {
     pub(crate) cfg: FsConfig,
     dirs: Mutex<HashMap<u64, Arc<Mutex<DirHandle>>>>,
     next_fh: AtomicU64,
+    /// Set once the session exists: tells the kernel when attributes it caches changed behind
+    /// its back (set-ID bits dropped by a write).
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
     am_root: bool,
 }
 
@@ -166,8 +169,14 @@ impl ExtentFs {
             cfg,
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            notifier: Arc::new(std::sync::OnceLock::new()),
             am_root: unsafe { libc::geteuid() } == 0,
         })
+    }
+
+    /// Where the mount code puts the session's notifier.
+    pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
+        self.notifier.clone()
     }
 
     pub fn context(&self) -> &Arc<CacheContext> {
@@ -349,6 +358,10 @@ impl ExtentFs {
                 return Err(Errno::EOPNOTSUPP);
             }
             source::chmod(inode.fd(), m & 0o7777).map_err(err)?;
+            if let Some(c) = inode.cache.get() {
+                c.may_have_setid
+                    .store(m & (libc::S_ISUID | libc::S_ISGID) != 0, Ordering::Relaxed);
+            }
         }
         if let Some(s) = size {
             let c = self.cache_of(inode)?;
@@ -936,7 +949,7 @@ impl Filesystem for ExtentFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -952,6 +965,16 @@ impl Filesystem for ExtentFs {
             let r = (|| {
                 self.check_writable()?;
                 let c = self.inode(ino).and_then(|i| self.cache_of(&i))?;
+                if c.may_have_setid.load(Ordering::Relaxed) && req.uid() != 0 {
+                    // As on a local filesystem: a write by someone other than root drops
+                    // set-user-ID (and set-group-ID on group-executable files).
+                    if c.kill_setid().map_err(err)? {
+                        if let Some(n) = self.notifier.get() {
+                            // Attributes only (negative offset): the cached mode is stale.
+                            let _ = n.inval_inode(ino, -1, 0);
+                        }
+                    }
+                }
                 let append = self.cfg.cache == CacheMode::Pool && flags.0 & libc::O_APPEND != 0;
                 self.ctx.write(&c, offset, data, append).map_err(err)
             })();

@@ -416,6 +416,10 @@ impl DataFile {
         cvt(r).map(drop)
     }
 
+    pub fn chmod(&self, mode: u32) -> io::Result<()> {
+        cvt(unsafe { libc::fchmod(self.raw(), mode) }).map(drop)
+    }
+
     pub fn set_len(&self, size: u64) -> io::Result<()> {
         truncate(self.fd.as_fd(), size)
     }
