@@ -104,6 +104,12 @@ impl MountConfig {
             if opt.is_empty() {
                 continue;
             }
+            if opt.chars().any(char::is_control) {
+                // Quoted with escapes, so the message stays one line.
+                return Err(OptionError(format!(
+                    "option {opt:?} contains a control character"
+                )));
+            }
             self.apply_one(opt)?;
         }
         Ok(())
@@ -397,6 +403,8 @@ mod tests {
             ("dirty_expire=forever", "dirty_expire=forever"),
             ("writeback_threads=0", "from 1 to 64"),
             ("allow_other=1", "takes no value"),
+            ("a\nb", "control character"),
+            ("hugepages=x\ny", "control character"),
         ];
         for (opt, want) in cases {
             let err = cfg().apply(opt).unwrap_err().to_string();
