@@ -74,6 +74,36 @@ pub struct ExtentFs {
 
 type R<T> = Result<T, Errno>;
 
+/// fuser's reply types, for answering an error uniformly.
+trait ErrorReply {
+    fn fail(self, e: Errno);
+}
+
+macro_rules! error_reply {
+    ($($t:ty),* $(,)?) => {
+        $(impl ErrorReply for $t {
+            fn fail(self, e: Errno) {
+                self.error(e)
+            }
+        })*
+    };
+}
+
+error_reply!(
+    ReplyAttr,
+    ReplyCreate,
+    ReplyData,
+    ReplyDirectory,
+    ReplyDirectoryPlus,
+    ReplyEmpty,
+    ReplyEntry,
+    ReplyLseek,
+    ReplyOpen,
+    ReplyStatfs,
+    ReplyWrite,
+    ReplyXattr,
+);
+
 fn err(e: io::Error) -> Errno {
     Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
 }
@@ -265,14 +295,21 @@ impl ExtentFs {
         Ok(self.attr_of(&inode, &st))
     }
 
-    fn reply_entry(&self, op: Op, reply: ReplyEntry, r: R<FileAttr>) {
+    /// Reply with `ok(reply, value)`, or count the error against `op` and reply with it.
+    fn answer<T, P: ErrorReply>(&self, op: Op, reply: P, r: R<T>, ok: impl FnOnce(P, T)) {
         match r {
-            Ok(attr) => reply.entry(&self.cfg.ttl, &attr, Generation(0)),
+            Ok(v) => ok(reply, v),
             Err(e) => {
                 self.ctx.ops.error(op);
-                reply.error(e)
+                reply.fail(e)
             }
         }
+    }
+
+    fn reply_entry(&self, op: Op, reply: ReplyEntry, r: R<FileAttr>) {
+        self.answer(op, reply, r, |reply, attr| {
+            reply.entry(&self.cfg.ttl, &attr, Generation(0))
+        })
     }
 
     /// After creating `name` in `parent` as root: give it to the caller, as a local
@@ -636,13 +673,12 @@ impl Filesystem for ExtentFs {
         let op = Op::Getattr;
         self.ctx.ops.request(op);
         self.guard(op, move || {
-            match self.inode(ino).and_then(|i| self.stat_attr(&i)) {
-                Ok(attr) => reply.attr(&self.cfg.ttl, &attr),
-                Err(e) => {
-                    self.ctx.ops.error(op);
-                    reply.error(e)
-                }
-            }
+            self.answer(
+                op,
+                reply,
+                self.inode(ino).and_then(|i| self.stat_attr(&i)),
+                |reply, attr| reply.attr(&self.cfg.ttl, &attr),
+            )
         });
     }
 
@@ -670,13 +706,7 @@ impl Filesystem for ExtentFs {
             let r = self
                 .inode(ino)
                 .and_then(|i| self.do_setattr(&i, mode, uid, gid, size, atime, mtime));
-            match r {
-                Ok(attr) => reply.attr(&self.cfg.ttl, &attr),
-                Err(e) => {
-                    self.ctx.ops.error(op);
-                    reply.error(e)
-                }
-            }
+            self.answer(op, reply, r, |reply, attr| reply.attr(&self.cfg.ttl, &attr))
         });
     }
 
@@ -772,13 +802,7 @@ impl Filesystem for ExtentFs {
                 }
                 Ok(())
             })();
-            match r {
-                Ok(()) => reply.ok(),
-                Err(e) => {
-                    self.ctx.ops.error(op);
-                    reply.error(e)
-                }
-            }
+            self.answer(op, reply, r, |reply, ()| reply.ok())
         });
     }
 
@@ -792,13 +816,7 @@ impl Filesystem for ExtentFs {
                 let cname = source::name_cstr(name).map_err(err)?;
                 source::unlinkat(parent.fd(), &cname, libc::AT_REMOVEDIR).map_err(err)
             })();
-            match r {
-                Ok(()) => reply.ok(),
-                Err(e) => {
-                    self.ctx.ops.error(op);
-                    reply.error(e)
-                }
-            }
+            self.answer(op, reply, r, |reply, ()| reply.ok())
         });
     }
 
@@ -848,13 +866,7 @@ impl Filesystem for ExtentFs {
                 let b = source::name_cstr(newname).map_err(err)?;
                 source::renameat2(p.fd(), &a, np.fd(), &b, flags.bits()).map_err(err)
             })();
-            match r {
-                Ok(()) => reply.ok(),
-                Err(e) => {
-                    self.ctx.ops.error(op);
-                    reply.error(e)
-                }
-            }
+            self.answer(op, reply, r, |reply, ()| reply.ok())
         });
     }
 
@@ -901,13 +913,9 @@ impl Filesystem for ExtentFs {
                 c.open_handles.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             })();
-            match r {
-                Ok(()) => reply.opened(FileHandle(0), self.open_flags()),
-                Err(e) => {
-                    self.ctx.ops.error(op);
-                    reply.error(e)
-                }
-            }
+            self.answer(op, reply, r, |reply, ()| {
+                reply.opened(FileHandle(0), self.open_flags())
+            })
         });
     }
 
@@ -978,13 +986,7 @@ impl Filesystem for ExtentFs {
                 let append = self.cfg.cache == CacheMode::Pool && flags.0 & libc::O_APPEND != 0;
                 self.ctx.write(&c, offset, data, append).map_err(err)
             })();
-            match r {
-                Ok(_) => reply.written(data.len() as u32),
-                Err(e) => {
-                    self.ctx.ops.error(op);
-                    reply.error(e)
-                }
-            }
+            self.answer(op, reply, r, |reply, _| reply.written(data.len() as u32))
         });
     }
 
@@ -1011,13 +1013,7 @@ impl Filesystem for ExtentFs {
                 }
                 Ok(())
             })();
-            match r {
-                Ok(()) => reply.ok(),
-                Err(e) => {
-                    self.ctx.ops.error(op);
-                    reply.error(e)
-                }
-            }
+            self.answer(op, reply, r, |reply, ()| reply.ok())
         });
     }
 
@@ -1066,13 +1062,7 @@ impl Filesystem for ExtentFs {
                 let c = self.cache_of(&inode)?;
                 self.ctx.sync_file(&c, datasync).map_err(err)
             })();
-            match r {
-                Ok(()) => reply.ok(),
-                Err(e) => {
-                    self.ctx.ops.error(op);
-                    reply.error(e)
-                }
-            }
+            self.answer(op, reply, r, |reply, ()| reply.ok())
         });
     }
 
@@ -1080,13 +1070,12 @@ impl Filesystem for ExtentFs {
         let op = Op::Opendir;
         self.ctx.ops.request(op);
         self.guard(op, move || {
-            match self.inode(ino).and_then(|i| self.open_dir(&i)) {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-                Err(e) => {
-                    self.ctx.ops.error(op);
-                    reply.error(e)
-                }
-            }
+            self.answer(
+                op,
+                reply,
+                self.inode(ino).and_then(|i| self.open_dir(&i)),
+                |reply, fh| reply.opened(FileHandle(fh), FopenFlags::empty()),
+            )
         });
     }
 
@@ -1109,13 +1098,7 @@ impl Filesystem for ExtentFs {
                     OsStr::from_bytes(name),
                 )
             });
-            match r {
-                Ok(()) => reply.ok(),
-                Err(e) => {
-                    self.ctx.ops.error(op);
-                    reply.error(e)
-                }
-            }
+            self.answer(op, reply, r, |reply, ()| reply.ok())
         });
     }
 
@@ -1189,13 +1172,7 @@ impl Filesystem for ExtentFs {
                     Err(_) => false,
                 }
             });
-            match r {
-                Ok(()) => reply.ok(),
-                Err(e) => {
-                    self.ctx.ops.error(op);
-                    reply.error(e)
-                }
-            }
+            self.answer(op, reply, r, |reply, ()| reply.ok())
         });
     }
 
@@ -1239,13 +1216,7 @@ impl Filesystem for ExtentFs {
                 };
                 source::cvt(rc).map(drop).map_err(err)
             })();
-            match r {
-                Ok(()) => reply.ok(),
-                Err(e) => {
-                    self.ctx.ops.error(op);
-                    reply.error(e)
-                }
-            }
+            self.answer(op, reply, r, |reply, ()| reply.ok())
         });
     }
 
@@ -1259,8 +1230,8 @@ impl Filesystem for ExtentFs {
                 let fd = inode.fd();
                 source::statvfs(fd).map_err(err)
             })();
-            match r {
-                Ok(s) => reply.statfs(
+            self.answer(op, reply, r, |reply, s| {
+                reply.statfs(
                     s.f_blocks,
                     s.f_bfree,
                     s.f_bavail,
@@ -1269,12 +1240,8 @@ impl Filesystem for ExtentFs {
                     s.f_bsize as u32,
                     s.f_namemax as u32,
                     s.f_frsize as u32,
-                ),
-                Err(e) => {
-                    self.ctx.ops.error(op);
-                    reply.error(e)
-                }
-            }
+                )
+            })
         });
     }
 
@@ -1291,49 +1258,45 @@ impl Filesystem for ExtentFs {
         let op = Op::Setxattr;
         self.ctx.ops.request(op);
         self.guard(op, move || {
-            match self.do_setxattr(req, ino, name, value, flags) {
-                Ok(()) => reply.ok(),
-                Err(e) => {
-                    self.ctx.ops.error(op);
-                    reply.error(e)
-                }
-            }
+            self.answer(
+                op,
+                reply,
+                self.do_setxattr(req, ino, name, value, flags),
+                |reply, ()| reply.ok(),
+            )
         });
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let op = Op::Getxattr;
         self.ctx.ops.request(op);
-        self.guard(op, move || match self.do_getxattr(req, ino, name, size) {
-            Ok(v) => xattr::reply_value(reply, &v, size),
-            Err(e) => {
-                self.ctx.ops.error(op);
-                reply.error(e)
-            }
+        self.guard(op, move || {
+            self.answer(
+                op,
+                reply,
+                self.do_getxattr(req, ino, name, size),
+                |reply, v| xattr::reply_value(reply, &v, size),
+            )
         });
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let op = Op::Listxattr;
         self.ctx.ops.request(op);
-        self.guard(op, move || match self.do_listxattr(ino) {
-            Ok(v) => xattr::reply_value(reply, &v, size),
-            Err(e) => {
-                self.ctx.ops.error(op);
-                reply.error(e)
-            }
+        self.guard(op, move || {
+            self.answer(op, reply, self.do_listxattr(ino), |reply, v| {
+                xattr::reply_value(reply, &v, size)
+            })
         });
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let op = Op::Removexattr;
         self.ctx.ops.request(op);
-        self.guard(op, move || match self.do_removexattr(ino, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => {
-                self.ctx.ops.error(op);
-                reply.error(e)
-            }
+        self.guard(op, move || {
+            self.answer(op, reply, self.do_removexattr(ino, name), |reply, ()| {
+                reply.ok()
+            })
         });
     }
 
@@ -1342,13 +1305,7 @@ impl Filesystem for ExtentFs {
         self.ctx.ops.request(op);
         self.guard(op, move || {
             // Permission checks are the kernel's (default_permissions is always on).
-            match self.inode(ino) {
-                Ok(_) => reply.ok(),
-                Err(e) => {
-                    self.ctx.ops.error(op);
-                    reply.error(e)
-                }
-            }
+            self.answer(op, reply, self.inode(ino), |reply, _| reply.ok())
         });
     }
 
@@ -1365,19 +1322,20 @@ impl Filesystem for ExtentFs {
         let op = Op::Create;
         self.ctx.ops.request(op);
         self.guard(op, move || {
-            match self.do_create(req, parent, name, mode, umask, flags) {
-                Ok((attr, _c)) => reply.created(
-                    &self.cfg.ttl,
-                    &attr,
-                    Generation(0),
-                    FileHandle(0),
-                    self.open_flags(),
-                ),
-                Err(e) => {
-                    self.ctx.ops.error(op);
-                    reply.error(e)
-                }
-            }
+            self.answer(
+                op,
+                reply,
+                self.do_create(req, parent, name, mode, umask, flags),
+                |reply, (attr, _c)| {
+                    reply.created(
+                        &self.cfg.ttl,
+                        &attr,
+                        Generation(0),
+                        FileHandle(0),
+                        self.open_flags(),
+                    )
+                },
+            )
         });
     }
 
@@ -1435,13 +1393,7 @@ impl Filesystem for ExtentFs {
                 }
                 Err(Errno::EINVAL)
             })();
-            match r {
-                Ok(o) => reply.offset(o),
-                Err(e) => {
-                    self.ctx.ops.error(op);
-                    reply.error(e)
-                }
-            }
+            self.answer(op, reply, r, |reply, o| reply.offset(o))
         });
     }
 
@@ -1466,13 +1418,9 @@ impl Filesystem for ExtentFs {
                 let b = self.inode(ino_out).and_then(|i| self.cache_of(&i))?;
                 self.do_copy_range(&a, offset_in, &b, offset_out, len)
             })();
-            match r {
-                Ok(n) => reply.written(n.min(u32::MAX as u64) as u32),
-                Err(e) => {
-                    self.ctx.ops.error(op);
-                    reply.error(e)
-                }
-            }
+            self.answer(op, reply, r, |reply, n| {
+                reply.written(n.min(u32::MAX as u64) as u32)
+            })
         });
     }
 }
