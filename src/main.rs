@@ -423,7 +423,9 @@ fn serve(
     if let Err(e) = session.run() {
         tracing::warn!("session ended: {e}");
     }
-    // Unmounted: the last dirty bytes go to SOURCE before we exit.
+    // Unmounted: let go of SOURCE's files at once where nothing is left to write (a program
+    // may delete them in SOURCE right after umount returns), then write back the rest.
+    ctx.release_clean();
     let r = ctx.sync_all();
     wb.stop(&ctx);
     r.map_err(|e| format!("final writeback failed, some data was not written to SOURCE: {e}"))

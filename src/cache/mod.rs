@@ -156,6 +156,11 @@ impl CacheContext {
         }
     }
 
+    /// Drop every clean cache (and its SOURCE descriptor): the session is over.
+    pub fn release_clean(&self) {
+        self.caches.lock().unwrap().retain(|_, c| !c.is_clean());
+    }
+
     /// Drop caches of forgotten, clean, unopened files (called by the flusher).
     pub(crate) fn prune(&self) {
         let mut m = self.caches.lock().unwrap();
@@ -535,13 +540,16 @@ impl CacheContext {
         }
     }
 
-    /// Write back every file and fsync it (unmount, SIGTERM, ctl sync). Returns the first error.
+    /// Write back every file and make it durable (unmount, SIGTERM, ctl sync). Returns the
+    /// first error.
     pub fn sync_all(&self) -> io::Result<()> {
         let mut first: Option<io::Error> = None;
         for c in self.all_caches() {
+            // fsync only files with data written back and not yet durable: background
+            // writeback already made the rest durable.
             let r = self.writeback_pass(&c, true).and_then(|_| {
                 c.apply_pending_mtime();
-                self.commit(&c, false, true, false)
+                self.commit(&c, false, false, false)
             });
             if let Err(e) = r {
                 tracing::error!(
