@@ -836,7 +836,7 @@ mod tests {
     use std::sync::mpsc;
     use std::sync::Arc;
     use std::thread;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     const U: Bits = Bits::UPTODATE;
     const D: Bits = Bits::DIRTY;
@@ -1587,79 +1587,5 @@ mod tests {
             h2.join().unwrap();
             assert_eq!(t.entries(), 0);
         });
-    }
-
-    // ---- micro-benchmark -------------------------------------------------
-
-    /// `cargo test --release -- --ignored --nocapture bench_10k_states`
-    #[test]
-    #[ignore]
-    fn bench_10k_states() {
-        const STATES: u64 = 10_000;
-        let t = ExtentStateTree::new();
-        for i in 0..STATES {
-            t.set_bits(i * 16, i * 16 + 7, U);
-        }
-        assert_eq!(t.entries(), STATES as usize);
-        let mut rng = Rng(12345);
-        let rounds = 200;
-        let per = 1000;
-        let mut offs = vec![0u64; per];
-        let (mut set_ns, mut clear_ns) = (0u128, 0u128);
-        for _ in 0..rounds {
-            // Distinct states per round, so every set splits a state in 3.
-            let mut used = std::collections::HashSet::new();
-            for o in offs.iter_mut() {
-                let mut k = rng.below(STATES);
-                while !used.insert(k) {
-                    k = rng.below(STATES);
-                }
-                *o = k * 16 + 2;
-            }
-            let t0 = Instant::now();
-            for &o in &offs {
-                std::hint::black_box(t.set_bits(o, o + 3, D));
-            }
-            set_ns += t0.elapsed().as_nanos();
-            let t0 = Instant::now();
-            for &o in &offs {
-                std::hint::black_box(t.clear_bits(o, o + 3, D));
-            }
-            clear_ns += t0.elapsed().as_nanos();
-        }
-        assert_eq!(t.entries(), STATES as usize);
-        let n = (rounds * per) as u128;
-        let q = 1_000_000u64;
-        let t0 = Instant::now();
-        let mut hits = 0u64;
-        for _ in 0..q {
-            let o = rng.below(STATES * 16 - 8);
-            hits += t.test_range(o, o + 3, U) as u64;
-        }
-        let test_ns = t0.elapsed().as_nanos() / q as u128;
-        let t0 = Instant::now();
-        for _ in 0..q {
-            let o = rng.below(STATES) * 16 + 1;
-            std::hint::black_box(t.set_bits(o, o + 3, U));
-        }
-        let noop_ns = t0.elapsed().as_nanos() / q as u128;
-        let t0 = Instant::now();
-        for _ in 0..q / 4 {
-            let o = rng.below(STATES) * 16 + 1;
-            t.lock_range(o, o + 3);
-            t.unlock_range(o, o + 3);
-        }
-        let lock_ns = t0.elapsed().as_nanos() / (q / 4) as u128;
-        println!(
-            "tree of {} states: set_bits (splits 1 state in 3) {} ns/op, clear_bits (merges back) {} ns/op, \
-             test_range {} ns/op ({} hits), set_bits no-op {} ns/op, lock+unlock pair {} ns",
-            t.entries(),
-            set_ns / n,
-            clear_ns / n,
-            test_ns,
-            hits,
-            noop_ns,
-            lock_ns
-        );
     }
 }
