@@ -7,7 +7,7 @@ use clap::Parser;
 use extentfs::cache::{CacheConfig, CacheContext};
 use extentfs::fs::mount::{self, MountPointState};
 use extentfs::fs::{ExtentFs, FsConfig};
-use extentfs::options::{format_size, CacheMode, MountConfig};
+use extentfs::options::{format_size, MountConfig};
 use extentfs::pool::{PagePool, PoolConfig};
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -429,12 +429,4 @@ fn serve(
     let r = ctx.sync_all();
     wb.stop(&ctx);
     r.map_err(|e| format!("final writeback failed, some data was not written to SOURCE: {e}"))
-}
-
-#[allow(dead_code)]
-fn cache_mode_name(m: CacheMode) -> &'static str {
-    match m {
-        CacheMode::Pool => "pool",
-        CacheMode::Kernel => "kernel",
-    }
 }

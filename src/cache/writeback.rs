@@ -197,20 +197,22 @@ impl CacheContext {
             if result.is_ok() && c.tree.dirty_bytes() > 0 {
                 // Dirtied again meanwhile, or re-dirtied by a failed concurrent writeback:
                 // one more pass picks it up.
-                return self.writeback_pass_locked(c);
+                return self.write_back_all(c, false);
             }
         }
         result
     }
 
-    /// A last synchronous pass used by `writeback_file(wait)`.
-    fn writeback_pass_locked(&self, c: &InodeCache) -> io::Result<()> {
+    /// Write back everything dirty, range by range: locking each range, or, with
+    /// `whole_file_locked`, under the caller's lock over the whole file. Then wait for other
+    /// threads' WRITEBACK to end.
+    fn write_back_all(&self, c: &InodeCache, whole_file_locked: bool) -> io::Result<()> {
         let mut from = 0;
         while let Some((s, e)) = c
             .tree
             .find_contiguous(from, Bits::DIRTY, self.cfg.max_writeback)
         {
-            let guard = RangeGuard::lock(&c.tree, s, e, Bits::NONE);
+            let guard = (!whole_file_locked).then(|| RangeGuard::lock(&c.tree, s, e, Bits::NONE));
             let r = self.writeback_locked_range(c, s, e);
             drop(guard);
             r?;
@@ -219,24 +221,15 @@ impl CacheContext {
                 None => break,
             };
         }
-        c.tree.wait_clear(0, u64::MAX, Bits::WRITEBACK);
+        if !whole_file_locked {
+            c.tree.wait_clear(0, u64::MAX, Bits::WRITEBACK);
+        }
         Ok(())
     }
 
     /// Write back everything dirty while the caller holds LOCKED over the whole file.
     pub(crate) fn writeback_locked_all(&self, c: &InodeCache) -> io::Result<()> {
-        let mut from = 0;
-        while let Some((s, e)) = c
-            .tree
-            .find_contiguous(from, Bits::DIRTY, self.cfg.max_writeback)
-        {
-            self.writeback_locked_range(c, s, e)?;
-            from = match e.checked_add(1) {
-                Some(f) => f,
-                None => break,
-            };
-        }
-        Ok(())
+        self.write_back_all(c, true)
     }
 
     fn writeback_locked_range(&self, c: &InodeCache, s: u64, e: u64) -> io::Result<()> {

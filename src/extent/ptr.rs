@@ -219,9 +219,7 @@ impl ExtentBuf {
             return 0;
         }
         let (ps, pe) = (self.rel_pages(s), self.rel_pages(e));
-        let old_start = self.start;
         let removed = self.replace(ps, pe, &[hole(pe - ps)]);
-        let _ = old_start;
         let mut freed = 0;
         for r in removed {
             if !is_hole(&r) {

@@ -335,9 +335,10 @@ impl ExtentFs {
         Ok(())
     }
 
-    /// Run one request's handler; a panic becomes EIO for that request (its unsent reply is
+    /// Count and run one request's handler; a panic becomes EIO for that request (its unsent reply is
     /// dropped, which fuser answers with EIO) and a log line, and the mount keeps serving.
     fn guard(&self, op: Op, f: impl FnOnce()) {
+        self.ctx.ops.request(op);
         if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
             self.ctx.ops.error(op);
             let msg = p
@@ -347,6 +348,24 @@ impl ExtentFs {
                 .unwrap_or_default();
             tracing::error!("bug: {} request panicked ({msg}); answered EIO", op.name());
         }
+    }
+
+    /// Create `name` in `parent` with `make(parent_fd, name)`, give it to the caller, and
+    /// look it up (mknod, mkdir, symlink). `mode` is what was asked for, after the umask.
+    fn make_node(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        make: impl FnOnce(std::os::fd::BorrowedFd<'_>, &CStr) -> io::Result<()>,
+    ) -> R<FileAttr> {
+        self.check_writable()?;
+        let parent = self.inode(parent)?;
+        let cname = source::name_cstr(name).map_err(err)?;
+        make(parent.fd(), &cname).map_err(err)?;
+        self.chown_new(req, &parent, &cname, mode)?;
+        self.do_lookup(&parent, &cname)
     }
 
     fn check_writable(&self) -> R<()> {
@@ -650,7 +669,6 @@ impl Filesystem for ExtentFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let op = Op::Lookup;
-        self.ctx.ops.request(op);
         self.guard(op, move || {
             let r = (|| {
                 let parent = self.inode(parent)?;
@@ -663,7 +681,6 @@ impl Filesystem for ExtentFs {
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         let op = Op::Forget;
-        self.ctx.ops.request(op);
         self.guard(op, move || {
             self.forget_one(ino.0, nlookup);
         });
@@ -671,7 +688,6 @@ impl Filesystem for ExtentFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let op = Op::Getattr;
-        self.ctx.ops.request(op);
         self.guard(op, move || {
             self.answer(
                 op,
@@ -701,7 +717,6 @@ impl Filesystem for ExtentFs {
         reply: ReplyAttr,
     ) {
         let op = Op::Setattr;
-        self.ctx.ops.request(op);
         self.guard(op, move || {
             let r = self
                 .inode(ino)
@@ -712,7 +727,6 @@ impl Filesystem for ExtentFs {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let op = Op::Readlink;
-        self.ctx.ops.request(op);
         self.guard(op, move || {
             match self
                 .inode(ino)
@@ -738,19 +752,10 @@ impl Filesystem for ExtentFs {
         reply: ReplyEntry,
     ) {
         let op = Op::Mknod;
-        self.ctx.ops.request(op);
         self.guard(op, move || {
-            let r = (|| {
-                self.check_writable()?;
-                let parent = self.inode(parent)?;
-                let cname = source::name_cstr(name).map_err(err)?;
-                source::with_umask(mode, umask, |m| {
-                    source::mknodat(parent.fd(), &cname, m, rdev as u64)
-                })
-                .map_err(err)?;
-                self.chown_new(req, &parent, &cname, mode & !umask)?;
-                self.do_lookup(&parent, &cname)
-            })();
+            let r = self.make_node(req, parent, name, mode & !umask, |dir, cname| {
+                source::with_umask(mode, umask, |m| source::mknodat(dir, cname, m, rdev as u64))
+            });
             self.reply_entry(op, reply, r);
         });
     }
@@ -765,26 +770,16 @@ impl Filesystem for ExtentFs {
         reply: ReplyEntry,
     ) {
         let op = Op::Mkdir;
-        self.ctx.ops.request(op);
         self.guard(op, move || {
-            let r = (|| {
-                self.check_writable()?;
-                let parent = self.inode(parent)?;
-                let cname = source::name_cstr(name).map_err(err)?;
-                source::with_umask(mode & 0o7777, umask, |m| {
-                    source::mkdirat(parent.fd(), &cname, m)
-                })
-                .map_err(err)?;
-                self.chown_new(req, &parent, &cname, mode & !umask)?;
-                self.do_lookup(&parent, &cname)
-            })();
+            let r = self.make_node(req, parent, name, mode & !umask, |dir, cname| {
+                source::with_umask(mode & 0o7777, umask, |m| source::mkdirat(dir, cname, m))
+            });
             self.reply_entry(op, reply, r);
         });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let op = Op::Unlink;
-        self.ctx.ops.request(op);
         self.guard(op, move || {
             let r = (|| {
                 self.check_writable()?;
@@ -808,7 +803,6 @@ impl Filesystem for ExtentFs {
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let op = Op::Rmdir;
-        self.ctx.ops.request(op);
         self.guard(op, move || {
             let r = (|| {
                 self.check_writable()?;
@@ -829,18 +823,14 @@ impl Filesystem for ExtentFs {
         reply: ReplyEntry,
     ) {
         let op = Op::Symlink;
-        self.ctx.ops.request(op);
         self.guard(op, move || {
-            let r = (|| {
-                self.check_writable()?;
-                let parent = self.inode(parent)?;
-                let cname = source::name_cstr(link_name).map_err(err)?;
-                let ctarget = std::ffi::CString::new(target.as_os_str().as_bytes())
-                    .map_err(|_| Errno::EINVAL)?;
-                source::symlinkat(&ctarget, parent.fd(), &cname).map_err(err)?;
-                self.chown_new(req, &parent, &cname, 0o777)?;
-                self.do_lookup(&parent, &cname)
-            })();
+            let r = std::ffi::CString::new(target.as_os_str().as_bytes())
+                .map_err(|_| Errno::EINVAL)
+                .and_then(|ctarget| {
+                    self.make_node(req, parent, link_name, 0o777, |dir, cname| {
+                        source::symlinkat(&ctarget, dir, cname)
+                    })
+                });
             self.reply_entry(op, reply, r);
         });
     }
@@ -856,7 +846,6 @@ impl Filesystem for ExtentFs {
         reply: ReplyEmpty,
     ) {
         let op = Op::Rename;
-        self.ctx.ops.request(op);
         self.guard(op, move || {
             let r = (|| {
                 self.check_writable()?;
@@ -879,7 +868,6 @@ impl Filesystem for ExtentFs {
         reply: ReplyEntry,
     ) {
         let op = Op::Link;
-        self.ctx.ops.request(op);
         self.guard(op, move || {
             let r = (|| {
                 self.check_writable()?;
@@ -895,7 +883,6 @@ impl Filesystem for ExtentFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let op = Op::Open;
-        self.ctx.ops.request(op);
         self.guard(op, move || {
             let r = (|| {
                 let inode = self.inode(ino)?;
@@ -931,7 +918,6 @@ impl Filesystem for ExtentFs {
         reply: ReplyData,
     ) {
         let op = Op::Read;
-        self.ctx.ops.request(op);
         self.guard(op, move || {
             let c = match self.inode(ino).and_then(|i| self.cache_of(&i)) {
                 Ok(c) => c,
@@ -968,7 +954,6 @@ impl Filesystem for ExtentFs {
         reply: ReplyWrite,
     ) {
         let op = Op::Write;
-        self.ctx.ops.request(op);
         self.guard(op, move || {
             let r = (|| {
                 self.check_writable()?;
@@ -999,7 +984,6 @@ impl Filesystem for ExtentFs {
         reply: ReplyEmpty,
     ) {
         let op = Op::Flush;
-        self.ctx.ops.request(op);
         self.guard(op, move || {
             let r = (|| {
                 let inode = self.inode(ino)?;
@@ -1028,7 +1012,6 @@ impl Filesystem for ExtentFs {
         reply: ReplyEmpty,
     ) {
         let op = Op::Release;
-        self.ctx.ops.request(op);
         self.guard(op, move || {
             if let Some(inode) = self.inodes.get(ino.0) {
                 if let Some(c) = inode.cache.get() {
@@ -1055,7 +1038,6 @@ impl Filesystem for ExtentFs {
         reply: ReplyEmpty,
     ) {
         let op = Op::Fsync;
-        self.ctx.ops.request(op);
         self.guard(op, move || {
             let r = (|| {
                 let inode = self.inode(ino)?;
@@ -1068,7 +1050,6 @@ impl Filesystem for ExtentFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let op = Op::Opendir;
-        self.ctx.ops.request(op);
         self.guard(op, move || {
             self.answer(
                 op,
@@ -1088,7 +1069,6 @@ impl Filesystem for ExtentFs {
         mut reply: ReplyDirectory,
     ) {
         let op = Op::Readdir;
-        self.ctx.ops.request(op);
         self.guard(op, move || {
             let r = self.walk_dir(fh, offset, |name, d_ino, d_type, next| {
                 reply.add(
@@ -1111,7 +1091,6 @@ impl Filesystem for ExtentFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         let op = Op::Readdirplus;
-        self.ctx.ops.request(op);
         self.guard(op, move || {
             let parent = match self.inode(ino) {
                 Ok(p) => p,
@@ -1185,7 +1164,6 @@ impl Filesystem for ExtentFs {
         reply: ReplyEmpty,
     ) {
         let op = Op::Releasedir;
-        self.ctx.ops.request(op);
         self.guard(op, move || {
             self.dirs.lock().unwrap().remove(&fh.0);
             reply.ok();
@@ -1201,7 +1179,6 @@ impl Filesystem for ExtentFs {
         reply: ReplyEmpty,
     ) {
         let op = Op::Fsyncdir;
-        self.ctx.ops.request(op);
         self.guard(op, move || {
             let r = (|| {
                 let inode = self.inode(ino)?;
@@ -1222,7 +1199,6 @@ impl Filesystem for ExtentFs {
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
         let op = Op::Statfs;
-        self.ctx.ops.request(op);
         self.guard(op, move || {
             let r = (|| {
                 // fstatvfs works on O_PATH descriptors: no need to open (a device) for real.
@@ -1256,7 +1232,6 @@ impl Filesystem for ExtentFs {
         reply: ReplyEmpty,
     ) {
         let op = Op::Setxattr;
-        self.ctx.ops.request(op);
         self.guard(op, move || {
             self.answer(
                 op,
@@ -1269,7 +1244,6 @@ impl Filesystem for ExtentFs {
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let op = Op::Getxattr;
-        self.ctx.ops.request(op);
         self.guard(op, move || {
             self.answer(
                 op,
@@ -1282,7 +1256,6 @@ impl Filesystem for ExtentFs {
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let op = Op::Listxattr;
-        self.ctx.ops.request(op);
         self.guard(op, move || {
             self.answer(op, reply, self.do_listxattr(ino), |reply, v| {
                 xattr::reply_value(reply, &v, size)
@@ -1292,7 +1265,6 @@ impl Filesystem for ExtentFs {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let op = Op::Removexattr;
-        self.ctx.ops.request(op);
         self.guard(op, move || {
             self.answer(op, reply, self.do_removexattr(ino, name), |reply, ()| {
                 reply.ok()
@@ -1302,7 +1274,6 @@ impl Filesystem for ExtentFs {
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         let op = Op::Access;
-        self.ctx.ops.request(op);
         self.guard(op, move || {
             // Permission checks are the kernel's (default_permissions is always on).
             self.answer(op, reply, self.inode(ino), |reply, _| reply.ok())
@@ -1320,7 +1291,6 @@ impl Filesystem for ExtentFs {
         reply: ReplyCreate,
     ) {
         let op = Op::Create;
-        self.ctx.ops.request(op);
         self.guard(op, move || {
             self.answer(
                 op,
@@ -1350,7 +1320,6 @@ impl Filesystem for ExtentFs {
         reply: ReplyEmpty,
     ) {
         let op = Op::Fallocate;
-        self.ctx.ops.request(op);
         self.guard(op, move || {
             match self
                 .inode(ino)
@@ -1375,7 +1344,6 @@ impl Filesystem for ExtentFs {
         reply: ReplyLseek,
     ) {
         let op = Op::Lseek;
-        self.ctx.ops.request(op);
         self.guard(op, move || {
             let r = (|| {
                 let inode = self.inode(ino)?;
@@ -1411,7 +1379,6 @@ impl Filesystem for ExtentFs {
         reply: ReplyWrite,
     ) {
         let op = Op::CopyFileRange;
-        self.ctx.ops.request(op);
         self.guard(op, move || {
             let r = (|| {
                 let a = self.inode(ino_in).and_then(|i| self.cache_of(&i))?;
