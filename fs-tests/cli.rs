@@ -114,15 +114,6 @@ fn wait_unmounted(mnt: &Path, limit: Duration) -> bool {
     true
 }
 
-/// How many mounts are stacked at `path`.
-fn mount_count(path: &Path) -> usize {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let want = path.to_string_lossy().replace(' ', "\\040");
-    info.lines()
-        .filter(|l| l.split(' ').nth(4) == Some(want.as_str()))
-        .count()
-}
-
 /// Cleans up detached daemons of one temp dir: unmount everything at `mnt`, wait for the
 /// daemons to exit, SIGKILL (by PID) any that do not.
 struct Daemons {

@@ -4,7 +4,6 @@
 //! both `cache=pool` and `cache=kernel` mode.
 
 use crate::harness::*;
-use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -183,84 +182,6 @@ fn pattern_byte(off: u64) -> u8 {
 
 fn pattern(off: u64, len: usize) -> Vec<u8> {
     (0..len as u64).map(|i| pattern_byte(off + i)).collect()
-}
-
-/// A 4096-aligned heap buffer (for O_DIRECT).
-struct AlignedBuf {
-    ptr: *mut u8,
-    layout: Layout,
-}
-
-impl AlignedBuf {
-    fn new(len: usize) -> AlignedBuf {
-        let layout = Layout::from_size_align(len, 4096).unwrap();
-        let ptr = unsafe { alloc_zeroed(layout) };
-        assert!(!ptr.is_null());
-        AlignedBuf { ptr, layout }
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        unsafe { std::slice::from_raw_parts(self.ptr, self.layout.size()) }
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
-    }
-}
-
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        unsafe { dealloc(self.ptr, self.layout) };
-    }
-}
-
-/// A shared writable mapping of `len` bytes of `f` (unmapped on drop).
-struct Mapping {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl Mapping {
-    fn new(f: &File, len: usize) -> Mapping {
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                f.as_raw_fd(),
-                0,
-            )
-        };
-        assert!(
-            p != libc::MAP_FAILED,
-            "mmap {len}: {}",
-            std::io::Error::last_os_error()
-        );
-        Mapping {
-            ptr: p as *mut u8,
-            len,
-        }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
-    }
-
-    fn sync(&self) {
-        let r = unsafe { libc::msync(self.ptr as *mut _, self.len, libc::MS_SYNC) };
-        cvt(r, "msync");
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        unsafe { libc::munmap(self.ptr as *mut _, self.len) };
-    }
 }
 
 // ---------------------------------------------------------------------------------------

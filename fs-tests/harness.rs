@@ -4,7 +4,10 @@
 
 #![allow(dead_code)]
 
+use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -21,12 +24,18 @@ pub fn require_root() {
     assert!(Path::new("/dev/fuse").exists(), "/dev/fuse is missing");
 }
 
-/// Is `path` a mount point right now (per /proc/self/mountinfo)?
-pub fn is_mounted(path: &Path) -> bool {
+/// How many mounts are stacked at `path` (per /proc/self/mountinfo).
+pub fn mount_count(path: &Path) -> usize {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let want = path.to_string_lossy().replace(' ', "\\040");
     info.lines()
-        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+        .filter(|l| l.split(' ').nth(4) == Some(want.as_str()))
+        .count()
+}
+
+/// Is `path` a mount point right now?
+pub fn is_mounted(path: &Path) -> bool {
+    mount_count(path) > 0
 }
 
 /// The fstype and source /proc/mounts shows for `path`.
@@ -189,8 +198,8 @@ impl Drop for Mount {
     }
 }
 
-/// Run the extentfs binary with `args`; returns (exit code, stderr).
-pub fn run_bin(args: &[&str]) -> (i32, String) {
+/// Run the extentfs binary with `args`; returns (exit code, stdout, stderr).
+pub fn run_bin_out(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
     let out = Command::new(BIN)
         .args(args)
         .stdin(Stdio::null())
@@ -198,8 +207,16 @@ pub fn run_bin(args: &[&str]) -> (i32, String) {
         .unwrap();
     (
         out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Run the extentfs binary with `args`; returns (exit code, stderr).
+pub fn run_bin(args: &[&str]) -> (i32, String) {
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    let (code, _, err) = run_bin_out(&args);
+    (code, err)
 }
 
 /// A small deterministic PRNG (xorshift64*), so failures reproduce from the seed.
@@ -277,4 +294,80 @@ pub fn stat(text: &str, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {key} in stats:\n{text}"))
         .parse()
         .unwrap()
+}
+
+/// A 4096-aligned heap buffer: for O_DIRECT, and because direct-io requests are split at
+/// user-page boundaries.
+pub struct AlignedBuf {
+    ptr: *mut u8,
+    layout: Layout,
+}
+
+unsafe impl Send for AlignedBuf {}
+
+impl AlignedBuf {
+    pub fn new(len: usize) -> AlignedBuf {
+        let layout = Layout::from_size_align(len, 4096).unwrap();
+        let ptr = unsafe { alloc_zeroed(layout) };
+        assert!(!ptr.is_null());
+        AlignedBuf { ptr, layout }
+    }
+    pub fn as_slice(&self) -> &[u8] {
+        unsafe { std::slice::from_raw_parts(self.ptr, self.layout.size()) }
+    }
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        unsafe { dealloc(self.ptr, self.layout) };
+    }
+}
+
+/// A shared writable mapping of the first `len` bytes of `f` (unmapped on drop).
+pub struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Mapping {
+    pub fn new(f: &File, len: usize) -> Mapping {
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        assert!(
+            p != libc::MAP_FAILED,
+            "mmap {len}: {}",
+            std::io::Error::last_os_error()
+        );
+        Mapping {
+            ptr: p as *mut u8,
+            len,
+        }
+    }
+    pub fn bytes(&self) -> &[u8] {
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+    pub fn sync(&self) {
+        let r = unsafe { libc::msync(self.ptr as *mut _, self.len, libc::MS_SYNC) };
+        assert_eq!(r, 0, "msync: {}", std::io::Error::last_os_error());
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        unsafe { libc::munmap(self.ptr as *mut _, self.len) };
+    }
 }

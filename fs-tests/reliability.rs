@@ -8,7 +8,6 @@
 //! long runs. A failure prints the seed and the command that reproduces it.
 
 use crate::harness::*;
-use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{CString, OsStr};
 use std::fs::{File, OpenOptions};
@@ -109,81 +108,6 @@ fn run_cmd(args: &[&str]) -> Result<String, String> {
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         ))
-    }
-}
-
-/// A 4096-aligned heap buffer (direct-io requests are split at user-page boundaries).
-struct AlignedBuf {
-    ptr: *mut u8,
-    layout: Layout,
-}
-
-unsafe impl Send for AlignedBuf {}
-
-impl AlignedBuf {
-    fn new(len: usize) -> AlignedBuf {
-        let layout = Layout::from_size_align(len, 4096).unwrap();
-        let ptr = unsafe { alloc_zeroed(layout) };
-        assert!(!ptr.is_null());
-        AlignedBuf { ptr, layout }
-    }
-    fn as_slice(&self) -> &[u8] {
-        unsafe { std::slice::from_raw_parts(self.ptr, self.layout.size()) }
-    }
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
-    }
-}
-
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        unsafe { dealloc(self.ptr, self.layout) };
-    }
-}
-
-/// A shared writable mapping of the first `len` bytes of `f` (unmapped on drop).
-struct Mapping {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl Mapping {
-    fn new(f: &File, len: usize) -> Mapping {
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                f.as_raw_fd(),
-                0,
-            )
-        };
-        assert!(
-            p != libc::MAP_FAILED,
-            "mmap {len}: {}",
-            std::io::Error::last_os_error()
-        );
-        Mapping {
-            ptr: p as *mut u8,
-            len,
-        }
-    }
-    fn bytes(&self) -> &[u8] {
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-    }
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
-    }
-    fn sync(&self) {
-        let r = unsafe { libc::msync(self.ptr as *mut _, self.len, libc::MS_SYNC) };
-        assert_eq!(r, 0, "msync: {}", std::io::Error::last_os_error());
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        unsafe { libc::munmap(self.ptr as *mut _, self.len) };
     }
 }
 
@@ -725,14 +649,6 @@ fn start_capturing(src: &Path, mnt: &Path, opts: &str) -> (std::process::Child, 
     (child, lines)
 }
 
-fn mount_count(path: &Path) -> usize {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let want = path.to_string_lossy().replace(' ', "\\040");
-    info.lines()
-        .filter(|l| l.split(' ').nth(4) == Some(want.as_str()))
-        .count()
-}
-
 #[test]
 fn kill_9_during_writes_keeps_fsynced_records() {
     let mut total_records = 0;
@@ -1008,7 +924,9 @@ fn source_io_error_reaches_fsync() {
     }
     let mut guard = FsGuard::default();
     let mut setup_err = None;
-    let mut m = Mount::with_source("cache_size=64M,dirty_expire=100ms", |src| {
+    // No background writeback (60 s expiry): the fsyncs below do all of it, so the cache's
+    // state between them is exact, not a moment of a concurrent retry.
+    let mut m = Mount::with_source("cache_size=64M,dirty_expire=60s", |src| {
         let base = src.parent().unwrap().to_path_buf();
         if let Err(e) = io_error_source(&mut guard, &base, src) {
             setup_err = Some(e);

@@ -314,21 +314,22 @@ fn stats_of_a_file_with_a_hole() {
 
 #[test]
 fn big_sequential_write_stays_compact() {
-    let m = Mount::new("cache_size=512M,dirty_expire=60s");
+    // The case: a 1 GiB sequential write, then sync.
+    let m = Mount::new("cache_size=1536M,dirty_expire=60s");
     let mut chunk = vec![0u8; 1 << 20];
     let mut rng = Rng(256);
     {
         let mut f = std::fs::File::create(m.path("big")).unwrap();
-        for _ in 0..256 {
+        for _ in 0..1024 {
             rng.fill(&mut chunk[..64]);
             f.write_all(&chunk).unwrap();
         }
     }
     ctl(&m.mnt, "sync").unwrap();
     let s = file_stats(&m, "big");
-    assert_eq!(stat(&s, "size"), 256 << 20);
+    assert_eq!(stat(&s, "size"), 1 << 30);
     assert_eq!(stat(&s, "dirty_bytes"), 0);
-    assert_eq!(stat(&s, "cached_bytes"), 256 << 20, "{s}");
+    assert_eq!(stat(&s, "cached_bytes"), 1 << 30, "{s}");
     let entries = stat(&s, "state_tree_entries");
     let ext = stat(&s, "extent_map_extents");
     assert!(
@@ -339,13 +340,10 @@ fn big_sequential_write_stays_compact() {
     let ex = extents(&m, "big");
     assert_eq!(ex.len() as u64, entries);
     assert_eq!(ex.first().unwrap().0, 0);
-    assert_eq!(ex.last().unwrap().1, (256 << 20) - 1);
+    assert_eq!(ex.last().unwrap().1, (1u64 << 30) - 1);
     let r = root_stats(&m);
     assert!(stat(&r, "state_tree_entries") <= 16 + 1, "{r}");
-    assert_eq!(
-        std::fs::metadata(m.src_path("big")).unwrap().len(),
-        256 << 20
-    );
+    assert_eq!(std::fs::metadata(m.src_path("big")).unwrap().len(), 1 << 30);
 }
 
 #[test]
@@ -509,19 +507,6 @@ fn non_owner_cannot_use_ctl() {
     // Root can.
     ctl(&m.mnt, "sync").unwrap();
     ctl(&m.path("shared"), "drop").unwrap();
-}
-
-fn run_bin_out(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]
