@@ -3,6 +3,7 @@
 
 mod cli;
 mod data;
+mod handles;
 mod harness;
 mod posix;
 mod reliability;

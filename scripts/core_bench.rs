@@ -334,12 +334,10 @@ fn open_cache(ctx: &CacheContext, dir: &Path, name: &str) -> Arc<InodeCache> {
     std::fs::File::create(&path).unwrap();
     let root = source::open_root(dir).unwrap();
     let cname = CString::new(name).unwrap();
-    let pfd = source::open_path(root.as_fd(), &cname).unwrap();
+    let pfd = Arc::new(source::open_path(root.as_fd(), &cname).unwrap());
     let st = source::fstat(pfd.as_fd()).unwrap();
-    ctx.get_or_create((st.st_dev, st.st_ino), || {
-        DataFile::open(pfd.as_fd(), false)
-    })
-    .unwrap()
+    ctx.get_or_create((st.st_dev, st.st_ino), || DataFile::open(pfd, false))
+        .unwrap()
 }
 
 fn new_ctx() -> (Arc<CacheContext>, &'static str) {

@@ -77,11 +77,11 @@ impl Fixture {
         let ctx = CacheContext::new(Arc::new(pool), cfg);
         let root = source::open_root(dir.path()).unwrap();
         let cname = CString::new(name).unwrap();
-        let pfd = source::open_path(root.as_fd(), &cname).unwrap();
+        let pfd = Arc::new(source::open_path(root.as_fd(), &cname).unwrap());
         let st = source::fstat(pfd.as_fd()).unwrap();
         let c = ctx
             .get_or_create((st.st_dev, st.st_ino), || {
-                DataFile::open(pfd.as_fd(), false)
+                DataFile::open(pfd.clone(), false)
             })
             .unwrap();
         let wb = writeback_threads.then(|| ctx.start_writeback().unwrap());
@@ -217,6 +217,8 @@ enum Op {
     DropClean,
     Evict(u64),
     Sync,
+    /// The last handle closed: SOURCE's I/O descriptor goes when clean, later I/O reopens it.
+    Close,
 }
 
 fn apply(f: &Fixture, model: &mut Vec<u8>, op: &Op) {
@@ -262,6 +264,7 @@ fn apply(f: &Fixture, model: &mut Vec<u8>, op: &Op) {
             ctx.evict(pages);
         }
         Op::Sync => ctx.sync_file(c, false).unwrap(),
+        Op::Close => c.close_file_if_idle(),
     }
     assert_eq!(c.size(), model.len() as u64, "size after {op:?}");
 }
@@ -309,6 +312,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::DropClean),
         1 => (1u64..4096).prop_map(Op::Evict),
         1 => Just(Op::Sync),
+        1 => Just(Op::Close),
     ]
 }
 

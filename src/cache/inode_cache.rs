@@ -183,6 +183,13 @@ impl InodeCache {
             && self.tree.find_first(0, Bits::UNSTABLE).is_none()
     }
 
+    /// Give SOURCE's I/O descriptor back when no handle is open and nothing awaits writeback
+    /// or an fsync (the next fill or writeback reopens it).
+    pub fn close_file_if_idle(&self) {
+        self.file
+            .close_io(|| self.open_handles.load(Ordering::Relaxed) == 0 && self.is_clean());
+    }
+
     /// Trees' heap use: state tree plus extent map.
     pub fn metadata_bytes(&self) -> usize {
         self.tree.metadata_bytes() + self.map.metadata_bytes()
@@ -196,12 +203,14 @@ impl InodeCache {
         *self.pending_mtime.lock().unwrap() = t;
     }
 
+    /// Stamp "modified now" with the coarse clock, as the kernel stamps files (SOURCE's own
+    /// mtimes then never run behind ours for objects changed later).
     pub(crate) fn record_write_time(&self) {
         let mut ts = libc::timespec {
             tv_sec: 0,
             tv_nsec: 0,
         };
-        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
         *self.pending_mtime.lock().unwrap() = Some(ts);
     }
 

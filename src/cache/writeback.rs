@@ -319,6 +319,7 @@ impl CacheContext {
                 for &(s, e) in &unstable {
                     c.tree.clear_bits(s, e, Bits::UNSTABLE);
                 }
+                c.close_file_if_idle();
                 Ok(())
             }
             Err(err) => {

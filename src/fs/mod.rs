@@ -73,6 +73,8 @@ pub struct ExtentFs {
 }
 
 type R<T> = Result<T, Errno>;
+/// What an entry reply carries: the attributes and the generation for file handles.
+type Entry = (FileAttr, Generation);
 
 /// fuser's reply types, for answering an error uniformly.
 trait ErrorReply {
@@ -185,7 +187,7 @@ fn resolve_now(t: libc::timespec) -> libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut now) };
     now
 }
 
@@ -231,7 +233,7 @@ impl ExtentFs {
         let ro = self.cfg.read_only;
         let c = self
             .ctx
-            .get_or_create(inode.key, || source::DataFile::open(inode.fd(), ro))
+            .get_or_create(inode.key, || source::DataFile::open(inode.shared_fd(), ro))
             .map_err(err)?;
         let _ = inode.cache.set(c.clone());
         Ok(c)
@@ -288,11 +290,34 @@ impl ExtentFs {
     }
 
     /// Look `name` up in `parent` and take a kernel reference on the result.
-    fn do_lookup(&self, parent: &Inode, name: &CStr) -> R<FileAttr> {
+    fn do_lookup(&self, parent: &Inode, name: &CStr) -> R<Entry> {
         let fd = source::open_path(parent.fd(), name).map_err(err)?;
         let st = source::fstat(fd.as_fd()).map_err(err)?;
         let inode = self.inodes.lookup(fd, &st);
-        Ok(self.attr_of(&inode, &st))
+        Ok((self.attr_of(&inode, &st), Generation(inode.generation)))
+    }
+
+    /// LOOKUP of "." and "..": the kernel decoding an export handle (FUSE_EXPORT_SUPPORT)
+    /// asks for node `parent` itself, or for a directory's parent. Both take a reference.
+    fn export_lookup(&self, parent: INodeNo, dotdot: bool) -> R<Entry> {
+        let inode = if !dotdot {
+            self.inodes.revive(parent.0).map_err(err)?
+        } else if parent.0 == inodes::ROOT_ID {
+            self.inodes.revive(inodes::ROOT_ID).map_err(err)?
+        } else {
+            let dir = self.inode(parent)?;
+            if !dir.is_dir() {
+                return Err(Errno::ENOTDIR);
+            }
+            return self.do_lookup(&dir, c"..");
+        };
+        match source::fstat(inode.fd()) {
+            Ok(st) => Ok((self.attr_of(&inode, &st), Generation(inode.generation))),
+            Err(e) => {
+                self.forget_one(inode.id, 1);
+                Err(err(e))
+            }
+        }
     }
 
     /// Reply with `ok(reply, value)`, or count the error against `op` and reply with it.
@@ -306,9 +331,9 @@ impl ExtentFs {
         }
     }
 
-    fn reply_entry(&self, op: Op, reply: ReplyEntry, r: R<FileAttr>) {
-        self.answer(op, reply, r, |reply, attr| {
-            reply.entry(&self.cfg.ttl, &attr, Generation(0))
+    fn reply_entry(&self, op: Op, reply: ReplyEntry, r: R<Entry>) {
+        self.answer(op, reply, r, |reply, (attr, generation)| {
+            reply.entry(&self.cfg.ttl, &attr, generation)
         })
     }
 
@@ -359,7 +384,7 @@ impl ExtentFs {
         name: &OsStr,
         mode: u32,
         make: impl FnOnce(std::os::fd::BorrowedFd<'_>, &CStr) -> io::Result<()>,
-    ) -> R<FileAttr> {
+    ) -> R<Entry> {
         self.check_writable()?;
         let parent = self.inode(parent)?;
         let cname = source::name_cstr(name).map_err(err)?;
@@ -445,7 +470,7 @@ impl ExtentFs {
         mode: u32,
         umask: u32,
         flags: i32,
-    ) -> R<(FileAttr, Arc<InodeCache>)> {
+    ) -> R<(Entry, Arc<InodeCache>)> {
         self.check_writable()?;
         let parent = self.inode(parent)?;
         let cname = source::name_cstr(name).map_err(err)?;
@@ -468,7 +493,7 @@ impl ExtentFs {
         if created {
             self.chown_new(req, &parent, &cname, mode & !umask)?;
         }
-        let attr = self.do_lookup(&parent, &cname)?;
+        let (attr, generation) = self.do_lookup(&parent, &cname)?;
         let inode = self.inodes.get(attr.ino.0).ok_or(Errno::ESTALE)?;
         let c = match self.cache_of(&inode) {
             Ok(c) => c,
@@ -482,7 +507,7 @@ impl ExtentFs {
         }
         c.open_handles.fetch_add(1, Ordering::Relaxed);
         let attr = self.attr_of(&inode, &source::fstat(inode.fd()).map_err(err)?);
-        Ok((attr, c))
+        Ok(((attr, generation), c))
     }
 
     fn forget_one(&self, id: u64, n: u64) {
@@ -647,6 +672,9 @@ impl Filesystem for ExtentFs {
             // POSIX ACLs (stored as xattrs in SOURCE) take part in the kernel's permission
             // checks, and ACL changes update the mode the kernel caches.
             | InitFlags::FUSE_POSIX_ACL;
+        if self.inodes.exportable() {
+            caps |= InitFlags::FUSE_EXPORT_SUPPORT;
+        }
         match self.cfg.cache {
             CacheMode::Pool => caps |= InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
             CacheMode::Kernel => caps |= InitFlags::FUSE_WRITEBACK_CACHE,
@@ -671,6 +699,11 @@ impl Filesystem for ExtentFs {
         let op = Op::Lookup;
         self.guard(op, move || {
             let r = (|| {
+                if let d @ (b"." | b"..") = name.as_bytes() {
+                    let r = self.export_lookup(parent, d == b"..");
+                    tracing::debug!("export lookup of {name:?} in node {}: {r:?}", parent.0);
+                    return r;
+                }
                 let parent = self.inode(parent)?;
                 let cname = source::name_cstr(name).map_err(err)?;
                 self.do_lookup(&parent, &cname)
@@ -1022,6 +1055,7 @@ impl Filesystem for ExtentFs {
                             });
                     if prev == Ok(1) {
                         self.ctx.discard_if_deleted(c);
+                        c.close_file_if_idle();
                     }
                 }
             }
@@ -1132,14 +1166,14 @@ impl Filesystem for ExtentFs {
                     return false;
                 };
                 match self.do_lookup(&parent, &cname) {
-                    Ok(attr) => {
+                    Ok((attr, generation)) => {
                         let full = reply.add(
                             attr.ino,
                             next,
                             OsStr::from_bytes(name),
                             &self.cfg.ttl,
                             &attr,
-                            Generation(0),
+                            generation,
                         );
                         if full {
                             // The kernel never saw this entry: drop the reference we took.
@@ -1296,11 +1330,11 @@ impl Filesystem for ExtentFs {
                 op,
                 reply,
                 self.do_create(req, parent, name, mode, umask, flags),
-                |reply, (attr, _c)| {
+                |reply, ((attr, generation), _c)| {
                     reply.created(
                         &self.cfg.ttl,
                         &attr,
-                        Generation(0),
+                        generation,
                         FileHandle(0),
                         self.open_flags(),
                     )

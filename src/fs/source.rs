@@ -11,6 +11,7 @@ use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::{Arc, RwLock};
 
 /// Run `f` (a create/mkdir/mknod) with the caller's umask, as the kernel would: SOURCE's
 /// filesystem then applies the parent's default ACL instead of the umask where there is one.
@@ -272,7 +273,70 @@ pub fn statvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
     Ok(st)
 }
 
-// ---- extended attributes (through the /proc link; not on symlinks) ----
+// ---- file handles (what open_by_handle_at on the mount is answered from) ----
+
+/// `FILEID_INO32_GEN`: the handle layout of ext2/3/4 and most others, a 32-bit inode number
+/// then a 32-bit generation (a generation of 0 in a handle means "do not check").
+pub const FILEID_INO32_GEN: i32 = 1;
+const MAX_HANDLE_SZ: usize = 128;
+
+/// A SOURCE file handle, as `name_to_handle_at` gives it and `open_by_handle_at` takes it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SourceHandle {
+    len: u32,
+    pub kind: i32,
+    bytes: [u8; MAX_HANDLE_SZ],
+}
+
+impl SourceHandle {
+    pub fn new(kind: i32, bytes: &[u8]) -> SourceHandle {
+        let mut h = SourceHandle {
+            len: bytes.len().min(MAX_HANDLE_SZ) as u32,
+            kind,
+            bytes: [0; MAX_HANDLE_SZ],
+        };
+        h.bytes[..h.len as usize].copy_from_slice(&bytes[..h.len as usize]);
+        h
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+/// The handle of the inode held by `fd`.
+pub fn handle_of(fd: BorrowedFd<'_>) -> io::Result<SourceHandle> {
+    let mut h = SourceHandle::new(0, &[]);
+    h.len = MAX_HANDLE_SZ as u32;
+    let mut mount_id: libc::c_int = 0;
+    cvt(unsafe {
+        libc::name_to_handle_at(
+            fd.as_raw_fd(),
+            empty_path().as_ptr(),
+            &mut h as *mut SourceHandle as *mut libc::file_handle,
+            &mut mount_id,
+            libc::AT_EMPTY_PATH,
+        )
+    })?;
+    Ok(h)
+}
+
+/// An `O_PATH` descriptor of the inode `h` names on the filesystem of `mount_fd` (needs
+/// CAP_DAC_READ_SEARCH).
+pub fn open_by_handle(mount_fd: BorrowedFd<'_>, h: &SourceHandle) -> io::Result<OwnedFd> {
+    let mut h = *h;
+    let fd = cvt(unsafe {
+        libc::open_by_handle_at(
+            mount_fd.as_raw_fd(),
+            &mut h as *mut SourceHandle as *mut libc::file_handle,
+            libc::O_PATH | libc::O_CLOEXEC,
+        )
+    })?;
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+// ---- extended attributes (through the /proc link, which names the inode held, symlinks too) ----
 
 fn xattr_path(fd: BorrowedFd<'_>) -> CString {
     proc_path(fd)
@@ -316,32 +380,48 @@ pub fn removexattr(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
     cvt(unsafe { libc::removexattr(p.as_ptr(), name.as_ptr()) }).map(drop)
 }
 
-/// An open regular file of SOURCE that the cache reads from and writes back to.
+/// A regular file of SOURCE that the cache reads from and writes back to.
+///
+/// It holds the inode's `O_PATH` descriptor (shared with the inode table) and, while in use, a
+/// descriptor open for I/O. `close_io` gives the latter back when the file is idle, so the
+/// daemon needs one descriptor per inode the kernel knows plus one per file in use (not two
+/// per inode: 10,000 created files would otherwise exhaust RLIMIT_NOFILE); the next I/O reopens
+/// it. Metadata calls (stat, chmod, truncate, times) go through the `O_PATH` descriptor.
 #[derive(Debug)]
 pub struct DataFile {
-    fd: OwnedFd,
+    path: Arc<OwnedFd>,
+    io: RwLock<Option<OwnedFd>>,
+    read_only: bool,
     writable: bool,
 }
 
-impl DataFile {
-    /// Open the inode held by `path_fd` for data I/O: read-write when possible.
-    pub fn open(path_fd: BorrowedFd<'_>, read_only: bool) -> io::Result<DataFile> {
-        if !read_only {
-            match reopen(path_fd, libc::O_RDWR | libc::O_NOATIME) {
-                Ok(fd) => return Ok(DataFile { fd, writable: true }),
-                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-                    // O_NOATIME is refused on files we do not own when not privileged.
-                    if let Ok(fd) = reopen(path_fd, libc::O_RDWR) {
-                        return Ok(DataFile { fd, writable: true });
-                    }
+/// Open the inode held by `path_fd` for data I/O: read-write when possible. Returns the
+/// descriptor and whether it is writable.
+fn open_io(path_fd: BorrowedFd<'_>, read_only: bool) -> io::Result<(OwnedFd, bool)> {
+    if !read_only {
+        match reopen(path_fd, libc::O_RDWR | libc::O_NOATIME) {
+            Ok(fd) => return Ok((fd, true)),
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                // O_NOATIME is refused on files we do not own when not privileged.
+                if let Ok(fd) = reopen(path_fd, libc::O_RDWR) {
+                    return Ok((fd, true));
                 }
-                Err(_) => {}
             }
+            Err(_) => {}
         }
-        let fd = reopen(path_fd, libc::O_RDONLY)?;
+    }
+    Ok((reopen(path_fd, libc::O_RDONLY)?, false))
+}
+
+impl DataFile {
+    /// Open the inode held by `path` for data I/O: read-write when possible.
+    pub fn open(path: Arc<OwnedFd>, read_only: bool) -> io::Result<DataFile> {
+        let (fd, writable) = open_io(path.as_fd(), read_only)?;
         Ok(DataFile {
-            fd,
-            writable: false,
+            path,
+            io: RwLock::new(Some(fd)),
+            read_only: read_only || !writable,
+            writable,
         })
     }
 
@@ -349,8 +429,35 @@ impl DataFile {
         self.writable
     }
 
-    pub fn raw(&self) -> RawFd {
-        self.fd.as_raw_fd()
+    /// Run `f` on the I/O descriptor, reopening it if `close_io` gave it back.
+    fn with_io<T>(&self, f: impl FnOnce(RawFd) -> io::Result<T>) -> io::Result<T> {
+        {
+            let g = self.io.read().unwrap();
+            if let Some(fd) = g.as_ref() {
+                return f(fd.as_raw_fd());
+            }
+        }
+        let mut g = self.io.write().unwrap();
+        if g.is_none() {
+            *g = Some(open_io(self.path.as_fd(), self.read_only)?.0);
+        }
+        f(g.as_ref().unwrap().as_raw_fd())
+    }
+
+    /// Close the I/O descriptor unless it is in use or `idle()`, asked with no I/O running,
+    /// says no. `idle` must be false while data written through it awaits an fsync: a fresh
+    /// descriptor's fsync would not report an error that happened before it was opened.
+    pub fn close_io(&self, idle: impl FnOnce() -> bool) {
+        if let Ok(mut g) = self.io.try_write() {
+            if idle() {
+                g.take();
+            }
+        }
+    }
+
+    /// Whether the I/O descriptor is open (for tests and stats).
+    pub fn io_open(&self) -> bool {
+        self.io.read().unwrap().is_some()
     }
 
     /// Read into `iov` at `off` until it is full or EOF; returns bytes read.
@@ -359,13 +466,15 @@ impl DataFile {
         let mut done = 0;
         let mut first = 0;
         while done < total {
-            let n = cvt_isize(unsafe {
-                libc::preadv(
-                    self.raw(),
-                    iov[first..].as_ptr(),
-                    (iov.len() - first).min(1024) as i32,
-                    off as libc::off_t,
-                )
+            let n = self.with_io(|fd| {
+                cvt_isize(unsafe {
+                    libc::preadv(
+                        fd,
+                        iov[first..].as_ptr(),
+                        (iov.len() - first).min(1024) as i32,
+                        off as libc::off_t,
+                    )
+                })
             });
             let n = match n {
                 Ok(0) => break,
@@ -386,13 +495,15 @@ impl DataFile {
         let mut done = 0;
         let mut first = 0;
         while done < total {
-            let n = cvt_isize(unsafe {
-                libc::pwritev(
-                    self.raw(),
-                    iov[first..].as_ptr(),
-                    (iov.len() - first).min(1024) as i32,
-                    off as libc::off_t,
-                )
+            let n = self.with_io(|fd| {
+                cvt_isize(unsafe {
+                    libc::pwritev(
+                        fd,
+                        iov[first..].as_ptr(),
+                        (iov.len() - first).min(1024) as i32,
+                        off as libc::off_t,
+                    )
+                })
             });
             let n = match n {
                 Ok(0) => return Err(io::Error::from_raw_os_error(libc::EIO)),
@@ -408,38 +519,44 @@ impl DataFile {
     }
 
     pub fn sync(&self, datasync: bool) -> io::Result<()> {
-        let r = if datasync {
-            unsafe { libc::fdatasync(self.raw()) }
-        } else {
-            unsafe { libc::fsync(self.raw()) }
-        };
-        cvt(r).map(drop)
+        self.with_io(|fd| {
+            let r = if datasync {
+                unsafe { libc::fdatasync(fd) }
+            } else {
+                unsafe { libc::fsync(fd) }
+            };
+            cvt(r).map(drop)
+        })
     }
 
     pub fn chmod(&self, mode: u32) -> io::Result<()> {
-        cvt(unsafe { libc::fchmod(self.raw(), mode) }).map(drop)
+        chmod(self.path.as_fd(), mode)
     }
 
     pub fn set_len(&self, size: u64) -> io::Result<()> {
-        truncate(self.fd.as_fd(), size)
+        self.with_io(|fd| cvt(unsafe { libc::ftruncate(fd, size as libc::off_t) }).map(drop))
     }
 
     pub fn fallocate(&self, mode: i32, off: u64, len: u64) -> io::Result<()> {
-        cvt(unsafe { libc::fallocate(self.raw(), mode, off as libc::off_t, len as libc::off_t) })
-            .map(drop)
+        self.with_io(|fd| {
+            cvt(unsafe { libc::fallocate(fd, mode, off as libc::off_t, len as libc::off_t) })
+                .map(drop)
+        })
     }
 
     pub fn lseek(&self, off: i64, whence: i32) -> io::Result<i64> {
-        let r = unsafe { libc::lseek(self.raw(), off, whence) };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(r)
-        }
+        self.with_io(|fd| {
+            let r = unsafe { libc::lseek(fd, off, whence) };
+            if r < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(r)
+            }
+        })
     }
 
     pub fn stat(&self) -> io::Result<libc::stat> {
-        fstat(self.fd.as_fd())
+        fstat(self.path.as_fd())
     }
 
     /// Set mtime (and atime omitted) on the file.
@@ -451,7 +568,7 @@ impl DataFile {
             },
             mtime,
         ];
-        cvt(unsafe { libc::futimens(self.raw(), times.as_ptr()) }).map(drop)
+        utimens(self.path.as_fd(), &times, false)
     }
 }
 
@@ -512,7 +629,7 @@ mod tests {
         f.write_all(b"hello world").unwrap();
         let root = open_root(dir.path()).unwrap();
         let h = open_path(root.as_fd(), &name_cstr(OsStr::new("f")).unwrap()).unwrap();
-        let df = DataFile::open(h.as_fd(), false).unwrap();
+        let df = DataFile::open(Arc::new(h), false).unwrap();
         assert!(df.writable());
         let mut a = [0u8; 5];
         let mut b = [0u8; 20];
@@ -536,5 +653,18 @@ mod tests {
         }];
         df.write_all(&mut iov, 20).unwrap();
         assert_eq!(df.stat().unwrap().st_size, 22);
+        // Given back when idle, reopened by the next I/O.
+        df.close_io(|| false);
+        assert!(df.io_open());
+        df.close_io(|| true);
+        assert!(!df.io_open());
+        let mut c = [0u8; 2];
+        let mut iov = [libc::iovec {
+            iov_base: c.as_mut_ptr() as *mut _,
+            iov_len: 2,
+        }];
+        assert_eq!(df.read_full(&mut iov, 20).unwrap(), 2);
+        assert_eq!(&c, b"XY");
+        assert!(df.io_open());
     }
 }

@@ -7,7 +7,7 @@
 //!
 //! Our names are never listed, never stored in SOURCE, and cannot be set except `ctl`.
 
-use super::{err, errno, inodes, source, ExtentFs, R};
+use super::{err, inodes, source, ExtentFs, R};
 use crate::cache::inode_cache::InodeCache;
 use fuser::{Errno, INodeNo, ReplyXattr, Request};
 use std::ffi::{CString, OsStr};
@@ -225,9 +225,6 @@ impl ExtentFs {
                 _ => Err(Errno::NO_XATTR),
             };
         }
-        if inode.is_symlink() {
-            return Err(Errno::NO_XATTR);
-        }
         let cname = CString::new(n).map_err(|_| Errno::EINVAL)?;
         // Ask SOURCE with the caller's size, so a value that changes in between yields
         // ERANGE (as on a local filesystem) rather than a failed second read.
@@ -285,18 +282,22 @@ impl ExtentFs {
             };
         }
         self.check_writable()?;
-        if inode.is_symlink() {
-            return Err(Errno::EPERM);
-        }
         let cname = CString::new(n).map_err(|_| Errno::EINVAL)?;
-        source::setxattr(inode.fd(), &cname, value, flags).map_err(err)
+        source::setxattr(inode.fd(), &cname, value, flags).map_err(err)?;
+        if n == b"system.posix_acl_access" {
+            // SOURCE applied the ACL as the daemon, which may keep S_ISGID; the kernel would
+            // drop it for a caller outside the file's group without CAP_FSETID (fuser cannot
+            // receive the kernel's FUSE_SETXATTR_ACL_KILL_SGID, so we decide it here).
+            let st = source::fstat(inode.fd()).map_err(err)?;
+            if st.st_mode & libc::S_ISGID != 0 && !in_group_or_capable(req, st.st_gid) {
+                source::chmod(inode.fd(), st.st_mode & 0o7777 & !libc::S_ISGID).map_err(err)?;
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn do_listxattr(&self, ino: INodeNo) -> R<Vec<u8>> {
         let inode = self.inode(ino)?;
-        if inode.is_symlink() {
-            return Ok(Vec::new());
-        }
         // Read the whole list (our names must be filtered out before sizing the reply).
         let mut buf = vec![0u8; 4096];
         let got = loop {
@@ -328,17 +329,53 @@ impl ExtentFs {
             return Err(Errno::EPERM);
         }
         self.check_writable()?;
-        if inode.is_symlink() {
-            return Err(errno(libc::EPERM));
-        }
         let cname = CString::new(n).map_err(|_| Errno::EINVAL)?;
         source::removexattr(inode.fd(), &cname).map_err(err)
     }
 }
 
+/// Whether the caller of `req` is in group `gid` (fsgid or supplementary) or holds
+/// CAP_FSETID, read from /proc/PID/status; without it, only its uid 0 or gid counts.
+fn in_group_or_capable(req: &Request, gid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{}/status", req.pid())) {
+        Ok(status) => status_in_group_or_capable(&status, gid),
+        Err(_) => req.uid() == 0 || req.gid() == gid,
+    }
+}
+
+fn status_in_group_or_capable(status: &str, gid: u32) -> bool {
+    const CAP_FSETID: u32 = 4;
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or("")
+            .split_whitespace()
+    };
+    let cap_eff = u64::from_str_radix(field("CapEff:").next().unwrap_or("0"), 16).unwrap_or(0);
+    let fsgid = field("Gid:").nth(3).and_then(|g| g.parse::<u32>().ok());
+    cap_eff & (1 << CAP_FSETID) != 0
+        || fsgid == Some(gid)
+        || field("Groups:").any(|g| g.parse::<u32>() == Ok(gid))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_membership_from_proc_status() {
+        let st = "Name:\tx\nGid:\t100\t100\t100\t101\nGroups:\t5 7 \nCapEff:\t0000000000000000\n";
+        assert!(status_in_group_or_capable(st, 101), "fsgid");
+        assert!(
+            !status_in_group_or_capable(st, 100),
+            "only the fsgid counts"
+        );
+        assert!(status_in_group_or_capable(st, 7), "supplementary");
+        assert!(!status_in_group_or_capable(st, 8));
+        let root = st.replace("CapEff:\t0000000000000000", "CapEff:\t000001ffffffffff");
+        assert!(status_in_group_or_capable(&root, 8), "CAP_FSETID");
+    }
 
     #[test]
     fn renderings() {
