@@ -1266,3 +1266,83 @@ fn written_file_is_not_newer_than_what_is_created_after_it() {
         );
     }
 }
+
+fn times(p: &Path) -> [(i64, i64); 3] {
+    let st = lstat(p);
+    [
+        (st.st_atime, st.st_atime_nsec),
+        (st.st_mtime, st.st_mtime_nsec),
+        (st.st_ctime, st.st_ctime_nsec),
+    ]
+}
+
+#[test]
+fn reads_update_atime_as_the_mount_options_say() {
+    // Reads are served from the pool; SOURCE records the access through a private mount with
+    // this mount's atime options, so mtime and ctime never move (generic/003).
+    for (opt, first_moves, second_moves) in [
+        ("strictatime", true, true),
+        ("relatime", true, false),
+        ("noatime", false, false),
+    ] {
+        let m = Mount::new(&format!("cache_size=16M,{opt}"));
+        let p = m.path("f");
+        std::fs::write(&p, b"data").unwrap();
+        sync_mount(&m);
+        let t0 = times(&p);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert_eq!(std::fs::read(&p).unwrap(), b"data");
+        let t1 = times(&p);
+        assert_eq!(
+            t1[0] > t0[0],
+            first_moves,
+            "{opt}: atime after the first read"
+        );
+        assert_eq!(t1[1..], t0[1..], "{opt}: mtime/ctime moved on a read");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        std::fs::read(&p).unwrap();
+        let t2 = times(&p);
+        assert_eq!(
+            t2[0] > t1[0],
+            second_moves,
+            "{opt}: atime after the second read"
+        );
+        assert_eq!(t2[1..], t0[1..], "{opt}: mtime/ctime moved on a read");
+        assert_eq!(times(&m.src_path("f"))[0], t2[0], "{opt}: SOURCE's atime");
+    }
+}
+
+#[test]
+fn mtime_of_a_write_survives_fsync_and_remount() {
+    let mut m = Mount::new("cache_size=16M");
+    let p = m.path("f");
+    let mut f = std::fs::File::create(&p).unwrap();
+    f.write_all(b"abc").unwrap();
+    let written = times(&p);
+    // The writeback below happens in a later clock tick than the write.
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    f.sync_all().unwrap();
+    assert_eq!(
+        times(&m.src_path("f"))[1],
+        written[1],
+        "SOURCE's mtime after fsync"
+    );
+    drop(f);
+    m.remount();
+    assert_eq!(times(&p)[1], written[1], "mtime after remount");
+}
+
+#[test]
+fn close_starts_writeback() {
+    // close (FUSE flush) queues the file's dirty data at once, not after dirty_expire.
+    let m = Mount::new("cache_size=16M,dirty_expire=60s");
+    std::fs::write(m.path("f"), b"closed").unwrap();
+    let t0 = std::time::Instant::now();
+    while std::fs::read(m.src_path("f")).unwrap() != b"closed" {
+        assert!(
+            t0.elapsed().as_secs() < 10,
+            "not written back 10 s after close"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -924,9 +924,10 @@ fn source_io_error_reaches_fsync() {
     }
     let mut guard = FsGuard::default();
     let mut setup_err = None;
-    // No background writeback (60 s expiry): the fsyncs below do all of it, so the cache's
-    // state between them is exact, not a moment of a concurrent retry.
-    let mut m = Mount::with_source("cache_size=64M,dirty_expire=60s", |src| {
+    // No background writeback (60 s expiry, and no pressure: 16 MiB dirty plus a page would
+    // pass half of a 50% limit): the fsyncs below do all of it, so the cache's state between
+    // them is exact, not a moment of a concurrent retry.
+    let mut m = Mount::with_source("cache_size=64M,dirty_expire=60s,dirty_limit=100%", |src| {
         let base = src.parent().unwrap().to_path_buf();
         if let Err(e) = io_error_source(&mut guard, &base, src) {
             setup_err = Some(e);
@@ -1161,6 +1162,15 @@ fn concurrency(mode: &str) {
     let deadline = Instant::now() + Duration::from_secs(8);
     // last[w][rec] = last seq writer w completed on rec
     let mut threads = Vec::new();
+    // Readers check every record they see. In cache=kernel they read with O_DIRECT, i.e.
+    // from the daemon: a buffered read copies out of the kernel's page cache while a buffered
+    // write may be copying into the same page (Linux makes no read/write atomicity promise
+    // there, ext4 neither), which would show a torn record that extentfs never held.
+    let reader_flags = if mode.contains("cache=kernel") {
+        libc::O_DIRECT
+    } else {
+        0
+    };
     for w in 0..8u64 {
         let shared = shared.clone();
         let done = done.clone();
@@ -1170,6 +1180,11 @@ fn concurrency(mode: &str) {
                 let f = OpenOptions::new()
                     .read(true)
                     .write(true)
+                    .open(&shared)
+                    .map_err(|e| e.to_string())?;
+                let reader = OpenOptions::new()
+                    .read(true)
+                    .custom_flags(reader_flags)
                     .open(&shared)
                     .map_err(|e| e.to_string())?;
                 let mut last = vec![None; CRECS as usize];
@@ -1196,7 +1211,7 @@ fn concurrency(mode: &str) {
                             last[(first + i) as usize] = Some(seq);
                         }
                     } else {
-                        let got = f
+                        let got = reader
                             .read_at(&mut buf.as_mut_slice()[..bytes], first * CREC)
                             .map_err(|e| format!("reader {w}: {e}"))?;
                         if got != bytes {

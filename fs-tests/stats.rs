@@ -315,14 +315,19 @@ fn stats_of_a_file_with_a_hole() {
 #[test]
 fn big_sequential_write_stays_compact() {
     // The case: a 1 GiB sequential write, then sync.
-    let m = Mount::new("cache_size=1536M,dirty_expire=60s");
-    let mut chunk = vec![0u8; 1 << 20];
+    // A page-aligned buffer: the kernel splits an unaligned 1 MiB direct write at max_pages
+    // into two requests, which two daemon threads may then place in either order. No
+    // writeback during the fill (dirty_limit=100%, 60 s expiry): an extent that writeback is
+    // writing out cannot grow in place, so the next megabyte would start a new extent, and
+    // how often that happens depends on timing (20 extents instead of 16 under a busy suite).
+    let m = Mount::new("cache_size=1536M,dirty_expire=60s,dirty_limit=100%");
+    let mut chunk = AlignedBuf::new(1 << 20);
     let mut rng = Rng(256);
     {
         let mut f = std::fs::File::create(m.path("big")).unwrap();
         for _ in 0..1024 {
-            rng.fill(&mut chunk[..64]);
-            f.write_all(&chunk).unwrap();
+            rng.fill(&mut chunk.as_mut_slice()[..64]);
+            f.write_all(chunk.as_slice()).unwrap();
         }
     }
     ctl(&m.mnt, "sync").unwrap();
@@ -512,7 +517,9 @@ fn non_owner_cannot_use_ctl() {
 #[test]
 fn stats_and_extents_commands() {
     let m = Mount::new("cache_size=32M,dirty_expire=60s");
-    std::fs::write(m.path("f"), vec![3u8; 100_000]).unwrap();
+    // Kept open: closing would start its writeback (the DIRTY range is checked below).
+    let mut open_file = std::fs::File::create(m.path("f")).unwrap();
+    open_file.write_all(&vec![3u8; 100_000]).unwrap();
     let mnt = m.mnt.as_os_str();
     let f = m.path("f");
 
@@ -567,5 +574,6 @@ fn stats_and_extents_commands() {
     let (code, _, err) = run_bin_out(&["extents".as_ref(), "/tmp".as_ref()]);
     assert_ne!(code, 0);
     assert!(err.contains("not on an extentfs mount"), "{err}");
+    drop(open_file);
     sync_mount(&m);
 }

@@ -6,6 +6,7 @@
 use clap::Parser;
 use extentfs::cache::{CacheConfig, CacheContext};
 use extentfs::fs::mount::{self, MountPointState};
+use extentfs::fs::source::AtimeMode;
 use extentfs::fs::{ExtentFs, FsConfig};
 use extentfs::options::{format_size, MountConfig};
 use extentfs::pool::{PagePool, PoolConfig};
@@ -335,6 +336,14 @@ fn serve(
         read_only: cfg.read_only,
         ttl: Duration::from_secs(1),
         owner_uid: unsafe { libc::getuid() },
+        atime: if cfg.noatime {
+            AtimeMode::NoAtime
+        } else if cfg.strictatime {
+            AtimeMode::StrictAtime
+        } else {
+            AtimeMode::RelAtime
+        },
+        nodiratime: cfg.nodiratime,
     };
     let fs = match ExtentFs::new(source, ctx.clone(), fscfg) {
         Ok(fs) => fs,

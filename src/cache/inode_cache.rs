@@ -116,8 +116,10 @@ pub struct InodeCache {
     wb_error: Mutex<Option<i32>>,
     /// errno of the last failed writeback ever (stats).
     pub last_wb_error: AtomicU64,
-    /// mtime of the last write not yet stamped on SOURCE (written after writeback).
-    pending_mtime: Mutex<Option<libc::timespec>>,
+    /// mtime of the last write, and whether it is stamped on SOURCE yet (after writeback).
+    /// Kept once stamped: a getattr that read SOURCE between a writeback's pwrite (which
+    /// stamps the time of the pwrite) and the stamp would otherwise show the pwrite's time.
+    pending_mtime: Mutex<Option<(libc::timespec, bool)>>,
     pub(crate) wb_queued: AtomicBool,
     /// The file's mode may carry set-user-ID or set-group-ID (checked before writes).
     pub may_have_setid: AtomicBool,
@@ -132,6 +134,8 @@ pub struct InodeCache {
     pub miss_bytes: AtomicU64,
     /// Where the evictor's hand stands in this file.
     pub(crate) evict_hand: AtomicU64,
+    /// Monotonic second (+1) of the last `touch_atime` (0 = never).
+    atime_touched: AtomicU64,
 }
 
 impl InodeCache {
@@ -156,6 +160,7 @@ impl InodeCache {
             hit_bytes: AtomicU64::new(0),
             miss_bytes: AtomicU64::new(0),
             evict_hand: AtomicU64::new(0),
+            atime_touched: AtomicU64::new(0),
         })
     }
 
@@ -183,6 +188,28 @@ impl InodeCache {
             && self.tree.find_first(0, Bits::UNSTABLE).is_none()
     }
 
+    /// A read was served: let SOURCE record the access, at most once a second per file (the
+    /// mount's atime options then decide, see `DataFile::touch_atime`).
+    pub fn touch_atime(&self) {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+        let now = ts.tv_sec as u64 + 1;
+        let last = self.atime_touched.load(Ordering::Relaxed);
+        if last != now
+            && self
+                .atime_touched
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            if let Err(e) = self.file.touch_atime() {
+                tracing::debug!("atime of inode {:?} not recorded: {e}", self.key);
+            }
+        }
+    }
+
     /// Give SOURCE's I/O descriptor back when no handle is open and nothing awaits writeback
     /// or an fsync (the next fill or writeback reopens it).
     pub fn close_file_if_idle(&self) {
@@ -195,12 +222,22 @@ impl InodeCache {
         self.tree.metadata_bytes() + self.map.metadata_bytes()
     }
 
+    /// The mtime the cache knows better than SOURCE (from writes or an explicit utimens).
     pub fn mtime_override(&self) -> Option<libc::timespec> {
-        *self.pending_mtime.lock().unwrap()
+        self.pending_mtime.lock().unwrap().map(|(t, _)| t)
     }
 
     pub(crate) fn set_pending_mtime(&self, t: Option<libc::timespec>) {
-        *self.pending_mtime.lock().unwrap() = t;
+        *self.pending_mtime.lock().unwrap() = t.map(|t| (t, false));
+    }
+
+    /// SOURCE stamped its own mtime (fallocate, punch): it is the one to show, unless writes
+    /// are still waiting to stamp theirs.
+    pub fn source_stamped(&self) {
+        let mut g = self.pending_mtime.lock().unwrap();
+        if matches!(*g, Some((_, true))) {
+            *g = None;
+        }
     }
 
     /// Stamp "modified now" with the coarse clock, as the kernel stamps files (SOURCE's own
@@ -211,15 +248,17 @@ impl InodeCache {
             tv_nsec: 0,
         };
         unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
-        *self.pending_mtime.lock().unwrap() = Some(ts);
+        *self.pending_mtime.lock().unwrap() = Some((ts, false));
     }
 
-    /// After a complete writeback: stamp the recorded mtime on SOURCE.
+    /// Once all written data is in SOURCE (nothing dirty or under writeback; it may still
+    /// await its fsync, which then covers the stamp too): stamp the recorded mtime on SOURCE.
     pub(crate) fn apply_pending_mtime(&self) {
         let mut g = self.pending_mtime.lock().unwrap();
-        if let Some(t) = *g {
-            if self.is_clean() && self.file.set_mtime(t).is_ok() {
-                *g = None;
+        if let Some((t, false)) = *g {
+            let written = self.tree.dirty_bytes() == 0 && self.tree.writeback_bytes() == 0;
+            if written && self.file.set_mtime(t).is_ok() {
+                *g = Some((t, true));
             }
         }
     }

@@ -479,8 +479,8 @@ impl CacheContext {
 
     /// Ask the flusher to write this file back soon (close).
     pub fn queue_writeback(&self, c: &InodeCache) {
-        // Pretend it has been dirty long enough.
-        c.dirty_since.store(1, Ordering::Relaxed);
+        c.dirty_since
+            .store(writeback::WRITEBACK_NOW, Ordering::Relaxed);
         self.flusher.kick(false);
     }
 

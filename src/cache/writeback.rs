@@ -58,6 +58,9 @@ pub struct WritebackThreads {
     handles: Vec<JoinHandle<()>>,
 }
 
+/// A `dirty_since` meaning "write back at the flusher's next pass" (close, `queue_writeback`).
+pub(crate) const WRITEBACK_NOW: u64 = 1;
+
 impl CacheContext {
     /// Start the flusher and the workers.
     pub fn start_writeback(self: &Arc<Self>) -> io::Result<WritebackThreads> {
@@ -117,7 +120,7 @@ impl CacheContext {
                 if c.peek_wb_error().is_some() && !all && now.saturating_sub(since) < expire * 2 {
                     continue;
                 }
-                if (pressure || now.saturating_sub(since) >= expire)
+                if (pressure || since == WRITEBACK_NOW || now.saturating_sub(since) >= expire)
                     && !c.wb_queued.swap(true, Ordering::AcqRel)
                     && tx.send(c.clone()).is_err()
                 {

@@ -42,6 +42,9 @@ pub struct FsConfig {
     pub ttl: Duration,
     /// uid that mounted (may use the ctl xattr besides root).
     pub owner_uid: u32,
+    /// The mount's atime options, applied to SOURCE's private mount.
+    pub atime: source::AtimeMode,
+    pub nodiratime: bool,
 }
 
 /// An open directory stream.
@@ -193,7 +196,7 @@ fn resolve_now(t: libc::timespec) -> libc::timespec {
 
 impl ExtentFs {
     pub fn new(source: &Path, ctx: Arc<CacheContext>, cfg: FsConfig) -> io::Result<ExtentFs> {
-        let root = source::open_root(source)?;
+        let root = source::open_root_with_atime(source, cfg.atime, cfg.nodiratime)?;
         let st = source::fstat(root.as_fd())?;
         Ok(ExtentFs {
             inodes: InodeTable::new(root, &st),
@@ -533,6 +536,7 @@ impl ExtentFs {
             // Collapse/insert range move data in SOURCE: write back and drop the cache first.
             self.ctx.invalidate(&c).map_err(err)?;
             c.file.fallocate(mode, offset, length).map_err(err)?;
+            c.source_stamped();
             let st = c.file.stat().map_err(err)?;
             self.ctx.truncate_cache_to(&c, st.st_size as u64);
             return Ok(());
@@ -548,6 +552,7 @@ impl ExtentFs {
             self.ctx
                 .punch(&c, offset, length, || file.fallocate(mode, offset, length))
                 .map_err(err)?;
+            c.source_stamped();
             if !keep && end > c.size() {
                 self.ctx.refresh_size(&c).map_err(err)?;
             }
@@ -555,6 +560,7 @@ impl ExtentFs {
         }
         // Plain allocation (mode 0 or KEEP_SIZE): SOURCE reserves blocks; the size may grow.
         c.file.fallocate(mode, offset, length).map_err(err)?;
+        c.source_stamped();
         if !keep && end > c.size() {
             self.ctx.refresh_size(&c).map_err(err)?;
         }
@@ -960,7 +966,11 @@ impl Filesystem for ExtentFs {
                 }
             };
             let mut reply = Some(reply);
+            let touch = self.cfg.atime != source::AtimeMode::NoAtime;
             let r = self.ctx.read(&c, offset, size, |bytes| {
+                if touch {
+                    c.touch_atime();
+                }
                 reply.take().unwrap().data(bytes);
             });
             if let Err(e) = r {
@@ -1020,12 +1030,11 @@ impl Filesystem for ExtentFs {
         self.guard(op, move || {
             let r = (|| {
                 let inode = self.inode(ino)?;
+                // Report a writeback error; the writeback itself starts at release: FLUSH
+                // also comes for every copy of the descriptor a forked child closes.
                 if let Some(c) = self.ctx.get(inode.key) {
                     if let Some(e) = c.take_wb_error() {
                         return Err(errno(e));
-                    }
-                    if c.dirty_bytes() > 0 {
-                        self.ctx.queue_writeback(&c);
                     }
                 }
                 Ok(())
@@ -1056,6 +1065,10 @@ impl Filesystem for ExtentFs {
                     if prev == Ok(1) {
                         self.ctx.discard_if_deleted(c);
                         c.close_file_if_idle();
+                    }
+                    // The last close of this open file: start writing back what is dirty.
+                    if c.dirty_bytes() > 0 {
+                        self.ctx.queue_writeback(c);
                     }
                 }
             }

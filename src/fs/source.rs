@@ -133,6 +133,94 @@ pub fn open_root(path: &std::path::Path) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// How reads through extentfs move SOURCE's atimes (the mount's atime options).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AtimeMode {
+    NoAtime,
+    RelAtime,
+    StrictAtime,
+}
+
+/// The SOURCE root as an `O_PATH` descriptor on a private, detached copy of SOURCE's mount
+/// (open_tree(OPEN_TREE_CLONE), with submounts) carrying the atime options of the extentfs
+/// mount, so that SOURCE updates atimes as that mount's options say. Nobody else sees the copy.
+/// Where that is not allowed (not root, old kernel), SOURCE's own mount (and its options).
+pub fn open_root_with_atime(
+    path: &std::path::Path,
+    atime: AtimeMode,
+    nodiratime: bool,
+) -> io::Result<OwnedFd> {
+    const SYS_OPEN_TREE: libc::c_long = 428;
+    const SYS_MOUNT_SETATTR: libc::c_long = 442;
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const AT_RECURSIVE: libc::c_uint = 0x8000;
+    const MOUNT_ATTR_NOATIME: u64 = 0x10;
+    const MOUNT_ATTR_STRICTATIME: u64 = 0x20;
+    const MOUNT_ATTR_ATIME_MASK: u64 = 0x70;
+    const MOUNT_ATTR_NODIRATIME: u64 = 0x80;
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let fd = unsafe {
+        libc::syscall(
+            SYS_OPEN_TREE,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE,
+        )
+    };
+    if fd < 0 {
+        tracing::debug!(
+            "private copy of SOURCE's mount refused ({}); atimes follow SOURCE's own options",
+            io::Error::last_os_error()
+        );
+        return open_root(path);
+    }
+    let tree = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let mut set = match atime {
+        AtimeMode::NoAtime => MOUNT_ATTR_NOATIME,
+        AtimeMode::RelAtime => 0,
+        AtimeMode::StrictAtime => MOUNT_ATTR_STRICTATIME,
+    };
+    if nodiratime {
+        set |= MOUNT_ATTR_NODIRATIME;
+    }
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: MOUNT_ATTR_ATIME_MASK | MOUNT_ATTR_NODIRATIME,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let r = unsafe {
+        libc::syscall(
+            SYS_MOUNT_SETATTR,
+            tree.as_raw_fd(),
+            empty_path().as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 {
+        tracing::debug!(
+            "atime options on SOURCE's private mount refused ({}); SOURCE's own apply",
+            io::Error::last_os_error()
+        );
+    }
+    // The tree's root must be a directory, as open_root checks with O_DIRECTORY.
+    let st = fstat(tree.as_fd())?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+        return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+    }
+    Ok(tree)
+}
+
 /// Reopen an `O_PATH` handle as a real open file with `flags`.
 pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
     let p = proc_path(fd);
@@ -557,6 +645,16 @@ impl DataFile {
 
     pub fn stat(&self) -> io::Result<libc::stat> {
         fstat(self.path.as_fd())
+    }
+
+    /// Let SOURCE record a read access (reads are served from the pool, and the I/O
+    /// descriptor is O_NOATIME): read one byte through a fresh descriptor, so SOURCE's mount
+    /// options decide whether atime moves. (Setting atime explicitly would move ctime too.)
+    pub fn touch_atime(&self) -> io::Result<()> {
+        let fd = reopen(self.path.as_fd(), libc::O_RDONLY)?;
+        let mut b = 0u8;
+        cvt_isize(unsafe { libc::pread(fd.as_raw_fd(), &mut b as *mut u8 as *mut _, 1, 0) })
+            .map(drop)
     }
 
     /// Set mtime (and atime omitted) on the file.
