@@ -28,6 +28,9 @@ MOUNT OPTIONS (-o opt[,opt...]):
                           e.g. 50% or 0.5 (default 50%)
   dirty_expire=TIME       age after which dirty data is written back, e.g. 5s, 500ms
                           (default 5s)
+  spin=auto|0|TIME        poll for TIME (2ms for auto) after each request at idle priority,
+                          so the CPU does not sleep between requests; auto (default) polls
+                          only while the daemon is confined to some of the CPUs (taskset)
   cache=pool|kernel       pool: the pool is the only data cache (direct I/O to the kernel,
                           mmap still works); kernel: the kernel page cache sits in front
                           (default pool)
@@ -344,6 +347,7 @@ fn serve(
             AtimeMode::RelAtime
         },
         nodiratime: cfg.nodiratime,
+        spin: cfg.spin,
     };
     let fs = match ExtentFs::new(source, ctx.clone(), fscfg) {
         Ok(fs) => fs,

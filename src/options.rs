@@ -5,6 +5,7 @@
 //! Generic options that `mount(8)`/`mount.fuse3` pass (`rw`, `dev`, `suid`, `noatime`, ...) are
 //! accepted and mapped onto mount flags; `x-*` and `comment=` options are ignored, as mount does.
 
+pub use crate::fs::spin::SpinMode;
 use crate::pool::HugePagePolicy;
 use std::fmt;
 use std::time::Duration;
@@ -38,6 +39,8 @@ pub struct MountConfig {
     pub nonempty: bool,
     /// FUSE worker threads (fuser `n_threads`).
     pub threads: usize,
+    /// Idle polling after each request (see `fs::spin`).
+    pub spin: SpinMode,
     pub nosuid: bool,
     pub nodev: bool,
     pub noexec: bool,
@@ -76,6 +79,7 @@ impl MountConfig {
             writeback_threads: 2,
             dirty_limit: 0.5,
             dirty_expire: Duration::from_secs(5),
+            spin: SpinMode::Auto(Duration::from_millis(2)),
             cache: CacheMode::Pool,
             allow_other: false,
             default_permissions: false,
@@ -190,6 +194,22 @@ impl MountConfig {
                         "dirty_expire={v}: expected a duration such as 5s, 500ms or 1m (at most 1h)"
                     ))
                 })?;
+            }
+            "spin" => {
+                let v = need(key, value)?;
+                self.spin = match v {
+                    "0" | "off" => SpinMode::Off,
+                    "auto" => SpinMode::Auto(Duration::from_millis(2)),
+                    _ => SpinMode::Always(
+                        parse_duration(v)
+                            .filter(|d| *d <= Duration::from_secs(1))
+                            .ok_or_else(|| {
+                                OptionError(format!(
+                                "spin={v}: expected auto, 0 (off) or a duration such as 2ms (at most 1s)"
+                            ))
+                            })?,
+                    ),
+                };
             }
             "cache" => {
                 let v = need(key, value)?;
@@ -387,6 +407,13 @@ mod tests {
         assert_eq!(c.dirty_limit, 0.25);
         assert_eq!(c.dirty_expire, Duration::from_millis(500));
         assert_eq!(c.writeback_threads, 3);
+        assert_eq!(c.spin, SpinMode::Auto(Duration::from_millis(2)));
+        c.apply("spin=5ms").unwrap();
+        assert_eq!(c.spin, SpinMode::Always(Duration::from_millis(5)));
+        c.apply("spin=0").unwrap();
+        assert_eq!(c.spin, SpinMode::Off);
+        c.apply("spin=auto").unwrap();
+        assert_eq!(c.spin, SpinMode::Auto(Duration::from_millis(2)));
     }
 
     #[test]
@@ -401,6 +428,8 @@ mod tests {
             ("dirty_limit=0", "dirty_limit=0"),
             ("dirty_limit=150%", "dirty_limit=150%"),
             ("dirty_expire=forever", "dirty_expire=forever"),
+            ("spin=5s", "at most 1s"),
+            ("spin=fast", "spin=fast"),
             ("writeback_threads=0", "from 1 to 64"),
             ("allow_other=1", "takes no value"),
             ("a\nb", "control character"),

@@ -95,6 +95,17 @@ impl<'a> RangeGuard<'a> {
     }
 }
 
+impl RangeGuard<'_> {
+    /// Unlock, setting `set` in the same step; returns the change in DIRTY bytes.
+    pub(crate) fn unlock_setting(self, set: Bits) -> i64 {
+        let delta = self
+            .tree
+            .unlock_range_with(self.start, self.end, set, Bits::NONE);
+        std::mem::forget(self);
+        delta
+    }
+}
+
 impl Drop for RangeGuard<'_> {
     fn drop(&mut self) {
         self.tree.unlock_range(self.start, self.end);

@@ -190,6 +190,11 @@ impl CacheContext {
 
     pub(crate) fn set_dirty(&self, c: &InodeCache, s: u64, e_incl: u64) {
         let added = c.tree.set_bits(s, e_incl, Bits::DIRTY);
+        self.dirtied(c, added);
+    }
+
+    /// Account `added` bytes that became DIRTY in `c`.
+    fn dirtied(&self, c: &InodeCache, added: u64) {
         if added > 0 {
             self.dirty.fetch_add(added, Ordering::Relaxed);
             let _ = c.dirty_since.compare_exchange(
@@ -320,11 +325,17 @@ impl CacheContext {
                 Err(Again::Io(e)) => return Err(e),
             }
             c.copy_in(off, data);
-            c.tree.set_bits(a, b - 1, Bits::UPTODATE);
-            self.set_dirty(c, off, end - 1);
             c.extend_size(end);
             c.record_write_time();
-            drop(guard);
+            if (a, b) == (off, end) {
+                // Whole pages (the common case): UPTODATE and DIRTY in the unlocking step.
+                let added = guard.unlock_setting(Bits::UPTODATE | Bits::DIRTY);
+                self.dirtied(c, added.max(0) as u64);
+            } else {
+                c.tree.set_bits(a, b - 1, Bits::UPTODATE);
+                self.set_dirty(c, off, end - 1);
+                drop(guard);
+            }
             stats::add(&self.stats.write_bytes, data.len() as u64);
             return Ok(off);
         }

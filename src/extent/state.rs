@@ -681,20 +681,28 @@ impl ExtentStateTree {
     }
 
     /// Unlock and, in the same atomic step, set `set` and clear `clear`
-    /// (`LOCKED` is always cleared, even if named in `set`).
-    pub fn unlock_range_with(&self, start: u64, end: u64, set: Bits, clear: Bits) {
+    /// (`LOCKED` is always cleared, even if named in `set`). Returns the change
+    /// in `DIRTY` bytes (for the caller's accounting; saturating).
+    pub fn unlock_range_with(&self, start: u64, end: u64, set: Bits, clear: Bits) -> i64 {
         check_range(start, end);
         let mut g = self.lock();
         debug_assert!(
             all_in(&g.map, start, end, Bits::LOCKED),
             "unlock_range({start}, {end}) on a range that is not wholly locked"
         );
+        let dirty_before = g.dirty;
         g.modify(start, end, set & !Bits::LOCKED, clear | Bits::LOCKED);
+        let delta = if g.dirty >= dirty_before {
+            sat(g.dirty - dirty_before) as i64
+        } else {
+            -(sat(dirty_before - g.dirty) as i64)
+        };
         let wake = g.waiters > 0;
         drop(g);
         if wake {
             self.cv.notify_all();
         }
+        delta
     }
 
     /// Block until no byte of `[start, end]` has any of `bits`.
@@ -1162,10 +1170,20 @@ mod tests {
         t.unlock_range(0, 9);
         t.unlock_range(10, 19);
         assert_eq!(st(&t), vec![(20, 29, U | L), (30, 39, U | L)]);
-        t.unlock_range_with(20, 29, D, Bits::NONE);
-        t.unlock_range_with(30, 39, D, Bits::NONE);
+        assert_eq!(
+            t.unlock_range_with(20, 29, D, Bits::NONE),
+            10,
+            "dirty delta"
+        );
+        assert_eq!(t.unlock_range_with(30, 39, D, Bits::NONE), 10);
         assert_eq!(st(&t), vec![(20, 39, U | D)]);
         assert_eq!(t.locked_bytes(), 0);
+        // Already dirty: no change; clearing DIRTY: negative.
+        t.lock_range(20, 29);
+        assert_eq!(t.unlock_range_with(20, 29, D, Bits::NONE), 0);
+        t.lock_range(25, 39);
+        assert_eq!(t.unlock_range_with(25, 39, Bits::NONE, D), -15);
+        assert_eq!(t.dirty_bytes(), 5);
     }
 
     #[test]

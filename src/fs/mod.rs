@@ -10,6 +10,7 @@
 pub mod inodes;
 pub mod mount;
 pub mod source;
+pub mod spin;
 pub mod xattr;
 
 use crate::cache::inode_cache::InodeCache;
@@ -45,6 +46,8 @@ pub struct FsConfig {
     /// The mount's atime options, applied to SOURCE's private mount.
     pub atime: source::AtimeMode,
     pub nodiratime: bool,
+    /// Idle polling after each request (see `spin`).
+    pub spin: spin::SpinMode,
 }
 
 /// An open directory stream.
@@ -73,6 +76,7 @@ pub struct ExtentFs {
     /// its back (set-ID bits dropped by a write).
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
     am_root: bool,
+    spinner: Option<Arc<spin::Spinner>>,
 }
 
 type R<T> = Result<T, Errno>;
@@ -206,6 +210,7 @@ impl ExtentFs {
             next_fh: AtomicU64::new(1),
             notifier: Arc::new(std::sync::OnceLock::new()),
             am_root: unsafe { libc::geteuid() } == 0,
+            spinner: None,
         })
     }
 
@@ -367,6 +372,9 @@ impl ExtentFs {
     /// dropped, which fuser answers with EIO) and a log line, and the mount keeps serving.
     fn guard(&self, op: Op, f: impl FnOnce()) {
         self.ctx.ops.request(op);
+        if let Some(s) = &self.spinner {
+            s.note_request();
+        }
         if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
             self.ctx.ops.error(op);
             let msg = p
@@ -689,6 +697,13 @@ impl Filesystem for ExtentFs {
             tracing::debug!("kernel lacks FUSE capabilities {unsupported:?}");
             let _ = config.add_capabilities(caps & !unsupported);
         }
+        if self.cfg.spin != spin::SpinMode::Off {
+            // Started here, in the daemon, after daemonizing (fork keeps one thread).
+            match spin::Spinner::start(self.cfg.spin) {
+                Ok(s) => self.spinner = Some(s),
+                Err(e) => tracing::warn!("spin: no polling thread: {e}"),
+            }
+        }
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
@@ -696,6 +711,9 @@ impl Filesystem for ExtentFs {
     }
 
     fn destroy(&mut self) {
+        if let Some(s) = self.spinner.take() {
+            s.stop();
+        }
         if let Err(e) = self.ctx.sync_all() {
             tracing::error!("final writeback failed: {e}");
         }
