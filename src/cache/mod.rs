@@ -111,12 +111,20 @@ impl CacheContext {
     }
 
     /// The cache of the SOURCE inode `key`, created (with `open_file`) on first use.
+    /// The cache registry. A panic elsewhere while it was held (a bug, answered EIO by the
+    /// FUSE layer) must not take the flusher down with it: the map itself is always valid.
+    fn registry(&self) -> std::sync::MutexGuard<'_, HashMap<InodeKey, Arc<InodeCache>>> {
+        self.caches
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     pub fn get_or_create(
         &self,
         key: InodeKey,
         open_file: impl FnOnce() -> io::Result<DataFile>,
     ) -> io::Result<Arc<InodeCache>> {
-        let mut m = self.caches.lock().unwrap();
+        let mut m = self.registry();
         if let Some(c) = m.get(&key) {
             c.forgotten.store(false, Ordering::Relaxed);
             return Ok(c.clone());
@@ -127,11 +135,11 @@ impl CacheContext {
     }
 
     pub fn get(&self, key: InodeKey) -> Option<Arc<InodeCache>> {
-        self.caches.lock().unwrap().get(&key).cloned()
+        self.registry().get(&key).cloned()
     }
 
     pub fn all_caches(&self) -> Vec<Arc<InodeCache>> {
-        self.caches.lock().unwrap().values().cloned().collect()
+        self.registry().values().cloned().collect()
     }
 
     /// The kernel forgot the inode: its cache goes once it is clean (at once when the file
@@ -144,7 +152,7 @@ impl CacheContext {
             self.discard_if_deleted(&c);
         }
         drop(c);
-        let mut m = self.caches.lock().unwrap();
+        let mut m = self.registry();
         if let Some(c) = m.get(&key) {
             if c.forgotten.load(Ordering::Relaxed)
                 && c.is_clean()
@@ -158,12 +166,12 @@ impl CacheContext {
 
     /// Drop every clean cache (and its SOURCE descriptor): the session is over.
     pub fn release_clean(&self) {
-        self.caches.lock().unwrap().retain(|_, c| !c.is_clean());
+        self.registry().retain(|_, c| !c.is_clean());
     }
 
     /// Drop caches of forgotten, clean, unopened files (called by the flusher).
     pub(crate) fn prune(&self) {
-        let mut m = self.caches.lock().unwrap();
+        let mut m = self.registry();
         m.retain(|_, c| {
             !(c.forgotten.load(Ordering::Relaxed)
                 && c.is_clean()

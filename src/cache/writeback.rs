@@ -103,32 +103,47 @@ impl CacheContext {
             .clamp(Duration::from_millis(10), Duration::from_millis(500));
         while !self.shutting_down.load(Ordering::Relaxed) {
             let all = self.flusher.wait(tick);
-            let now = self.now_ms();
-            let expire = self.cfg.dirty_expire.as_millis() as u64;
-            let pressure = all || self.dirty_bytes() > self.cfg.dirty_limit / 2;
-            for c in self.all_caches() {
-                if c.tree.dirty_bytes() == 0 {
-                    continue;
-                }
-                let mut since = c.dirty_since.load(Ordering::Relaxed);
-                if since == 0 {
-                    // Dirtied while a writeback was marking the file clean: start its clock.
-                    since = now;
-                    c.dirty_since.store(now, Ordering::Relaxed);
-                }
-                // A file whose writeback failed is retried, but not in a tight loop.
-                if c.peek_wb_error().is_some() && !all && now.saturating_sub(since) < expire * 2 {
-                    continue;
-                }
-                if (pressure || since == WRITEBACK_NOW || now.saturating_sub(since) >= expire)
-                    && !c.wb_queued.swap(true, Ordering::AcqRel)
-                    && tx.send(c.clone()).is_err()
-                {
-                    return;
-                }
+            // A bug in one pass must not end writeback for good (writers would then wait on
+            // the dirty limit forever): log it and go on with the next pass.
+            let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.flusher_pass(&tx, all)
+            }));
+            match pass {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(_) => tracing::error!("bug: a flusher pass panicked; continuing"),
             }
-            self.prune();
         }
+    }
+
+    /// One pass of the flusher: queue what is due. False when the workers are gone.
+    fn flusher_pass(&self, tx: &Sender<Arc<InodeCache>>, all: bool) -> bool {
+        let now = self.now_ms();
+        let expire = self.cfg.dirty_expire.as_millis() as u64;
+        let pressure = all || self.dirty_bytes() > self.cfg.dirty_limit / 2;
+        for c in self.all_caches() {
+            if c.tree.dirty_bytes() == 0 {
+                continue;
+            }
+            let mut since = c.dirty_since.load(Ordering::Relaxed);
+            if since == 0 {
+                // Dirtied while a writeback was marking the file clean: start its clock.
+                since = now;
+                c.dirty_since.store(now, Ordering::Relaxed);
+            }
+            // A file whose writeback failed is retried, but not in a tight loop.
+            if c.peek_wb_error().is_some() && !all && now.saturating_sub(since) < expire * 2 {
+                continue;
+            }
+            if (pressure || since == WRITEBACK_NOW || now.saturating_sub(since) >= expire)
+                && !c.wb_queued.swap(true, Ordering::AcqRel)
+                && tx.send(c.clone()).is_err()
+            {
+                return false;
+            }
+        }
+        self.prune();
+        true
     }
 
     /// Write back all DIRTY data of `c` and make it durable in SOURCE (fdatasync when anything

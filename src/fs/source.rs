@@ -486,16 +486,27 @@ pub struct DataFile {
 /// Open the inode held by `path_fd` for data I/O: read-write when possible. Returns the
 /// descriptor and whether it is writable.
 fn open_io(path_fd: BorrowedFd<'_>, read_only: bool) -> io::Result<(OwnedFd, bool)> {
+    // Read-only only where writing is refused for good; a shortage (EMFILE, ENFILE,
+    // ENOMEM) is an error to report, not a reason to make the file read-only.
+    let refused = |e: &io::Error| {
+        matches!(
+            e.raw_os_error(),
+            Some(libc::EACCES | libc::EPERM | libc::EROFS | libc::ETXTBSY)
+        )
+    };
     if !read_only {
         match reopen(path_fd, libc::O_RDWR | libc::O_NOATIME) {
             Ok(fd) => return Ok((fd, true)),
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
                 // O_NOATIME is refused on files we do not own when not privileged.
-                if let Ok(fd) = reopen(path_fd, libc::O_RDWR) {
-                    return Ok((fd, true));
+                match reopen(path_fd, libc::O_RDWR) {
+                    Ok(fd) => return Ok((fd, true)),
+                    Err(e) if refused(&e) => {}
+                    Err(e) => return Err(e),
                 }
             }
-            Err(_) => {}
+            Err(e) if refused(&e) => {}
+            Err(e) => return Err(e),
         }
     }
     Ok((reopen(path_fd, libc::O_RDONLY)?, false))
@@ -527,7 +538,13 @@ impl DataFile {
         }
         let mut g = self.io.write().unwrap();
         if g.is_none() {
-            *g = Some(open_io(self.path.as_fd(), self.read_only)?.0);
+            // The same access as the first open decided; an error (EMFILE, ...) is the
+            // caller's, never a quiet fall back to read-only under a writable file.
+            let (fd, writable) = open_io(self.path.as_fd(), self.read_only)?;
+            if writable != self.writable {
+                return Err(io::Error::from_raw_os_error(libc::EACCES));
+            }
+            *g = Some(fd);
         }
         f(g.as_ref().unwrap().as_raw_fd())
     }
