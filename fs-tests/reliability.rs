@@ -709,7 +709,17 @@ fn kill_9_during_writes_keeps_fsynced_records() {
         total_durable += durable;
         // The dead mount.
         assert!(is_mounted(&m.mnt), "round {round}: dead mount gone");
-        let e = std::fs::metadata(&m.mnt).unwrap_err();
+        // The kernel may answer from attributes it cached before the kill (1 s TTL).
+        let t0 = Instant::now();
+        let e = loop {
+            match std::fs::metadata(&m.mnt) {
+                Err(e) => break e,
+                Ok(_) if t0.elapsed() < Duration::from_secs(3) => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Ok(_) => panic!("round {round}: the dead mount still answers after 3 s"),
+            }
+        };
         assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "round {round}: {e}");
         // Acknowledged records in SOURCE, byte for byte.
         let src = std::fs::read(m.src_path("log")).unwrap();
