@@ -12,63 +12,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-const KIB: u64 = 1 << 10;
-const MIB: u64 = 1 << 20;
-
 // ---------------------------------------------------------------------------------------
 // helpers
-
-/// Compare two byte strings; on mismatch say where (never dump megabytes).
-#[track_caller]
-fn check_bytes(what: &str, got: &[u8], want: &[u8]) {
-    if got == want {
-        return;
-    }
-    let n = got.len().min(want.len());
-    let first = (0..n).find(|&i| got[i] != want[i]);
-    match first {
-        Some(i) => {
-            let last = (i..n).rev().find(|&j| got[j] != want[j]).unwrap();
-            let ctx = |b: &[u8]| b[i..(i + 16).min(b.len())].to_vec();
-            panic!(
-                "{what}: differs first at byte {i} (last differing byte {last}; lengths got {} \
-                 want {}): got {:02x?} want {:02x?}",
-                got.len(),
-                want.len(),
-                ctx(got),
-                ctx(want)
-            );
-        }
-        None => panic!(
-            "{what}: length differs: got {} bytes, want {} (common prefix equal)",
-            got.len(),
-            want.len()
-        ),
-    }
-}
-
-/// Read `[off, off+len)` through `f`, looping over short reads; stops at EOF.
-fn read_at_full(f: &File, off: u64, len: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; len];
-    let mut done = 0;
-    while done < len {
-        let n = f
-            .read_at(&mut buf[done..], off + done as u64)
-            .unwrap_or_else(|e| panic!("read {len} at {off}: {e}"));
-        if n == 0 {
-            break;
-        }
-        done += n;
-    }
-    buf.truncate(done);
-    buf
-}
-
-fn random_bytes(rng: &mut Rng, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    rng.fill(&mut v);
-    v
-}
 
 /// The model of one file.
 #[derive(Default)]

@@ -9,11 +9,14 @@ use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_extentfs");
+pub const KIB: u64 = 1 << 10;
+pub const MIB: u64 = 1 << 20;
 
 pub fn require_root() {
     assert_eq!(
@@ -370,4 +373,71 @@ impl Drop for Mapping {
     fn drop(&mut self) {
         unsafe { libc::munmap(self.ptr as *mut _, self.len) };
     }
+}
+
+// ---- data helpers shared by the data and reliability tests ----
+
+/// Compare two byte strings; on mismatch say where (never dump megabytes).
+#[track_caller]
+pub fn check_bytes(what: &str, got: &[u8], want: &[u8]) {
+    if got == want {
+        return;
+    }
+    let n = got.len().min(want.len());
+    let first = (0..n).find(|&i| got[i] != want[i]);
+    match first {
+        Some(i) => {
+            let last = (i..n).rev().find(|&j| got[j] != want[j]).unwrap();
+            let ctx = |b: &[u8]| b[i..(i + 16).min(b.len())].to_vec();
+            panic!(
+                "{what}: differs first at byte {i} (last differing byte {last}; lengths got {} \
+                 want {}): got {:02x?} want {:02x?}",
+                got.len(),
+                want.len(),
+                ctx(got),
+                ctx(want)
+            );
+        }
+        None => panic!(
+            "{what}: length differs: got {} bytes, want {} (common prefix equal)",
+            got.len(),
+            want.len()
+        ),
+    }
+}
+
+/// Read `[off, off+len)` through `f`, looping over short reads; stops at EOF.
+pub fn read_at_full(f: &File, off: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    let mut done = 0;
+    while done < len {
+        let n = f
+            .read_at(&mut buf[done..], off + done as u64)
+            .unwrap_or_else(|e| panic!("read {len} at {off}: {e}"));
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    buf.truncate(done);
+    buf
+}
+
+pub fn random_bytes(rng: &mut Rng, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    rng.fill(&mut v);
+    v
+}
+
+/// statvfs of `p` (panics on failure).
+pub fn statvfs(p: &Path) -> libc::statvfs {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(
+        unsafe { libc::statvfs(c.as_ptr(), &mut s) },
+        0,
+        "statvfs {}",
+        p.display()
+    );
+    s
 }

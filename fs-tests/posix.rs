@@ -828,12 +828,8 @@ fn odd_names() {
 #[test]
 fn statvfs_is_sane() {
     let m = Mount::new("cache_size=32M");
-    let c = cpath(&m.mnt);
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0);
-    let sc = cpath(&m.src);
-    let mut ss: libc::statvfs = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::statvfs(sc.as_ptr(), &mut ss) }, 0);
+    let s = statvfs(&m.mnt);
+    let ss = statvfs(&m.src);
     assert!(
         s.f_bsize > 0 && s.f_frsize > 0,
         "{} {}",
@@ -852,10 +848,7 @@ fn statvfs_is_sane() {
     );
     // Also on a file inside.
     std::fs::write(m.path("f"), b"x").unwrap();
-    let fc = cpath(&m.path("f"));
-    let mut sf: libc::statvfs = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::statvfs(fc.as_ptr(), &mut sf) }, 0);
-    assert_eq!(sf.f_blocks, s.f_blocks);
+    assert_eq!(statvfs(&m.path("f")).f_blocks, s.f_blocks);
 }
 
 #[test]

@@ -21,39 +21,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-const KIB: u64 = 1 << 10;
-const MIB: u64 = 1 << 20;
-
 // ---------------------------------------------------------------------------------------
 // helpers
-
-/// Compare two byte strings; on mismatch say where (never dump megabytes).
-#[track_caller]
-fn check_bytes(what: &str, got: &[u8], want: &[u8]) {
-    if got == want {
-        return;
-    }
-    let n = got.len().min(want.len());
-    match (0..n).find(|&i| got[i] != want[i]) {
-        Some(i) => {
-            let last = (i..n).rev().find(|&j| got[j] != want[j]).unwrap();
-            let ctx = |b: &[u8]| b[i..(i + 16).min(b.len())].to_vec();
-            panic!(
-                "{what}: differs first at byte {i} (last differing byte {last}; lengths got {} \
-                 want {}): got {:02x?} want {:02x?}",
-                got.len(),
-                want.len(),
-                ctx(got),
-                ctx(want)
-            );
-        }
-        None => panic!(
-            "{what}: length differs: got {} bytes, want {} (common prefix equal)",
-            got.len(),
-            want.len()
-        ),
-    }
-}
 
 fn errno(r: libc::c_long) -> Result<libc::c_long, i32> {
     if r < 0 {
@@ -69,29 +38,6 @@ fn io_errno<T>(r: std::io::Result<T>) -> Result<T, i32> {
 
 fn fallocate(f: &File, mode: i32, off: u64, len: u64) -> Result<(), i32> {
     errno(unsafe { libc::fallocate(f.as_raw_fd(), mode, off as i64, len as i64) } as _).map(|_| ())
-}
-
-/// Read `[off, off+len)` through `f`, looping over short reads; stops at EOF.
-fn read_at_full(f: &File, off: u64, len: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; len];
-    let mut done = 0;
-    while done < len {
-        let n = f
-            .read_at(&mut buf[done..], off + done as u64)
-            .unwrap_or_else(|e| panic!("read {len} at {off}: {e}"));
-        if n == 0 {
-            break;
-        }
-        done += n;
-    }
-    buf.truncate(done);
-    buf
-}
-
-fn random_bytes(rng: &mut Rng, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    rng.fill(&mut v);
-    v
 }
 
 fn run_cmd(args: &[&str]) -> Result<String, String> {
@@ -843,9 +789,7 @@ fn source_full_enospc_then_recovers() {
     // Free space, retry: the dirty data that could not be written was kept.
     std::fs::remove_file(m.path("filler")).unwrap();
     let df = |p: &Path| {
-        let c = CString::new(p.as_os_str().as_bytes()).unwrap();
-        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0);
+        let s = statvfs(p);
         s.f_bavail * s.f_frsize / KIB
     };
     let mut tries = Vec::new();
@@ -912,9 +856,7 @@ fn io_error_source(guard: &mut FsGuard, base: &Path, src: &Path) -> Result<(), S
     guard.mounts.push(src.to_path_buf());
     // Leave ~4 MiB free in the tmpfs under the image.
     let free = {
-        let c = CString::new(back.as_os_str().as_bytes()).unwrap();
-        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0);
+        let s = statvfs(&back);
         s.f_bavail * s.f_frsize
     };
     std::fs::write(
@@ -1718,9 +1660,7 @@ fn unlink_through_mount_frees_source_space_promptly() {
         std::fs::write(src.join("big"), vec![1u8; (8 * MIB) as usize]).unwrap();
     });
     let free_kib = |p: &Path| {
-        let c = CString::new(p.as_os_str().as_bytes()).unwrap();
-        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0);
+        let s = statvfs(p);
         s.f_bavail * s.f_frsize / KIB
     };
     let mut held = Vec::new();
