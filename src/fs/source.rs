@@ -479,7 +479,6 @@ pub fn removexattr(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
 pub struct DataFile {
     path: Arc<OwnedFd>,
     io: RwLock<Option<OwnedFd>>,
-    read_only: bool,
     writable: bool,
 }
 
@@ -519,7 +518,6 @@ impl DataFile {
         Ok(DataFile {
             path,
             io: RwLock::new(Some(fd)),
-            read_only: read_only || !writable,
             writable,
         })
     }
@@ -540,7 +538,7 @@ impl DataFile {
         if g.is_none() {
             // The same access as the first open decided; an error (EMFILE, ...) is the
             // caller's, never a quiet fall back to read-only under a writable file.
-            let (fd, writable) = open_io(self.path.as_fd(), self.read_only)?;
+            let (fd, writable) = open_io(self.path.as_fd(), !self.writable)?;
             if writable != self.writable {
                 return Err(io::Error::from_raw_os_error(libc::EACCES));
             }
@@ -566,14 +564,39 @@ impl DataFile {
     }
 
     /// Read into `iov` at `off` until it is full or EOF; returns bytes read.
-    pub fn read_full(&self, iov: &mut [libc::iovec], mut off: u64) -> io::Result<usize> {
+    pub fn read_full(&self, iov: &mut [libc::iovec], off: u64) -> io::Result<usize> {
+        self.vectored(iov, off, libc::preadv)
+    }
+
+    /// Write all of `iov` at `off` (pwritev, retried on short writes).
+    pub fn write_all(&self, iov: &mut [libc::iovec], off: u64) -> io::Result<()> {
+        let total: usize = iov.iter().map(|v| v.iov_len).sum();
+        match self.vectored(iov, off, libc::pwritev)? {
+            n if n == total => Ok(()),
+            _ => Err(io::Error::from_raw_os_error(libc::EIO)),
+        }
+    }
+
+    /// Run `op` (preadv or pwritev) over `iov` from `off` until all of it is moved or `op`
+    /// moves nothing (EOF); retried on EINTR and short transfers. Returns bytes moved.
+    fn vectored(
+        &self,
+        iov: &mut [libc::iovec],
+        mut off: u64,
+        op: unsafe extern "C" fn(
+            libc::c_int,
+            *const libc::iovec,
+            libc::c_int,
+            libc::off_t,
+        ) -> isize,
+    ) -> io::Result<usize> {
         let total: usize = iov.iter().map(|v| v.iov_len).sum();
         let mut done = 0;
         let mut first = 0;
         while done < total {
             let n = self.with_io(|fd| {
                 cvt_isize(unsafe {
-                    libc::preadv(
+                    op(
                         fd,
                         iov[first..].as_ptr(),
                         (iov.len() - first).min(1024) as i32,
@@ -592,35 +615,6 @@ impl DataFile {
             advance(iov, &mut first, n);
         }
         Ok(done)
-    }
-
-    /// Write all of `iov` at `off` (pwritev, retried on short writes).
-    pub fn write_all(&self, iov: &mut [libc::iovec], mut off: u64) -> io::Result<()> {
-        let total: usize = iov.iter().map(|v| v.iov_len).sum();
-        let mut done = 0;
-        let mut first = 0;
-        while done < total {
-            let n = self.with_io(|fd| {
-                cvt_isize(unsafe {
-                    libc::pwritev(
-                        fd,
-                        iov[first..].as_ptr(),
-                        (iov.len() - first).min(1024) as i32,
-                        off as libc::off_t,
-                    )
-                })
-            });
-            let n = match n {
-                Ok(0) => return Err(io::Error::from_raw_os_error(libc::EIO)),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            done += n;
-            off += n as u64;
-            advance(iov, &mut first, n);
-        }
-        Ok(())
     }
 
     pub fn sync(&self, datasync: bool) -> io::Result<()> {
