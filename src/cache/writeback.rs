@@ -116,6 +116,14 @@ impl CacheContext {
         }
     }
 
+    /// Account a failed writeback or fsync of `c`: reported to its next fsync/close, counted,
+    /// and remembered for writers throttled on the dirty limit.
+    fn writeback_failed(&self, c: &InodeCache, errno: i32) {
+        c.record_wb_error(errno);
+        stats::add(&self.stats.writeback_errors, 1);
+        self.last_wb_errno.store(errno as u64, Ordering::Relaxed);
+    }
+
     /// One pass of the flusher: queue what is due. False when the workers are gone.
     fn flusher_pass(&self, tx: &Sender<Arc<InodeCache>>, all: bool) -> bool {
         let now = self.now_ms();
@@ -293,9 +301,7 @@ impl CacheContext {
                 // Back to DIRTY: the data stays in the cache for a later attempt.
                 self.set_dirty(c, s, e);
                 c.tree.clear_bits(s, e, Bits::WRITEBACK);
-                c.record_wb_error(errno);
-                stats::add(&self.stats.writeback_errors, 1);
-                self.last_wb_errno.store(errno as u64, Ordering::Relaxed);
+                self.writeback_failed(c, errno);
                 Err(err)
             }
         }
@@ -362,9 +368,7 @@ impl CacheContext {
                     }
                     c.tree.clear_bits(s, e, Bits::UNSTABLE);
                 }
-                c.record_wb_error(errno);
-                stats::add(&self.stats.writeback_errors, 1);
-                self.last_wb_errno.store(errno as u64, Ordering::Relaxed);
+                self.writeback_failed(c, errno);
                 Err(err)
             }
         }

@@ -155,10 +155,7 @@ impl InodeTable {
         }
         // SOURCE's generation, read before taking the lock (one system call).
         let source_gen = match self.export {
-            Export::Ino32Gen if key.0 == self.root_dev => source::handle_of(fd.as_fd())
-                .ok()
-                .filter(|h| is_ino32_gen(h, st.st_ino))
-                .map(|h| u32::from_ne_bytes(h.bytes()[4..8].try_into().unwrap()) as u64),
+            Export::Ino32Gen if key.0 == self.root_dev => ino32_generation(fd.as_fd(), st.st_ino),
             _ => None,
         };
         let mut t = self.t.write().unwrap();
@@ -227,11 +224,7 @@ impl InodeTable {
         }
         let generation = match kept {
             Some((_, g)) => g,
-            None => source::handle_of(fd.as_fd())
-                .ok()
-                .filter(|h| is_ino32_gen(h, st.st_ino))
-                .map(|h| u32::from_ne_bytes(h.bytes()[4..8].try_into().unwrap()) as u64)
-                .ok_or_else(stale)?,
+            None => ino32_generation(fd.as_fd(), st.st_ino).ok_or_else(stale)?,
         };
         let mut t = self.t.write().unwrap();
         match t.by_key.get(&key).copied() {
@@ -305,6 +298,14 @@ impl InodeTable {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// SOURCE's generation of inode `ino` held by `fd`, from its FILEID_INO32_GEN handle.
+fn ino32_generation(fd: BorrowedFd<'_>, ino: u64) -> Option<u64> {
+    let h = source::handle_of(fd)
+        .ok()
+        .filter(|h| is_ino32_gen(h, ino))?;
+    Some(u32::from_ne_bytes(h.bytes()[4..8].try_into().unwrap()) as u64)
 }
 
 /// Whether `h` is a FILEID_INO32_GEN handle of inode `ino`.
