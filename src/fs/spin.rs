@@ -62,14 +62,17 @@ impl Spinner {
         Ok(s)
     }
 
-    /// A request arrived (called on every request, so: one atomic add, and a wake only after
-    /// an idle period).
+    /// A request arrived (called on every request, so: nothing while not polling, else one
+    /// atomic add, and a wake only after an idle period).
     #[inline]
     pub fn note_request(&self) {
+        if !self.polling.load(Ordering::Relaxed) {
+            return;
+        }
         // SeqCst here and around the sleep: a store then a load on each side (Dekker), so
         // either the request sees `asleep` or the spinner sees the new count.
         self.requests.fetch_add(1, Ordering::SeqCst);
-        if self.asleep.load(Ordering::SeqCst) && self.polling.load(Ordering::Relaxed) {
+        if self.asleep.load(Ordering::SeqCst) {
             let _g = self.lock.lock().unwrap();
             self.cv.notify_one();
         }
