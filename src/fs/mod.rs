@@ -368,6 +368,15 @@ impl ExtentFs {
         Ok(())
     }
 
+    /// Tell the spinner who sends the data requests (`spin=auto` polls only for a client
+    /// that cannot run on the daemon's CPUs).
+    #[inline]
+    fn note_client(&self, req: &Request) {
+        if let Some(s) = &self.spinner {
+            s.note_client(req.pid());
+        }
+    }
+
     /// Count and run one request's handler; a panic becomes EIO for that request (its unsent reply is
     /// dropped, which fuser answers with EIO) and a log line, and the mount keeps serving.
     fn guard(&self, op: Op, f: impl FnOnce()) {
@@ -965,7 +974,7 @@ impl Filesystem for ExtentFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -975,6 +984,7 @@ impl Filesystem for ExtentFs {
         reply: ReplyData,
     ) {
         let op = Op::Read;
+        self.note_client(req);
         self.guard(op, move || {
             let c = match self.inode(ino).and_then(|i| self.cache_of(&i)) {
                 Ok(c) => c,
@@ -1015,6 +1025,7 @@ impl Filesystem for ExtentFs {
         reply: ReplyWrite,
     ) {
         let op = Op::Write;
+        self.note_client(req);
         self.guard(op, move || {
             let r = (|| {
                 self.check_writable()?;

@@ -10,16 +10,19 @@
 //! next one (that request pays one futex wake).
 //!
 //! When: `spin=auto` (the default) polls only while the daemon is confined to a subset of the
-//! online CPUs (taskset, a cpuset): those CPUs were set aside for it, and polling there costs
-//! nothing else. Measured here (4 KiB direct reads, fio on cpu 0): daemon on cpu 1, 1.7x the
-//! IOPS without polling; sharing cpu 0 with fio, no change; unconfined, polling made it
-//! 0.6-0.7x (the polling thread holds a CPU the scheduler would otherwise wake a request
-//! thread on), hence not there. `spin=DURATION` polls always, `spin=0` never.
+//! online CPUs (taskset, a cpuset) *and* the latest client of a read or write cannot run on
+//! any of them: those CPUs were set aside for the daemon, and polling there takes time from
+//! no one. Measured here (4 KiB direct reads, fio on cpu 0): daemon on cpu 1, 1.7x the IOPS
+//! without polling; daemon and fio sharing cpu 0, polling made it 0.76x (every switch
+//! between fio and the daemon's thread went through the polling thread); unconfined, polling
+//! made it 0.6-0.7x (the polling thread holds a CPU the scheduler would otherwise wake a
+//! request thread on). The client's affinity is looked at every `RECHECK` while polling and
+//! at every wake-up otherwise. `spin=DURATION` polls always, `spin=0` never.
 //!
 //! Invariant: `asleep` is true only while the thread is (about to be) blocked on `cv`; a
 //! request that sees it set (while `polling`) wakes the thread.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,13 +30,19 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SpinMode {
     Off,
-    /// While the daemon's CPU affinity is a strict subset of the online CPUs.
+    /// While the daemon's CPU affinity is a strict subset of the online CPUs that the latest
+    /// client cannot run on.
     Auto(Duration),
     Always(Duration),
 }
 
+/// How often `spin=auto` looks again at the CPUs while it polls.
+const RECHECK: Duration = Duration::from_millis(100);
+
 pub struct Spinner {
     requests: AtomicU64,
+    /// The thread id of the latest client of a read or write (0: none yet).
+    client: AtomicU32,
     asleep: AtomicBool,
     /// Whether the thread currently polls (so requests should wake it).
     polling: AtomicBool,
@@ -48,6 +57,7 @@ impl Spinner {
     pub fn start(mode: SpinMode) -> std::io::Result<Arc<Spinner>> {
         let s = Arc::new(Spinner {
             requests: AtomicU64::new(0),
+            client: AtomicU32::new(0),
             asleep: AtomicBool::new(false),
             polling: AtomicBool::new(false),
             stop: AtomicBool::new(false),
@@ -78,6 +88,33 @@ impl Spinner {
         }
     }
 
+    /// The thread `tid` sent a read or write (a load, and a store only when the client
+    /// changes).
+    #[inline]
+    pub fn note_client(&self, tid: u32) {
+        if matches!(self.mode, SpinMode::Auto(_)) && self.client.load(Ordering::Relaxed) != tid {
+            self.client.store(tid, Ordering::Relaxed);
+        }
+    }
+
+    /// The polling window now, if any.
+    fn window(&self) -> Option<Duration> {
+        match self.mode {
+            SpinMode::Always(w) => Some(w),
+            SpinMode::Auto(w) => {
+                let tid = self.client.load(Ordering::Relaxed);
+                if tid == 0 {
+                    return None;
+                }
+                let own = affinity(0)?;
+                let client = affinity(tid as libc::pid_t)?;
+                let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+                (confined(&own, online) && disjoint(&own, &client)).then_some(w)
+            }
+            SpinMode::Off => None,
+        }
+    }
+
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
         let _g = self.lock.lock().unwrap();
@@ -94,22 +131,25 @@ impl Spinner {
             return;
         }
         while !self.stop.load(Ordering::Relaxed) {
-            let window = match self.mode {
-                SpinMode::Always(w) => Some(w),
-                SpinMode::Auto(w) if confined() => Some(w),
-                _ => None,
-            };
+            let window = self.window();
             self.polling.store(window.is_some(), Ordering::Relaxed);
-            // Spin while requests keep coming.
+            // Spin while requests keep coming (and auto's conditions hold).
             let mut seen = self.requests.load(Ordering::Relaxed);
             if let Some(window) = window {
                 let mut last = Instant::now();
+                let mut checked = last;
                 while last.elapsed() < window {
                     std::hint::spin_loop();
                     let now = self.requests.load(Ordering::Relaxed);
                     if now != seen {
                         seen = now;
                         last = Instant::now();
+                        if last.duration_since(checked) >= RECHECK {
+                            checked = last;
+                            if self.window().is_none() {
+                                break;
+                            }
+                        }
                     }
                 }
             }
@@ -130,12 +170,23 @@ impl Spinner {
     }
 }
 
-/// Whether this thread may run on fewer CPUs than are online.
-fn confined() -> bool {
+/// The CPUs thread `tid` may run on (0: this thread); None for a thread that is gone.
+fn affinity(tid: libc::pid_t) -> Option<libc::cpu_set_t> {
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    r == 0 && online > 0 && (unsafe { libc::CPU_COUNT(&set) } as i64) < online as i64
+    let r =
+        unsafe { libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    (r == 0).then_some(set)
+}
+
+/// Whether `set` holds fewer CPUs than the `online` ones.
+fn confined(set: &libc::cpu_set_t, online: libc::c_long) -> bool {
+    online > 0 && (unsafe { libc::CPU_COUNT(set) } as libc::c_long) < online
+}
+
+/// Whether no CPU is in both sets.
+fn disjoint(a: &libc::cpu_set_t, b: &libc::cpu_set_t) -> bool {
+    (0..libc::CPU_SETSIZE as usize)
+        .all(|c| unsafe { !(libc::CPU_ISSET(c, a) && libc::CPU_ISSET(c, b)) })
 }
 
 #[cfg(test)]
@@ -162,27 +213,78 @@ mod tests {
         s.stop();
     }
 
+    fn cpus(list: &[usize]) -> libc::cpu_set_t {
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        for &c in list {
+            unsafe { libc::CPU_SET(c, &mut set) };
+        }
+        set
+    }
+
     #[test]
-    fn auto_follows_the_cpu_affinity() {
-        // Run the check on a thread confined to one CPU, and on one that is not.
-        let pinned = std::thread::spawn(|| {
-            let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-            unsafe { libc::CPU_SET(0, &mut set) };
+    fn confined_and_disjoint_sets() {
+        assert!(confined(&cpus(&[1]), 2));
+        assert!(!confined(&cpus(&[0, 1]), 2));
+        assert!(!confined(&cpus(&[0]), 1));
+        assert!(disjoint(&cpus(&[1]), &cpus(&[0])));
+        assert!(disjoint(&cpus(&[1, 3]), &cpus(&[0, 2])));
+        assert!(!disjoint(&cpus(&[0]), &cpus(&[0])));
+        assert!(!disjoint(&cpus(&[1]), &cpus(&[0, 1])));
+    }
+
+    #[test]
+    fn auto_polls_only_for_a_client_that_cannot_share_the_cpus() {
+        let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+        let pin = |c: usize| {
+            let set = cpus(&[c]);
             let r =
                 unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
             assert_eq!(r, 0);
-            confined()
-        })
-        .join()
-        .unwrap();
-        let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-        assert_eq!(pinned, online > 1);
-        let free = std::thread::spawn(confined).join().unwrap();
-        // The test process itself may run under taskset; only check when it does not.
-        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-        if unsafe { libc::CPU_COUNT(&set) } as i64 == online as i64 {
-            assert!(!free);
+        };
+        let gettid = || unsafe { libc::gettid() } as u32;
+        let s = Spinner {
+            requests: AtomicU64::new(0),
+            client: AtomicU32::new(0),
+            asleep: AtomicBool::new(false),
+            polling: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            lock: Mutex::new(()),
+            cv: Condvar::new(),
+            mode: SpinMode::Auto(Duration::from_millis(1)),
+        };
+        // The client: a thread pinned to cpu 0, kept alive while the checks run.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let client = std::thread::spawn(move || {
+            pin(0);
+            tx.send(gettid()).unwrap();
+            done_rx.recv().ok();
+        });
+        s.note_client(rx.recv().unwrap());
+        std::thread::scope(|sc| {
+            // Daemon thread on cpu 0, as the client: no polling.
+            sc.spawn(|| {
+                pin(0);
+                assert_eq!(s.window(), None);
+            });
+        });
+        if online > 1 {
+            // Daemon thread on cpu 1, the client on cpu 0: polling.
+            std::thread::scope(|sc| {
+                sc.spawn(|| {
+                    pin(1);
+                    assert_eq!(s.window(), Some(Duration::from_millis(1)));
+                });
+            });
         }
+        done_tx.send(()).unwrap();
+        client.join().unwrap();
+        // The client is gone: no polling.
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                pin(online as usize - 1);
+                assert_eq!(s.window(), None);
+            });
+        });
     }
 }
