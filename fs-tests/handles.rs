@@ -188,3 +188,120 @@ fn closed_files_do_not_keep_a_second_descriptor() {
         assert_eq!(std::fs::read(m.path(&format!("f{i}"))).unwrap(), b"data");
     }
 }
+
+/// The daemon's soft RLIMIT_NOFILE, from /proc/PID/limits.
+fn nofile_limit(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+/// Whether this process has CAP_SYS_RESOURCE (may raise a hard limit).
+fn has_cap_sys_resource() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .unwrap()
+        .trim();
+    const CAP_SYS_RESOURCE: u32 = 24;
+    u64::from_str_radix(eff, 16).unwrap() & (1 << CAP_SYS_RESOURCE) != 0
+}
+
+#[test]
+fn the_daemon_takes_the_descriptor_limit_it_may() {
+    // One descriptor per inode the kernel knows until the table gives idle ones back: the
+    // daemon takes fs.nr_open when privileged, else its hard limit, or what
+    // rlimit_nofile= says.
+    let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) }, 0);
+    let want = if has_cap_sys_resource() {
+        nr_open.max(rl.rlim_max)
+    } else {
+        rl.rlim_max
+    };
+    let m = Mount::new("");
+    assert_eq!(nofile_limit(m.pid().unwrap()), want);
+    drop(m);
+    let m = Mount::new("rlimit_nofile=1000");
+    assert_eq!(nofile_limit(m.pid().unwrap()), 1000);
+}
+
+#[test]
+fn more_inodes_than_descriptors() {
+    // 3,000 files in 30 directories, all known to the kernel at once (its dentry cache
+    // keeps them), under a limit of 512 descriptors: the inode table gives back the
+    // descriptors of idle inodes and reopens them by file handle, and every operation
+    // keeps working.
+    let m = Mount::new("rlimit_nofile=512,cache_size=16M");
+    let pid = m.pid().unwrap();
+    const DIRS: usize = 30;
+    const PER: usize = 100;
+    let name = |d: usize, f: usize| m.path(&format!("d{d}/f{f}"));
+    for d in 0..DIRS {
+        std::fs::create_dir(m.path(&format!("d{d}"))).unwrap();
+        for f in 0..PER {
+            std::fs::write(name(d, f), format!("{d}/{f}")).unwrap();
+        }
+    }
+    crate::posix::sync_mount(&m);
+    let max_fds = std::cell::Cell::new(0);
+    let sample = || max_fds.set(max_fds.get().max(open_fds(pid)));
+    // Every inode again, through its released descriptor: stat, read, chmod, xattr,
+    // rename, link.
+    for d in 0..DIRS {
+        for f in 0..PER {
+            let p = name(d, f);
+            let md = std::fs::metadata(&p).unwrap();
+            assert_eq!(md.len(), format!("{d}/{f}").len() as u64);
+            assert_eq!(std::fs::read(&p).unwrap(), format!("{d}/{f}").as_bytes());
+            if f % 10 == 0 {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+                crate::harness::setxattr(&p, "user.k", b"v").unwrap();
+                std::fs::hard_link(&p, m.path(&format!("d{d}/l{f}"))).unwrap();
+                std::fs::rename(&p, m.path(&format!("d{d}/r{f}"))).unwrap();
+            }
+        }
+        sample();
+    }
+    // Many files open at once (more than the budget of path descriptors).
+    let open: Vec<std::fs::File> = (0..DIRS)
+        .flat_map(|d| (1..8).map(move |f| (d, f)))
+        .map(|(d, f)| std::fs::File::open(name(d, f)).unwrap())
+        .collect();
+    sample();
+    drop(open);
+    // What the renames, links and attribute changes left, seen through the mount and in
+    // SOURCE.
+    for d in 0..DIRS {
+        for f in (0..PER).step_by(10) {
+            let r = m.path(&format!("d{d}/r{f}"));
+            let md = std::fs::metadata(&r).unwrap();
+            use std::os::unix::fs::MetadataExt;
+            assert_eq!(md.mode() & 0o777, 0o600);
+            assert_eq!(md.nlink(), 2);
+            assert_eq!(crate::harness::getxattr(&r, "user.k").as_deref(), Some("v"));
+            assert_eq!(
+                std::fs::read(m.src_path(&format!("d{d}/l{f}"))).unwrap(),
+                format!("{d}/{f}").as_bytes()
+            );
+        }
+    }
+    assert!(
+        max_fds.get() <= 512,
+        "{} descriptors under a limit of 512",
+        max_fds.get()
+    );
+}

@@ -13,6 +13,7 @@
 use extentfs::cache::inode_cache::InodeCache;
 use extentfs::cache::{CacheConfig, CacheContext};
 use extentfs::extent::state::{Bits, ExtentStateTree};
+use extentfs::fs::path_fd::PathFd;
 use extentfs::fs::source::{self, DataFile};
 use extentfs::pool::{HugePagePolicy, PagePool, PoolConfig};
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -334,8 +335,9 @@ fn open_cache(ctx: &CacheContext, dir: &Path, name: &str) -> Arc<InodeCache> {
     std::fs::File::create(&path).unwrap();
     let root = source::open_root(dir).unwrap();
     let cname = CString::new(name).unwrap();
-    let pfd = Arc::new(source::open_path(root.as_fd(), &cname).unwrap());
-    let st = source::fstat(pfd.as_fd()).unwrap();
+    let fd = source::open_path(root.as_fd(), &cname).unwrap();
+    let st = source::fstat(fd.as_fd()).unwrap();
+    let pfd = PathFd::fixed(fd).unwrap();
     ctx.get_or_create((st.st_dev, st.st_ino), || DataFile::open(pfd, false))
         .unwrap()
 }

@@ -289,19 +289,46 @@ fn detach_stdio() {
     }
 }
 
-/// The daemon holds a descriptor per inode the kernel knows and per cached file: take the
-/// whole hard limit.
-fn raise_fd_limit() {
+/// The daemon holds a descriptor per inode the kernel knows and per file in use (the inode
+/// table gives back idle ones past half the limit, see `fs::path_fd`). Take as many as the
+/// system allows one process: `fs.nr_open` when privileged (as virtiofsd does), else the
+/// hard limit; or exactly `-o rlimit_nofile=N`.
+fn set_fd_limit(want: Option<u64>) {
     let mut rl = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && rl.rlim_cur < rl.rlim_max {
-            rl.rlim_cur = rl.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+        return;
+    }
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok());
+    let mut tries = Vec::new();
+    match want {
+        Some(n) => tries.push((n, n.max(rl.rlim_max))),
+        None => {
+            if let Some(n) = nr_open.filter(|&n| n > rl.rlim_max) {
+                tries.push((n, n));
+            }
+            tries.push((rl.rlim_max, rl.rlim_max));
         }
     }
+    for (cur, max) in tries {
+        let r = libc::rlimit {
+            rlim_cur: cur,
+            rlim_max: max,
+        };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } == 0 {
+            tracing::debug!("RLIMIT_NOFILE {cur}");
+            return;
+        }
+    }
+    tracing::warn!(
+        "cannot set RLIMIT_NOFILE (staying at {}): {}",
+        rl.rlim_cur,
+        std::io::Error::last_os_error()
+    );
 }
 
 fn block_signals() -> libc::sigset_t {
@@ -325,7 +352,7 @@ fn serve(
     foreground: bool,
 ) -> Result<(), String> {
     unsafe { libc::umask(0) };
-    raise_fd_limit();
+    set_fd_limit(cfg.rlimit_nofile);
     // Every thread started from here on inherits the blocked signals; one thread waits.
     let sigset = block_signals();
 

@@ -39,6 +39,8 @@ pub struct MountConfig {
     pub nonempty: bool,
     /// FUSE worker threads (fuser `n_threads`).
     pub threads: usize,
+    /// RLIMIT_NOFILE for the daemon; None: as high as allowed (fs.nr_open when privileged).
+    pub rlimit_nofile: Option<u64>,
     /// Idle polling after each request (see `fs::spin`).
     pub spin: SpinMode,
     pub nosuid: bool,
@@ -87,6 +89,7 @@ impl MountConfig {
             debug: false,
             nonempty: false,
             threads: cpus.max(1),
+            rlimit_nofile: None,
             nosuid: false,
             nodev: false,
             noexec: false,
@@ -178,6 +181,10 @@ impl MountConfig {
             "threads" => {
                 let v = need(key, value)?;
                 self.threads = parse_count(key, v, 1, 64)?;
+            }
+            "rlimit_nofile" => {
+                let v = need(key, value)?;
+                self.rlimit_nofile = Some(parse_count(key, v, 256, 1 << 30)? as u64);
             }
             "dirty_limit" => {
                 let v = need(key, value)?;
@@ -408,6 +415,8 @@ mod tests {
         assert_eq!(c.dirty_expire, Duration::from_millis(500));
         assert_eq!(c.writeback_threads, 3);
         assert_eq!(c.spin, SpinMode::Auto(Duration::from_millis(2)));
+        c.apply("rlimit_nofile=4096").unwrap();
+        assert_eq!(c.rlimit_nofile, Some(4096));
         c.apply("spin=5ms").unwrap();
         assert_eq!(c.spin, SpinMode::Always(Duration::from_millis(5)));
         c.apply("spin=0").unwrap();
@@ -431,6 +440,7 @@ mod tests {
             ("spin=5s", "at most 1s"),
             ("spin=fast", "spin=fast"),
             ("writeback_threads=0", "from 1 to 64"),
+            ("rlimit_nofile=100", "from 256 to"),
             ("allow_other=1", "takes no value"),
             ("a\nb", "control character"),
             ("hugepages=x\ny", "control character"),

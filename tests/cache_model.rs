@@ -7,6 +7,7 @@ use extentfs::cache::inode_cache::InodeCache;
 use extentfs::cache::writeback::WritebackThreads;
 use extentfs::cache::{CacheConfig, CacheContext};
 use extentfs::extent::state::Bits;
+use extentfs::fs::path_fd::PathFd;
 use extentfs::fs::source::{self, DataFile};
 use extentfs::pool::{HugePagePolicy, PagePool, PoolConfig};
 use proptest::prelude::*;
@@ -77,8 +78,9 @@ impl Fixture {
         let ctx = CacheContext::new(Arc::new(pool), cfg);
         let root = source::open_root(dir.path()).unwrap();
         let cname = CString::new(name).unwrap();
-        let pfd = Arc::new(source::open_path(root.as_fd(), &cname).unwrap());
-        let st = source::fstat(pfd.as_fd()).unwrap();
+        let fd = source::open_path(root.as_fd(), &cname).unwrap();
+        let st = source::fstat(fd.as_fd()).unwrap();
+        let pfd = PathFd::fixed(fd).unwrap();
         let c = ctx
             .get_or_create((st.st_dev, st.st_ino), || {
                 DataFile::open(pfd.clone(), false)

@@ -221,11 +221,16 @@ impl InodeCache {
         }
     }
 
-    /// Give SOURCE's I/O descriptor back when no handle is open and nothing awaits writeback
-    /// or an fsync (the next fill or writeback reopens it).
+    /// Give SOURCE's I/O descriptor back when no handle is open and nothing written through
+    /// it awaits an fsync (the next fill or writeback reopens it). Dirty data may remain: it
+    /// lives in the pool and needs no descriptor until its writeback, so a tree of freshly
+    /// written files holds no descriptor per file while the writeback catches up.
     pub fn close_file_if_idle(&self) {
-        self.file
-            .close_io(|| self.open_handles.load(Ordering::Relaxed) == 0 && self.is_clean());
+        self.file.close_io(|| {
+            self.open_handles.load(Ordering::Relaxed) == 0
+                && self.tree.writeback_bytes() == 0
+                && self.tree.find_first(0, Bits::UNSTABLE).is_none()
+        });
     }
 
     /// Trees' heap use: state tree plus extent map.

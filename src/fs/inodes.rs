@@ -15,7 +15,10 @@
 //!   remount, and a reused inode number shows up as a generation mismatch (ESTALE). On other
 //!   filesystems the generation is a counter and the SOURCE handles of forgotten inodes are
 //!   kept (at most `MAX_FORGOTTEN`), so handles work for the life of the mount.
+//! - descriptors: each inode's `O_PATH` descriptor is a [`PathFd`], given back while the inode
+//!   is idle once half of RLIMIT_NOFILE are open (see `path_fd`) when SOURCE has handles.
 
+use super::path_fd::{self, PathFd};
 use super::source::{self, SourceHandle, FILEID_INO32_GEN};
 use crate::cache::inode_cache::InodeCache;
 use std::collections::{HashMap, VecDeque};
@@ -47,7 +50,7 @@ pub struct Inode {
     pub key: InodeKey,
     /// S_IFMT bits of the file type (fixed for an inode's life).
     pub kind: u32,
-    fd: Arc<OwnedFd>,
+    fd: Arc<PathFd>,
     lookups: AtomicU64,
     /// The generation the kernel puts in file handles (see the module notes).
     pub generation: u64,
@@ -56,12 +59,14 @@ pub struct Inode {
 }
 
 impl Inode {
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+    /// The inode's `O_PATH` descriptor (reopened if it was given back; ESTALE if the inode
+    /// is gone). Hold it only for the system calls at hand.
+    pub fn fd(&self) -> io::Result<Arc<OwnedFd>> {
+        self.fd.get()
     }
 
-    /// The `O_PATH` descriptor itself, for a [`source::DataFile`] to share.
-    pub fn shared_fd(&self) -> Arc<OwnedFd> {
+    /// The descriptor's holder, for a [`source::DataFile`] to share.
+    pub fn path_fd(&self) -> Arc<PathFd> {
         self.fd.clone()
     }
 
@@ -95,28 +100,32 @@ pub struct InodeTable {
     root_key: InodeKey,
     export: Export,
     /// The SOURCE root opened for real: open_by_handle_at takes no O_PATH descriptor.
-    mount_fd: Option<OwnedFd>,
+    mount_fd: Option<Arc<OwnedFd>>,
     t: RwLock<Table>,
 }
 
 impl InodeTable {
     pub fn new(root_fd: OwnedFd, root_st: &libc::stat) -> InodeTable {
         let key = (root_st.st_dev, root_st.st_ino);
-        let root = Arc::new(Inode {
-            id: ROOT_ID,
-            key,
-            kind: libc::S_IFDIR,
-            fd: Arc::new(root_fd),
-            lookups: AtomicU64::new(1),
-            generation: 0,
-            cache: OnceLock::new(),
-        });
-        let mount_fd = source::reopen(root.fd(), libc::O_RDONLY | libc::O_DIRECTORY).ok();
-        let export = match (source::handle_of(root.fd()), &mount_fd) {
+        let mount_fd = source::reopen(root_fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
+            .ok()
+            .map(Arc::new);
+        let export = match (source::handle_of(root_fd.as_fd()), &mount_fd) {
             (Ok(h), Some(_)) if is_ino32_gen(&h, root_st.st_ino) => Export::Ino32Gen,
             (Ok(_), Some(_)) => Export::Kept,
             _ => Export::Unsupported,
         };
+        // The root's descriptor is never given back (no mount descriptor for it).
+        let root = Arc::new(Inode {
+            id: ROOT_ID,
+            key,
+            kind: libc::S_IFDIR,
+            fd: PathFd::new(root_fd, key, None),
+            lookups: AtomicU64::new(1),
+            generation: 0,
+            cache: OnceLock::new(),
+        });
+        path_fd::set_budget(fd_budget());
         let mut by_id = HashMap::new();
         by_id.insert(ROOT_ID, root);
         let mut by_key = HashMap::new();
@@ -124,8 +133,10 @@ impl InodeTable {
         InodeTable {
             root_dev: root_st.st_dev,
             root_key: key,
+            mount_fd: (export != Export::Unsupported)
+                .then_some(mount_fd)
+                .flatten(),
             export,
-            mount_fd,
             t: RwLock::new(Table {
                 by_id,
                 by_key,
@@ -151,6 +162,7 @@ impl InodeTable {
     pub fn lookup(&self, fd: OwnedFd, st: &libc::stat) -> Arc<Inode> {
         let key = (st.st_dev, st.st_ino);
         if let Some(ino) = self.acquire_key(key) {
+            ino.fd.offer(fd);
             return ino;
         }
         // SOURCE's generation, read before taking the lock (one system call).
@@ -162,6 +174,7 @@ impl InodeTable {
         if let Some(id) = t.by_key.get(&key).copied() {
             let ino = t.by_id[&id].clone();
             ino.lookups.fetch_add(1, Ordering::Relaxed);
+            ino.fd.offer(fd);
             return ino;
         }
         let id = if st.st_dev == self.root_dev
@@ -183,7 +196,10 @@ impl InodeTable {
                 t.next_generation
             }
         };
-        insert(&mut t, id, key, st, fd, generation)
+        let ino = insert(&mut t, id, key, st, self.path_fd(fd, key), generation);
+        drop(t);
+        path_fd::sweep_if_over_budget();
+        ino
     }
 
     /// Node id `id` with one more kernel reference: from the table, or, once forgotten, from
@@ -209,7 +225,13 @@ impl InodeTable {
             _ => return Err(stale()),
         };
         let mount_fd = self.mount_fd.as_ref().ok_or_else(stale)?;
-        let fd = source::open_by_handle(mount_fd.as_fd(), &handle).map_err(|_| stale())?;
+        let fd = source::open_by_handle(mount_fd.as_fd(), &handle).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EMFILE) {
+                e
+            } else {
+                stale()
+            }
+        })?;
         let st = source::fstat(fd.as_fd())?;
         let key = (st.st_dev, st.st_ino);
         let expected = match kept {
@@ -238,7 +260,14 @@ impl InodeTable {
             None => {}
         }
         t.forgotten.remove(&id);
-        Ok(insert(&mut t, id, key, &st, fd, generation))
+        let ino = insert(&mut t, id, key, &st, self.path_fd(fd, key), generation);
+        drop(t);
+        path_fd::sweep_if_over_budget();
+        Ok(ino)
+    }
+
+    fn path_fd(&self, fd: OwnedFd, key: InodeKey) -> Arc<PathFd> {
+        PathFd::new(fd, key, self.mount_fd.clone())
     }
 
     /// Whether the directory `fd` lies inside SOURCE (its ".." chain reaches the root).
@@ -282,7 +311,7 @@ impl InodeTable {
             let gone = t.by_id.remove(&id).unwrap();
             t.by_key.remove(&key);
             if self.export == Export::Kept {
-                if let Ok(h) = source::handle_of(gone.fd()) {
+                if let Ok(h) = gone.fd.handle() {
                     keep_forgotten(&mut t, id, (h, key, gone.generation));
                 }
             }
@@ -316,19 +345,34 @@ fn is_ino32_gen(h: &SourceHandle, ino: u64) -> bool {
         && h.bytes()[..4] == (ino as u32).to_ne_bytes()
 }
 
+/// Half of RLIMIT_NOFILE for `O_PATH` descriptors: the rest is for files open for I/O,
+/// directories being read and the daemon's own.
+fn fd_budget() -> usize {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    let limit = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
+        rl.rlim_cur.min(1 << 30) as usize
+    } else {
+        1024
+    };
+    (limit / 2).max(64)
+}
+
 fn insert(
     t: &mut Table,
     id: u64,
     key: InodeKey,
     st: &libc::stat,
-    fd: OwnedFd,
+    fd: Arc<PathFd>,
     generation: u64,
 ) -> Arc<Inode> {
     let ino = Arc::new(Inode {
         id,
         key,
         kind: st.st_mode & libc::S_IFMT,
-        fd: Arc::new(fd),
+        fd,
         lookups: AtomicU64::new(1),
         generation,
         cache: OnceLock::new(),

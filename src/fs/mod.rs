@@ -9,6 +9,7 @@
 
 pub mod inodes;
 pub mod mount;
+pub mod path_fd;
 pub mod source;
 pub mod spin;
 pub mod xattr;
@@ -241,7 +242,7 @@ impl ExtentFs {
         let ro = self.cfg.read_only;
         let c = self
             .ctx
-            .get_or_create(inode.key, || source::DataFile::open(inode.shared_fd(), ro))
+            .get_or_create(inode.key, || source::DataFile::open(inode.path_fd(), ro))
             .map_err(err)?;
         let _ = inode.cache.set(c.clone());
         Ok(c)
@@ -293,13 +294,13 @@ impl ExtentFs {
     }
 
     fn stat_attr(&self, inode: &Inode) -> R<FileAttr> {
-        let st = source::fstat(inode.fd()).map_err(err)?;
+        let st = source::fstat(inode.fd()?.as_fd()).map_err(err)?;
         Ok(self.attr_of(inode, &st))
     }
 
     /// Look `name` up in `parent` and take a kernel reference on the result.
     fn do_lookup(&self, parent: &Inode, name: &CStr) -> R<Entry> {
-        let fd = source::open_path(parent.fd(), name).map_err(err)?;
+        let fd = source::open_path(parent.fd()?.as_fd(), name).map_err(err)?;
         let st = source::fstat(fd.as_fd()).map_err(err)?;
         let inode = self.inodes.lookup(fd, &st);
         Ok((self.attr_of(&inode, &st), Generation(inode.generation)))
@@ -319,7 +320,7 @@ impl ExtentFs {
             }
             return self.do_lookup(&dir, c"..");
         };
-        match source::fstat(inode.fd()) {
+        match source::fstat(inode.fd()?.as_fd()) {
             Ok(st) => Ok((self.attr_of(&inode, &st), Generation(inode.generation))),
             Err(e) => {
                 self.forget_one(inode.id, 1);
@@ -351,13 +352,13 @@ impl ExtentFs {
         if !self.am_root || (req.uid() == 0 && req.gid() == 0) {
             return Ok(());
         }
-        let pst = source::fstat(parent.fd()).map_err(err)?;
+        let pst = source::fstat(parent.fd()?.as_fd()).map_err(err)?;
         let gid = if pst.st_mode & libc::S_ISGID != 0 {
             u32::MAX
         } else {
             req.gid()
         };
-        let fd = source::open_path(parent.fd(), name).map_err(err)?;
+        let fd = source::open_path(parent.fd()?.as_fd(), name).map_err(err)?;
         source::chown(fd.as_fd(), req.uid(), gid).map_err(err)?;
         // chown clears set-id bits of non-directories; restore what was asked for.
         let st = source::fstat(fd.as_fd()).map_err(err)?;
@@ -408,7 +409,7 @@ impl ExtentFs {
         self.check_writable()?;
         let parent = self.inode(parent)?;
         let cname = source::name_cstr(name).map_err(err)?;
-        make(parent.fd(), &cname).map_err(err)?;
+        make(parent.fd()?.as_fd(), &cname).map_err(err)?;
         self.chown_new(req, &parent, &cname, mode)?;
         self.do_lookup(&parent, &cname)
     }
@@ -451,14 +452,18 @@ impl ExtentFs {
             self.check_writable()?;
         }
         if uid.is_some() || gid.is_some() {
-            source::chown(inode.fd(), uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX))
-                .map_err(err)?;
+            source::chown(
+                inode.fd()?.as_fd(),
+                uid.unwrap_or(u32::MAX),
+                gid.unwrap_or(u32::MAX),
+            )
+            .map_err(err)?;
         }
         if let Some(m) = mode {
             if inode.is_symlink() {
                 return Err(Errno::EOPNOTSUPP);
             }
-            source::chmod(inode.fd(), m & 0o7777).map_err(err)?;
+            source::chmod(inode.fd()?.as_fd(), m & 0o7777).map_err(err)?;
             if let Some(c) = inode.cache.get() {
                 c.may_have_setid
                     .store(m & (libc::S_ISUID | libc::S_ISGID) != 0, Ordering::Relaxed);
@@ -477,7 +482,7 @@ impl ExtentFs {
                     c.set_pending_mtime(Some(resolve_now(times[1])));
                 }
             }
-            source::utimens(inode.fd(), &times, inode.is_symlink()).map_err(err)?;
+            source::utimens(inode.fd()?.as_fd(), &times, inode.is_symlink()).map_err(err)?;
         }
         self.stat_attr(inode)
     }
@@ -497,7 +502,7 @@ impl ExtentFs {
         let excl = flags & libc::O_EXCL;
         let created = match source::with_umask(mode & 0o7777, umask, |m| {
             source::openat(
-                parent.fd(),
+                parent.fd()?.as_fd(),
                 &cname,
                 libc::O_CREAT | libc::O_EXCL | libc::O_RDONLY,
                 m,
@@ -526,7 +531,7 @@ impl ExtentFs {
             self.ctx.truncate(&c, 0).map_err(err)?;
         }
         c.open_handles.fetch_add(1, Ordering::Relaxed);
-        let attr = self.attr_of(&inode, &source::fstat(inode.fd()).map_err(err)?);
+        let attr = self.attr_of(&inode, &source::fstat(inode.fd()?.as_fd()).map_err(err)?);
         Ok(((attr, generation), c))
     }
 
@@ -620,7 +625,7 @@ impl ExtentFs {
 
     fn open_dir(&self, inode: &Inode) -> R<u64> {
         let fd: OwnedFd =
-            source::reopen(inode.fd(), libc::O_RDONLY | libc::O_DIRECTORY).map_err(err)?;
+            source::reopen(inode.fd()?.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY).map_err(err)?;
         let raw = fd.as_raw_fd();
         let dir = unsafe { libc::fdopendir(raw) };
         if dir.is_null() {
@@ -796,7 +801,7 @@ impl Filesystem for ExtentFs {
         self.guard(op, move || {
             match self
                 .inode(ino)
-                .and_then(|i| source::readlink(i.fd()).map_err(err))
+                .and_then(|i| source::readlink(i.fd()?.as_fd()).map_err(err))
             {
                 Ok(t) => reply.data(&t),
                 Err(e) => {
@@ -851,8 +856,8 @@ impl Filesystem for ExtentFs {
                 self.check_writable()?;
                 let parent = self.inode(parent)?;
                 let cname = source::name_cstr(name).map_err(err)?;
-                let victim = source::fstatat(parent.fd(), &cname).ok();
-                source::unlinkat(parent.fd(), &cname, 0).map_err(err)?;
+                let victim = source::fstatat(parent.fd()?.as_fd(), &cname).ok();
+                source::unlinkat(parent.fd()?.as_fd(), &cname, 0).map_err(err)?;
                 // The last name of a file nobody has open: its cached data is dead.
                 if let Some(st) = victim.filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG) {
                     if let Some(c) = self.ctx.get((st.st_dev, st.st_ino)) {
@@ -874,7 +879,7 @@ impl Filesystem for ExtentFs {
                 self.check_writable()?;
                 let parent = self.inode(parent)?;
                 let cname = source::name_cstr(name).map_err(err)?;
-                source::unlinkat(parent.fd(), &cname, libc::AT_REMOVEDIR).map_err(err)
+                source::unlinkat(parent.fd()?.as_fd(), &cname, libc::AT_REMOVEDIR).map_err(err)
             })();
             self.answer(op, reply, r, |reply, ()| reply.ok())
         });
@@ -919,7 +924,8 @@ impl Filesystem for ExtentFs {
                 let np = self.inode(newparent)?;
                 let a = source::name_cstr(name).map_err(err)?;
                 let b = source::name_cstr(newname).map_err(err)?;
-                source::renameat2(p.fd(), &a, np.fd(), &b, flags.bits()).map_err(err)
+                source::renameat2(p.fd()?.as_fd(), &a, np.fd()?.as_fd(), &b, flags.bits())
+                    .map_err(err)
             })();
             self.answer(op, reply, r, |reply, ()| reply.ok())
         });
@@ -940,7 +946,7 @@ impl Filesystem for ExtentFs {
                 let inode = self.inode(ino)?;
                 let np = self.inode(newparent)?;
                 let b = source::name_cstr(newname).map_err(err)?;
-                source::linkat_fd(inode.fd(), np.fd(), &b).map_err(err)?;
+                source::linkat_fd(inode.fd()?.as_fd(), np.fd()?.as_fd(), &b).map_err(err)?;
                 self.do_lookup(&np, &b)
             })();
             self.reply_entry(op, reply, r);
@@ -1258,8 +1264,8 @@ impl Filesystem for ExtentFs {
         self.guard(op, move || {
             let r = (|| {
                 let inode = self.inode(ino)?;
-                let fd =
-                    source::reopen(inode.fd(), libc::O_RDONLY | libc::O_DIRECTORY).map_err(err)?;
+                let fd = source::reopen(inode.fd()?.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
+                    .map_err(err)?;
                 let rc = unsafe {
                     if datasync {
                         libc::fdatasync(fd.as_raw_fd())
@@ -1279,8 +1285,7 @@ impl Filesystem for ExtentFs {
             let r = (|| {
                 // fstatvfs works on O_PATH descriptors: no need to open (a device) for real.
                 let inode = self.inode(ino)?;
-                let fd = inode.fd();
-                source::statvfs(fd).map_err(err)
+                source::statvfs(inode.fd()?.as_fd()).map_err(err)
             })();
             self.answer(op, reply, r, |reply, s| {
                 reply.statfs(

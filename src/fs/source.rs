@@ -7,6 +7,7 @@
 //! `O_PATH` descriptors; operations that need a real open file reopen them through
 //! `/proc/self/fd/N`, which names the very inode already held, not a path.
 
+use super::path_fd::PathFd;
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -470,14 +471,14 @@ pub fn removexattr(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
 
 /// A regular file of SOURCE that the cache reads from and writes back to.
 ///
-/// It holds the inode's `O_PATH` descriptor (shared with the inode table) and, while in use, a
-/// descriptor open for I/O. `close_io` gives the latter back when the file is idle, so the
+/// It holds the inode's `O_PATH` descriptor (a [`PathFd`] shared with the inode table) and,
+/// while in use, a descriptor open for I/O. `close_io` gives the latter back when the file is idle, so the
 /// daemon needs one descriptor per inode the kernel knows plus one per file in use (not two
 /// per inode: 10,000 created files would otherwise exhaust RLIMIT_NOFILE); the next I/O reopens
 /// it. Metadata calls (stat, chmod, truncate, times) go through the `O_PATH` descriptor.
 #[derive(Debug)]
 pub struct DataFile {
-    path: Arc<OwnedFd>,
+    path: Arc<PathFd>,
     io: RwLock<Option<OwnedFd>>,
     writable: bool,
 }
@@ -511,10 +512,24 @@ fn open_io(path_fd: BorrowedFd<'_>, read_only: bool) -> io::Result<(OwnedFd, boo
     Ok((reopen(path_fd, libc::O_RDONLY)?, false))
 }
 
+impl Drop for DataFile {
+    fn drop(&mut self) {
+        if self
+            .io
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+        {
+            self.path.note_io(false);
+        }
+    }
+}
+
 impl DataFile {
     /// Open the inode held by `path` for data I/O: read-write when possible.
-    pub fn open(path: Arc<OwnedFd>, read_only: bool) -> io::Result<DataFile> {
-        let (fd, writable) = open_io(path.as_fd(), read_only)?;
+    pub fn open(path: Arc<PathFd>, read_only: bool) -> io::Result<DataFile> {
+        let (fd, writable) = open_io(path.get()?.as_fd(), read_only)?;
+        path.note_io(true);
         Ok(DataFile {
             path,
             io: RwLock::new(Some(fd)),
@@ -538,11 +553,12 @@ impl DataFile {
         if g.is_none() {
             // The same access as the first open decided; an error (EMFILE, ...) is the
             // caller's, never a quiet fall back to read-only under a writable file.
-            let (fd, writable) = open_io(self.path.as_fd(), !self.writable)?;
+            let (fd, writable) = open_io(self.path.get()?.as_fd(), !self.writable)?;
             if writable != self.writable {
                 return Err(io::Error::from_raw_os_error(libc::EACCES));
             }
             *g = Some(fd);
+            self.path.note_io(true);
         }
         f(g.as_ref().unwrap().as_raw_fd())
     }
@@ -552,8 +568,8 @@ impl DataFile {
     /// descriptor's fsync would not report an error that happened before it was opened.
     pub fn close_io(&self, idle: impl FnOnce() -> bool) {
         if let Ok(mut g) = self.io.try_write() {
-            if idle() {
-                g.take();
+            if idle() && g.take().is_some() {
+                self.path.note_io(false);
             }
         }
     }
@@ -629,7 +645,7 @@ impl DataFile {
     }
 
     pub fn chmod(&self, mode: u32) -> io::Result<()> {
-        chmod(self.path.as_fd(), mode)
+        chmod(self.path.get()?.as_fd(), mode)
     }
 
     pub fn set_len(&self, size: u64) -> io::Result<()> {
@@ -655,14 +671,14 @@ impl DataFile {
     }
 
     pub fn stat(&self) -> io::Result<libc::stat> {
-        fstat(self.path.as_fd())
+        fstat(self.path.get()?.as_fd())
     }
 
     /// Let SOURCE record a read access (reads are served from the pool, and the I/O
     /// descriptor is O_NOATIME): read one byte through a fresh descriptor, so SOURCE's mount
     /// options decide whether atime moves. (Setting atime explicitly would move ctime too.)
     pub fn touch_atime(&self) -> io::Result<()> {
-        let fd = reopen(self.path.as_fd(), libc::O_RDONLY)?;
+        let fd = reopen(self.path.get()?.as_fd(), libc::O_RDONLY)?;
         let mut b = 0u8;
         cvt_isize(unsafe { libc::pread(fd.as_raw_fd(), &mut b as *mut u8 as *mut _, 1, 0) })
             .map(drop)
@@ -677,7 +693,7 @@ impl DataFile {
             },
             mtime,
         ];
-        utimens(self.path.as_fd(), &times, false)
+        utimens(self.path.get()?.as_fd(), &times, false)
     }
 }
 
@@ -738,7 +754,7 @@ mod tests {
         f.write_all(b"hello world").unwrap();
         let root = open_root(dir.path()).unwrap();
         let h = open_path(root.as_fd(), &name_cstr(OsStr::new("f")).unwrap()).unwrap();
-        let df = DataFile::open(Arc::new(h), false).unwrap();
+        let df = DataFile::open(PathFd::fixed(h).unwrap(), false).unwrap();
         assert!(df.writable());
         let mut a = [0u8; 5];
         let mut b = [0u8; 20];

@@ -12,6 +12,7 @@ use crate::cache::inode_cache::InodeCache;
 use fuser::{Errno, INodeNo, ReplyXattr, Request};
 use std::ffi::{CString, OsStr};
 use std::fmt::Write as _;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::Ordering;
 
@@ -229,11 +230,11 @@ impl ExtentFs {
         // Ask SOURCE with the caller's size, so a value that changes in between yields
         // ERANGE (as on a local filesystem) rather than a failed second read.
         if size == 0 {
-            let len = source::getxattr(inode.fd(), &cname, &mut []).map_err(err)?;
+            let len = source::getxattr(inode.fd()?.as_fd(), &cname, &mut []).map_err(err)?;
             return Ok(vec![0u8; len]);
         }
         let mut buf = vec![0u8; size as usize];
-        let got = source::getxattr(inode.fd(), &cname, &mut buf).map_err(err)?;
+        let got = source::getxattr(inode.fd()?.as_fd(), &cname, &mut buf).map_err(err)?;
         buf.truncate(got);
         Ok(buf)
     }
@@ -283,14 +284,15 @@ impl ExtentFs {
         }
         self.check_writable()?;
         let cname = CString::new(n).map_err(|_| Errno::EINVAL)?;
-        source::setxattr(inode.fd(), &cname, value, flags).map_err(err)?;
+        source::setxattr(inode.fd()?.as_fd(), &cname, value, flags).map_err(err)?;
         if n == b"system.posix_acl_access" {
             // SOURCE applied the ACL as the daemon, which may keep S_ISGID; the kernel would
             // drop it for a caller outside the file's group without CAP_FSETID (fuser cannot
             // receive the kernel's FUSE_SETXATTR_ACL_KILL_SGID, so we decide it here).
-            let st = source::fstat(inode.fd()).map_err(err)?;
+            let st = source::fstat(inode.fd()?.as_fd()).map_err(err)?;
             if st.st_mode & libc::S_ISGID != 0 && !in_group_or_capable(req, st.st_gid) {
-                source::chmod(inode.fd(), st.st_mode & 0o7777 & !libc::S_ISGID).map_err(err)?;
+                source::chmod(inode.fd()?.as_fd(), st.st_mode & 0o7777 & !libc::S_ISGID)
+                    .map_err(err)?;
             }
         }
         Ok(())
@@ -301,10 +303,10 @@ impl ExtentFs {
         // Read the whole list (our names must be filtered out before sizing the reply).
         let mut buf = vec![0u8; 4096];
         let got = loop {
-            match source::listxattr(inode.fd(), &mut buf) {
+            match source::listxattr(inode.fd()?.as_fd(), &mut buf) {
                 Ok(n) => break n,
                 Err(e) if e.raw_os_error() == Some(libc::ERANGE) && buf.len() < (1 << 20) => {
-                    let want = source::listxattr(inode.fd(), &mut []).map_err(err)?;
+                    let want = source::listxattr(inode.fd()?.as_fd(), &mut []).map_err(err)?;
                     buf.resize(want.max(buf.len() * 2), 0);
                 }
                 Err(e) => return Err(err(e)),
@@ -330,7 +332,7 @@ impl ExtentFs {
         }
         self.check_writable()?;
         let cname = CString::new(n).map_err(|_| Errno::EINVAL)?;
-        source::removexattr(inode.fd(), &cname).map_err(err)
+        source::removexattr(inode.fd()?.as_fd(), &cname).map_err(err)
     }
 }
 

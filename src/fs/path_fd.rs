@@ -1,0 +1,313 @@
+//! The `O_PATH` descriptor by which the daemon holds one SOURCE inode, given back while the
+//! inode is idle and reopened from SOURCE's file handle when it is needed again.
+//!
+//! The kernel keeps as many inodes as it likes (fsstress 4 x 100,000 ends with ~17,700), and
+//! a descriptor for each would run the daemon into RLIMIT_NOFILE (20,000 here, and root cannot
+//! raise it without CAP_SYS_RESOURCE). So once more than a budget of them are open (half the
+//! limit, [`set_budget`]), a sweep gives back the descriptors of idle inodes
+//! ([`PathFd::release`]) until a quarter of the budget is free, keeping each inode's file
+//! handle instead (at most 136 bytes); [`PathFd::get`] reopens it with `open_by_handle_at`.
+//! Sweeps run where descriptors are opened (a new inode, a reopen), one at a time, with no
+//! other lock held.
+//!
+//! Invariants:
+//! - a released inode had links (nlink > 0), no caller holding its descriptor and no file
+//!   of it open for I/O (`io_users`), and `get` checks that a reopened descriptor is the same
+//!   inode (st_dev, st_ino): a handle that now names another inode (or none) is ESTALE, never
+//!   a different file;
+//! - descriptors handed out by `get` are `Arc`s: a release never closes one in use;
+//! - without a mount descriptor (SOURCE has no handles, or the daemon may not decode them)
+//!   nothing is ever released;
+//! - `OPEN` counts the descriptors held by the process's `PathFd`s (one mount per process);
+//!   `REGISTRY` lists every live `PathFd` that may be released (weakly; dead entries are
+//!   pruned as it grows).
+
+use super::source::{self, SourceHandle};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+/// `O_PATH` descriptors held by the process's `PathFd`s.
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+/// Open descriptors above which a sweep runs (usize::MAX: never).
+static BUDGET: AtomicUsize = AtomicUsize::new(usize::MAX);
+/// No sweep before this many are open (raised after a sweep that found too few idle ones,
+/// so that a set of busy inodes is not scanned at every open).
+static NEXT_SWEEP: AtomicUsize = AtomicUsize::new(usize::MAX);
+static SWEEPING: AtomicBool = AtomicBool::new(false);
+/// Every live `PathFd` that may be released, oldest first, and how many of them live.
+static REGISTRY: Mutex<Vec<Weak<PathFd>>> = Mutex::new(Vec::new());
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// How many `O_PATH` descriptors are open now.
+pub fn open_count() -> usize {
+    OPEN.load(Ordering::Relaxed)
+}
+
+/// Sweep once more than `n` descriptors are open.
+pub fn set_budget(n: usize) {
+    BUDGET.store(n, Ordering::Relaxed);
+    NEXT_SWEEP.store(n, Ordering::Relaxed);
+}
+
+/// Over the budget: give back the descriptors of idle inodes until a quarter of the budget
+/// is free (the registry lock is held only to copy the list). Called where descriptors are
+/// opened, with no lock held: `get` and `offer` here, the inode table after adding inodes.
+pub fn sweep_if_over_budget() {
+    let open = open_count();
+    if open <= NEXT_SWEEP.load(Ordering::Relaxed) || SWEEPING.swap(true, Ordering::Acquire) {
+        return;
+    }
+    let budget = BUDGET.load(Ordering::Relaxed);
+    let target = budget - budget / 4;
+    let all: Vec<Weak<PathFd>> = lock(&REGISTRY).clone();
+    let mut released = 0usize;
+    for p in all.iter().filter_map(Weak::upgrade) {
+        if open_count() <= target {
+            break;
+        }
+        if p.release() {
+            released += 1;
+        }
+    }
+    let now = open_count();
+    NEXT_SWEEP.store(budget.max(now + budget / 8), Ordering::Relaxed);
+    tracing::debug!(
+        "descriptor sweep: {open} O_PATH descriptors open (budget {budget}), {released} given back, {now} left"
+    );
+    SWEEPING.store(false, Ordering::Release);
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+enum Slot {
+    Open(Arc<OwnedFd>),
+    Released(SourceHandle),
+}
+
+pub struct PathFd {
+    slot: Mutex<Slot>,
+    /// SOURCE's root opened for `open_by_handle_at`; None: never released.
+    mount: Option<Arc<OwnedFd>>,
+    /// (st_dev, st_ino) of the inode, checked after a reopen.
+    key: (u64, u64),
+    /// Descriptors open for I/O on the inode (by its `DataFile`): not idle while any are.
+    io_users: AtomicUsize,
+}
+
+impl std::fmt::Debug for PathFd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PathFd")
+            .field("key", &self.key)
+            .field(
+                "open",
+                &self
+                    .slot
+                    .try_lock()
+                    .map(|s| matches!(*s, Slot::Open(_)))
+                    .ok(),
+            )
+            .finish()
+    }
+}
+
+impl PathFd {
+    /// Hold `fd`, the inode `key`; with `mount`, its descriptor may be given back in sweeps.
+    pub fn new(fd: OwnedFd, key: (u64, u64), mount: Option<Arc<OwnedFd>>) -> Arc<PathFd> {
+        OPEN.fetch_add(1, Ordering::Relaxed);
+        let releasable = mount.is_some();
+        let p = Arc::new(PathFd {
+            slot: Mutex::new(Slot::Open(Arc::new(fd))),
+            mount,
+            key,
+            io_users: AtomicUsize::new(0),
+        });
+        if releasable {
+            let live = LIVE.fetch_add(1, Ordering::Relaxed) + 1;
+            let mut r = lock(&REGISTRY);
+            if r.len() > 2 * live + 1024 {
+                r.retain(|w| w.strong_count() > 0);
+            }
+            r.push(Arc::downgrade(&p));
+        }
+        p
+    }
+
+    /// Hold `fd` for good (never given back): for callers outside the inode table.
+    pub fn fixed(fd: OwnedFd) -> io::Result<Arc<PathFd>> {
+        let st = source::fstat(fd.as_fd())?;
+        Ok(PathFd::new(fd, (st.st_dev, st.st_ino), None))
+    }
+
+    /// A descriptor for I/O on the inode was opened (`true`) or closed (`false`).
+    pub fn note_io(&self, open: bool) {
+        if open {
+            self.io_users.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.io_users.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The descriptor, reopened from the file handle if it was released. ESTALE when the
+    /// inode is gone.
+    pub fn get(&self) -> io::Result<Arc<OwnedFd>> {
+        let r = self.get_or_reopen();
+        if matches!(r, Ok((_, true))) {
+            sweep_if_over_budget();
+        }
+        r.map(|(fd, _)| fd)
+    }
+
+    /// The descriptor, and whether it was reopened.
+    fn get_or_reopen(&self) -> io::Result<(Arc<OwnedFd>, bool)> {
+        let mut slot = lock(&self.slot);
+        let handle = match &*slot {
+            Slot::Open(fd) => return Ok((fd.clone(), false)),
+            Slot::Released(h) => *h,
+        };
+        let stale = || io::Error::from_raw_os_error(libc::ESTALE);
+        let mount = self.mount.as_ref().ok_or_else(stale)?;
+        let fd = match source::open_by_handle(mount.as_fd(), &handle) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::EMFILE) => return Err(e),
+            Err(_) => return Err(stale()),
+        };
+        let st = source::fstat(fd.as_fd())?;
+        if (st.st_dev, st.st_ino) != self.key {
+            return Err(stale());
+        }
+        let fd = Arc::new(fd);
+        *slot = Slot::Open(fd.clone());
+        OPEN.fetch_add(1, Ordering::Relaxed);
+        Ok((fd, true))
+    }
+
+    /// Give the descriptor back, keeping the file handle, if the inode is idle (nobody holds
+    /// the descriptor, no file of it is open for I/O) and has links; returns whether it did.
+    /// Never blocks on a busy descriptor.
+    pub fn release(&self) -> bool {
+        if self.mount.is_none() || self.io_users.load(Ordering::Relaxed) > 0 {
+            return false;
+        }
+        let Ok(mut slot) = self.slot.try_lock() else {
+            return false;
+        };
+        let Slot::Open(fd) = &*slot else {
+            return false;
+        };
+        if Arc::strong_count(fd) != 1 {
+            return false;
+        }
+        let Ok(st) = source::fstat(fd.as_fd()) else {
+            return false;
+        };
+        if st.st_nlink == 0 {
+            return false;
+        }
+        let Ok(h) = source::handle_of(fd.as_fd()) else {
+            return false;
+        };
+        *slot = Slot::Released(h);
+        OPEN.fetch_sub(1, Ordering::Relaxed);
+        true
+    }
+
+    /// A fresh descriptor of the same inode (a lookup found it again): kept if this one was
+    /// given back, which saves the reopen.
+    pub fn offer(&self, fd: OwnedFd) {
+        let Ok(mut slot) = self.slot.try_lock() else {
+            return;
+        };
+        if let Slot::Released(_) = &*slot {
+            *slot = Slot::Open(Arc::new(fd));
+            OPEN.fetch_add(1, Ordering::Relaxed);
+            drop(slot);
+            sweep_if_over_budget();
+        }
+    }
+
+    /// SOURCE's file handle of the inode.
+    pub fn handle(&self) -> io::Result<SourceHandle> {
+        match &*lock(&self.slot) {
+            Slot::Open(fd) => source::handle_of(fd.as_fd()),
+            Slot::Released(h) => Ok(*h),
+        }
+    }
+
+    /// Whether the descriptor is open (for tests).
+    pub fn is_open(&self) -> bool {
+        matches!(*lock(&self.slot), Slot::Open(_))
+    }
+}
+
+impl Drop for PathFd {
+    fn drop(&mut self) {
+        if let Slot::Open(_) = self.slot.get_mut().unwrap_or_else(|p| p.into_inner()) {
+            OPEN.fetch_sub(1, Ordering::Relaxed);
+        }
+        if self.mount.is_some() {
+            LIVE.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (tempfile::TempDir, Arc<OwnedFd>, OwnedFd, (u64, u64)) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        let root = source::open_root(dir.path()).unwrap();
+        let mount =
+            Arc::new(source::reopen(root.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY).unwrap());
+        let fd = source::open_path(root.as_fd(), c"f").unwrap();
+        let st = source::fstat(fd.as_fd()).unwrap();
+        (dir, mount, fd, (st.st_dev, st.st_ino))
+    }
+
+    #[test]
+    fn released_and_reopened_as_the_same_inode() {
+        let (dir, mount, fd, key) = setup();
+        if source::handle_of(mount.as_fd()).is_err() {
+            return; // the test directory's filesystem has no handles
+        }
+        let p = PathFd::new(fd, key, Some(mount));
+        // Held by a caller: kept.
+        let held = p.get().unwrap();
+        assert!(!p.release());
+        drop(held);
+        // Open for I/O: kept.
+        p.note_io(true);
+        assert!(!p.release());
+        p.note_io(false);
+        assert!(p.release());
+        assert!(!p.is_open());
+        let fd = p.get().unwrap();
+        let st = source::fstat(fd.as_fd()).unwrap();
+        assert_eq!((st.st_dev, st.st_ino), key);
+        assert!(p.is_open());
+        drop(fd);
+        // Released, then deleted: ESTALE, not another file.
+        assert!(p.release());
+        std::fs::remove_file(dir.path().join("f")).unwrap();
+        std::fs::write(dir.path().join("g"), b"y").unwrap();
+        assert_eq!(p.get().unwrap_err().raw_os_error(), Some(libc::ESTALE));
+    }
+
+    #[test]
+    fn never_released_without_a_mount_or_links() {
+        let (dir, mount, fd, key) = setup();
+        let p = PathFd::new(fd, key, None);
+        assert!(!p.release());
+        assert!(p.is_open());
+        let fd = source::open_path(mount.as_fd(), c"f").unwrap();
+        let q = PathFd::new(fd, key, Some(mount));
+        std::fs::remove_file(dir.path().join("f")).unwrap();
+        assert!(!q.release(), "an unlinked inode keeps its descriptor");
+        assert!(q.is_open());
+    }
+}
