@@ -58,9 +58,37 @@ run_mount() { # mode name -> starts a foreground daemon, sets MNT
     mountpoint -q "$WORK/$name/mnt" || { echo "fsx.sh: mount failed"; cat "$WORK/$name.log"; exit 1; }
     MNT="$WORK/$name/mnt"
 }
-stop_mount() {
-    umount "$MNT"
-    wait "$DAEMON" || { echo "fsx.sh: daemon exited with $?"; status=1; }
+# Peak number of descriptors the daemon held, sampled every second while a run goes on.
+watch_fds() { # pid outfile
+    local peak=0 n
+    while kill -0 "$1" 2>/dev/null; do
+        n=$(ls "/proc/$1/fd" 2>/dev/null | wc -l)
+        [ "$n" -gt "$peak" ] && { peak=$n; echo "$peak" > "$2"; }
+        sleep 1
+    done
+}
+stop_mount() { # sets UNMOUNT to what happened
+    UNMOUNT="clean unmount"
+    umount "$MNT" || { UNMOUNT="UNMOUNT FAILED"; status=1; }
+    local rc=0
+    wait "$DAEMON" || rc=$?
+    if [ "$rc" -ne 0 ]; then
+        echo "fsx.sh: daemon exited with $rc"
+        UNMOUNT="daemon exited with $rc"
+        status=1
+    fi
+}
+# What the daemon's log says about the run just stopped: error lines, and opens that failed
+# for lack of descriptors inside the daemon (a failure of the run).
+daemon_report() { # name
+    local errors emfile
+    errors=$(grep -c ' ERROR ' "$WORK/$1.log" || true)
+    emfile=$(grep -c 'Too many open files' "$WORK/$1.log" || true)
+    if [ "$emfile" -gt 0 ]; then
+        status=1
+        echo "fsx.sh: the daemon ran out of descriptors $emfile times in $1"
+    fi
+    echo "daemon: $errors error lines, $emfile EMFILE"
 }
 
 for mode in $MODES; do
@@ -87,8 +115,10 @@ for mode in $MODES; do
     fi
     summary+=("fsx O_DIRECT cache=$mode: $r ($(( $(date +%s) - t0 )) s)")
     stop_mount
+    summary+=("  fsx mount cache=$mode: $UNMOUNT; $(daemon_report "fsx-$mode")")
 
     run_mount "$mode" "stress-$mode"
+    watch_fds "$DAEMON" "$WORK/stress-$mode.fds" &
     t0=$(date +%s)
     if "$XFSTESTS_DIR/ltp/fsstress" -d "$MNT/stress" -p "$STRESS_PROCS" -n "$STRESS_OPS" -s 1 \
         > "$WORK/stress-$mode.out" 2>&1; then
@@ -96,8 +126,9 @@ for mode in $MODES; do
     else
         r=FAIL; status=1; tail -30 "$WORK/stress-$mode.out"
     fi
-    summary+=("fsstress cache=$mode: $r ($STRESS_PROCS x $STRESS_OPS ops, $(( $(date +%s) - t0 )) s)")
+    t=$(( $(date +%s) - t0 ))
     stop_mount
+    summary+=("fsstress cache=$mode: $r ($STRESS_PROCS x $STRESS_OPS ops, $t s, $UNMOUNT; $(daemon_report "stress-$mode"), peak $(cat "$WORK/stress-$mode.fds" 2>/dev/null || echo '?') descriptors)")
 done
 printf '%s\n' "${summary[@]}"
 exit $status

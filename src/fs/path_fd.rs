@@ -56,10 +56,18 @@ pub fn set_budget(n: usize) {
 /// opened, with no lock held: `get` and `offer` here, the inode table after adding inodes.
 pub fn sweep_if_over_budget() {
     let open = open_count();
-    if open <= NEXT_SWEEP.load(Ordering::Relaxed) || SWEEPING.swap(true, Ordering::Acquire) {
+    let budget = BUDGET.load(Ordering::Relaxed);
+    let next = NEXT_SWEEP.load(Ordering::Relaxed);
+    if open <= next {
+        if open < budget && next > budget {
+            // Back under the budget since a sweep that fell short: sweep at it again.
+            NEXT_SWEEP.store(budget, Ordering::Relaxed);
+        }
         return;
     }
-    let budget = BUDGET.load(Ordering::Relaxed);
+    if SWEEPING.swap(true, Ordering::Acquire) {
+        return;
+    }
     let target = budget - budget / 4;
     let all: Vec<Weak<PathFd>> = lock(&REGISTRY).clone();
     let mut released = 0usize;

@@ -53,9 +53,9 @@ pub struct Spinner {
 }
 
 impl Spinner {
-    /// Start the polling thread (not for `SpinMode::Off`).
-    pub fn start(mode: SpinMode) -> std::io::Result<Arc<Spinner>> {
-        let s = Arc::new(Spinner {
+    /// A spinner with no thread yet.
+    fn new(mode: SpinMode) -> Spinner {
+        Spinner {
             requests: AtomicU64::new(0),
             client: AtomicU32::new(0),
             asleep: AtomicBool::new(false),
@@ -64,7 +64,12 @@ impl Spinner {
             lock: Mutex::new(()),
             cv: Condvar::new(),
             mode,
-        });
+        }
+    }
+
+    /// Start the polling thread (not for `SpinMode::Off`).
+    pub fn start(mode: SpinMode) -> std::io::Result<Arc<Spinner>> {
+        let s = Arc::new(Spinner::new(mode));
         let t = s.clone();
         std::thread::Builder::new()
             .name("spin".into())
@@ -242,16 +247,7 @@ mod tests {
             assert_eq!(r, 0);
         };
         let gettid = || unsafe { libc::gettid() } as u32;
-        let s = Spinner {
-            requests: AtomicU64::new(0),
-            client: AtomicU32::new(0),
-            asleep: AtomicBool::new(false),
-            polling: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
-            lock: Mutex::new(()),
-            cv: Condvar::new(),
-            mode: SpinMode::Auto(Duration::from_millis(1)),
-        };
+        let s = Spinner::new(SpinMode::Auto(Duration::from_millis(1)));
         // The client: a thread pinned to cpu 0, kept alive while the checks run.
         let (tx, rx) = std::sync::mpsc::channel();
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
