@@ -101,6 +101,9 @@ else
     W=$(mktemp -d /tmp/extentfs-xfstests-XXXXXX) || die "mktemp failed"
     W=$(cd "$W" && pwd -P)
 fi
+# Tests run commands as other users (fsgqa, ids mapped from a user namespace: generic/318):
+# they must be able to reach the mount points, as under /mnt on a test machine.
+chmod 0755 "$W" || die "cannot chmod $W"
 case "$W" in *.*) die "WORK_DIR=$W contains a '.', which mount(8) would cut the fuse type at";; esac
 for d in test-src scratch-src test scratch; do
     if grep -q " $W/$d " /proc/self/mountinfo; then die "$W/$d is already a mount point"; fi

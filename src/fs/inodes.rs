@@ -174,6 +174,7 @@ impl InodeTable {
         if let Some(id) = t.by_key.get(&key).copied() {
             let ino = t.by_id[&id].clone();
             ino.lookups.fetch_add(1, Ordering::Relaxed);
+            drop(t);
             ino.fd.offer(fd);
             return ino;
         }
@@ -225,13 +226,8 @@ impl InodeTable {
             _ => return Err(stale()),
         };
         let mount_fd = self.mount_fd.as_ref().ok_or_else(stale)?;
-        let fd = source::open_by_handle(mount_fd.as_fd(), &handle).map_err(|e| {
-            if e.raw_os_error() == Some(libc::EMFILE) {
-                e
-            } else {
-                stale()
-            }
-        })?;
+        let fd = source::open_by_handle(mount_fd.as_fd(), &handle)
+            .map_err(source::stale_unless_shortage)?;
         let st = source::fstat(fd.as_fd())?;
         let key = (st.st_dev, st.st_ino);
         let expected = match kept {

@@ -178,11 +178,8 @@ impl PathFd {
         };
         let stale = || io::Error::from_raw_os_error(libc::ESTALE);
         let mount = self.mount.as_ref().ok_or_else(stale)?;
-        let fd = match source::open_by_handle(mount.as_fd(), &handle) {
-            Ok(fd) => fd,
-            Err(e) if e.raw_os_error() == Some(libc::EMFILE) => return Err(e),
-            Err(_) => return Err(stale()),
-        };
+        let fd = source::open_by_handle(mount.as_fd(), &handle)
+            .map_err(source::stale_unless_shortage)?;
         let st = source::fstat(fd.as_fd())?;
         if (st.st_dev, st.st_ino) != self.key {
             return Err(stale());

@@ -413,6 +413,16 @@ pub fn handle_of(fd: BorrowedFd<'_>) -> io::Result<SourceHandle> {
 
 /// An `O_PATH` descriptor of the inode `h` names on the filesystem of `mount_fd` (needs
 /// CAP_DAC_READ_SEARCH).
+/// An `open_by_handle_at` failure as the caller should see it: a shortage (EMFILE, ENFILE,
+/// ENOMEM) as it is, to be retried; anything else means the handle no longer names a file
+/// (ESTALE).
+pub fn stale_unless_shortage(e: io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM) => e,
+        _ => io::Error::from_raw_os_error(libc::ESTALE),
+    }
+}
+
 pub fn open_by_handle(mount_fd: BorrowedFd<'_>, h: &SourceHandle) -> io::Result<OwnedFd> {
     let mut h = *h;
     let fd = cvt(unsafe {
