@@ -305,3 +305,62 @@ fn more_inodes_than_descriptors() {
         max_fds.get()
     );
 }
+
+/// Mount extentfs over a fresh tmpfs (the guard unmounts it after the mount is gone).
+fn mount_on_tmpfs(opts: &str) -> (TmpfsOn, Mount) {
+    let mut tmpfs = TmpfsOn(None);
+    let m = Mount::with_source(opts, |src| {
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64M", "none"])
+            .arg(src)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs");
+        tmpfs.0 = Some(src.to_path_buf());
+    });
+    (tmpfs, m)
+}
+
+/// A process holds a file and a directory (O_PATH descriptors, as a cwd would), the daemon
+/// gives back their descriptors (1,000 newer files under a limit of 512), then both lose
+/// their last name through the mount: they stay reachable with nlink 0, as on a local
+/// filesystem, not ESTALE.
+fn held_inodes_survive_removal(m: &Mount) {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    std::fs::write(m.path("f"), b"x").unwrap();
+    std::fs::create_dir(m.path("d")).unwrap();
+    let hold = |p: &std::path::Path, flags: i32| {
+        let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC | flags) };
+        assert!(fd >= 0, "open {p:?}: {}", std::io::Error::last_os_error());
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    };
+    let f = hold(&m.path("f"), 0);
+    let d = hold(&m.path("d"), libc::O_DIRECTORY);
+    for i in 0..1000 {
+        std::fs::write(m.path(&format!("n{i}")), b"").unwrap();
+    }
+    std::fs::remove_file(m.path("f")).unwrap();
+    std::fs::remove_dir(m.path("d")).unwrap();
+    for (what, fd) in [("file", &f), ("directory", &d)] {
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let r = unsafe { libc::fstat(fd.as_raw_fd(), &mut st) };
+        assert_eq!(
+            r,
+            0,
+            "fstat of the removed {what}: {}",
+            std::io::Error::last_os_error()
+        );
+        assert_eq!(st.st_nlink, 0, "{what}");
+    }
+}
+
+#[test]
+fn a_held_inode_removed_after_its_descriptor_was_given_back() {
+    // ext4 (the test directory) still opens a deleted inode by handle until it is reused;
+    // tmpfs does not, which is where keeping the descriptor across the removal matters.
+    held_inodes_survive_removal(&Mount::new("rlimit_nofile=512"));
+    let (_tmpfs, m) = mount_on_tmpfs("rlimit_nofile=512");
+    held_inodes_survive_removal(&m);
+}

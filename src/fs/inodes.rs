@@ -158,6 +158,12 @@ impl InodeTable {
         self.t.read().unwrap().by_id.get(&id).cloned()
     }
 
+    /// The inode of SOURCE's `key` if the kernel knows it (no reference added).
+    pub fn get_by_key(&self, key: InodeKey) -> Option<Arc<Inode>> {
+        let t = self.t.read().unwrap();
+        t.by_id.get(t.by_key.get(&key)?).cloned()
+    }
+
     /// The inode for `st` (found through `fd`), adding one kernel reference.
     pub fn lookup(&self, fd: OwnedFd, st: &libc::stat) -> Arc<Inode> {
         let key = (st.st_dev, st.st_ino);

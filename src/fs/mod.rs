@@ -28,7 +28,7 @@ use inodes::{Inode, InodeTable};
 use std::collections::HashMap;
 use std::ffi::{CStr, OsStr};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -226,6 +226,26 @@ impl ExtentFs {
 
     fn inode(&self, ino: INodeNo) -> R<Arc<Inode>> {
         self.inodes.get(ino.0).ok_or(Errno::ESTALE)
+    }
+
+    /// Before `name` in `dir` loses a link: its stat and, if the kernel knows the inode, its
+    /// descriptor held open (reopened if it was given back) until the caller drops it, so a
+    /// process that still holds the inode (a cwd, an `O_PATH` descriptor) finds it once its
+    /// last name is gone (nlink 0), as on a local filesystem, not ESTALE; with no links left
+    /// the descriptor is never given back again.
+    fn hold_victim(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+    ) -> (Option<libc::stat>, Option<Arc<OwnedFd>>) {
+        let Ok(st) = source::fstatat(dir, name) else {
+            return (None, None);
+        };
+        let held = self
+            .inodes
+            .get_by_key((st.st_dev, st.st_ino))
+            .and_then(|i| i.fd().ok());
+        (Some(st), held)
     }
 
     fn cache_of(&self, inode: &Inode) -> R<Arc<InodeCache>> {
@@ -856,8 +876,9 @@ impl Filesystem for ExtentFs {
                 self.check_writable()?;
                 let parent = self.inode(parent)?;
                 let cname = source::name_cstr(name).map_err(err)?;
-                let victim = source::fstatat(parent.fd()?.as_fd(), &cname).ok();
-                source::unlinkat(parent.fd()?.as_fd(), &cname, 0).map_err(err)?;
+                let dir = parent.fd()?;
+                let (victim, _held) = self.hold_victim(dir.as_fd(), &cname);
+                source::unlinkat(dir.as_fd(), &cname, 0).map_err(err)?;
                 // The last name of a file nobody has open: its cached data is dead.
                 if let Some(st) = victim.filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG) {
                     if let Some(c) = self.ctx.get((st.st_dev, st.st_ino)) {
@@ -879,7 +900,9 @@ impl Filesystem for ExtentFs {
                 self.check_writable()?;
                 let parent = self.inode(parent)?;
                 let cname = source::name_cstr(name).map_err(err)?;
-                source::unlinkat(parent.fd()?.as_fd(), &cname, libc::AT_REMOVEDIR).map_err(err)
+                let dir = parent.fd()?;
+                let _held = self.hold_victim(dir.as_fd(), &cname);
+                source::unlinkat(dir.as_fd(), &cname, libc::AT_REMOVEDIR).map_err(err)
             })();
             self.answer(op, reply, r, |reply, ()| reply.ok())
         });
@@ -924,8 +947,10 @@ impl Filesystem for ExtentFs {
                 let np = self.inode(newparent)?;
                 let a = source::name_cstr(name).map_err(err)?;
                 let b = source::name_cstr(newname).map_err(err)?;
-                source::renameat2(p.fd()?.as_fd(), &a, np.fd()?.as_fd(), &b, flags.bits())
-                    .map_err(err)
+                let to = np.fd()?;
+                // The file a rename replaces loses its name.
+                let _held = self.hold_victim(to.as_fd(), &b);
+                source::renameat2(p.fd()?.as_fd(), &a, to.as_fd(), &b, flags.bits()).map_err(err)
             })();
             self.answer(op, reply, r, |reply, ()| reply.ok())
         });

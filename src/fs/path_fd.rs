@@ -163,8 +163,10 @@ impl PathFd {
     /// inode is gone.
     pub fn get(&self) -> io::Result<Arc<OwnedFd>> {
         let r = self.get_or_reopen();
-        if matches!(r, Ok((_, true))) {
-            sweep_if_over_budget();
+        match &r {
+            Ok((_, true)) => sweep_if_over_budget(),
+            Err(e) => tracing::debug!("inode {:?} not reopened by handle: {e}", self.key),
+            _ => {}
         }
         r.map(|(fd, _)| fd)
     }
