@@ -411,8 +411,6 @@ pub fn handle_of(fd: BorrowedFd<'_>) -> io::Result<SourceHandle> {
     Ok(h)
 }
 
-/// An `O_PATH` descriptor of the inode `h` names on the filesystem of `mount_fd` (needs
-/// CAP_DAC_READ_SEARCH).
 /// An `open_by_handle_at` failure as the caller should see it: a shortage (EMFILE, ENFILE,
 /// ENOMEM) as it is, to be retried; anything else means the handle no longer names a file
 /// (ESTALE).
@@ -423,6 +421,8 @@ pub fn stale_unless_shortage(e: io::Error) -> io::Error {
     }
 }
 
+/// An `O_PATH` descriptor of the inode `h` names on the filesystem of `mount_fd` (needs
+/// CAP_DAC_READ_SEARCH).
 pub fn open_by_handle(mount_fd: BorrowedFd<'_>, h: &SourceHandle) -> io::Result<OwnedFd> {
     let mut h = *h;
     let fd = cvt(unsafe {
@@ -481,11 +481,12 @@ pub fn removexattr(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
 
 /// A regular file of SOURCE that the cache reads from and writes back to.
 ///
-/// It holds the inode's `O_PATH` descriptor (a [`PathFd`] shared with the inode table) and,
-/// while in use, a descriptor open for I/O. `close_io` gives the latter back when the file is idle, so the
-/// daemon needs one descriptor per inode the kernel knows plus one per file in use (not two
-/// per inode: 10,000 created files would otherwise exhaust RLIMIT_NOFILE); the next I/O reopens
-/// it. Metadata calls (stat, chmod, truncate, times) go through the `O_PATH` descriptor.
+/// It holds the inode's `O_PATH` descriptor (a [`PathFd`] shared with the inode table, which
+/// may give it back while no I/O descriptor is open) and, while in use, a descriptor open for
+/// I/O. `close_io` gives the latter back when the file is idle, so the daemon needs at most one
+/// descriptor per inode the kernel knows plus one per file in use (not two per inode: 10,000
+/// created files would otherwise exhaust RLIMIT_NOFILE); the next I/O reopens it. Metadata
+/// calls (stat, chmod, truncate, times) go through the `O_PATH` descriptor.
 #[derive(Debug)]
 pub struct DataFile {
     path: Arc<PathFd>,
