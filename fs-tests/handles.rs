@@ -131,16 +131,7 @@ impl Drop for TmpfsOn {
 #[test]
 fn handles_on_a_source_without_ino32_handles() {
     // tmpfs has 12-byte handles: the daemon keeps the handles of forgotten inodes.
-    let mut tmpfs = TmpfsOn(None);
-    let m = Mount::with_source("cache_size=16M", |src| {
-        let st = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=64M", "none"])
-            .arg(src)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount tmpfs");
-        tmpfs.0 = Some(src.to_path_buf());
-    });
+    let (_tmpfs, m) = mount_on_tmpfs("cache_size=16M");
     std::fs::write(m.path("f"), b"on tmpfs").unwrap();
     std::fs::create_dir(m.path("d")).unwrap();
     let mut hf = handle_of(&m.path("f"));
