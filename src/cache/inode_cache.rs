@@ -194,9 +194,12 @@ impl InodeCache {
 
     /// Nothing to write back and nothing waiting for SOURCE's fsync.
     pub fn is_clean(&self) -> bool {
-        self.tree.dirty_bytes() == 0
-            && self.tree.writeback_bytes() == 0
-            && self.tree.find_first(0, Bits::UNSTABLE).is_none()
+        self.tree.dirty_bytes() == 0 && self.nothing_awaits_fsync()
+    }
+
+    /// No writeback in flight and nothing written to SOURCE that awaits its fsync.
+    fn nothing_awaits_fsync(&self) -> bool {
+        self.tree.writeback_bytes() == 0 && self.tree.find_first(0, Bits::UNSTABLE).is_none()
     }
 
     /// A read was served: let SOURCE record the access, at most once a second per file (the
@@ -227,9 +230,7 @@ impl InodeCache {
     /// written files holds no descriptor per file while the writeback catches up.
     pub fn close_file_if_idle(&self) {
         self.file.close_io(|| {
-            self.open_handles.load(Ordering::Relaxed) == 0
-                && self.tree.writeback_bytes() == 0
-                && self.tree.find_first(0, Bits::UNSTABLE).is_none()
+            self.open_handles.load(Ordering::Relaxed) == 0 && self.nothing_awaits_fsync()
         });
     }
 

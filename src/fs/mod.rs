@@ -372,13 +372,14 @@ impl ExtentFs {
         if !self.am_root || (req.uid() == 0 && req.gid() == 0) {
             return Ok(());
         }
-        let pst = source::fstat(parent.fd()?.as_fd()).map_err(err)?;
+        let dir = parent.fd()?;
+        let pst = source::fstat(dir.as_fd()).map_err(err)?;
         let gid = if pst.st_mode & libc::S_ISGID != 0 {
             u32::MAX
         } else {
             req.gid()
         };
-        let fd = source::open_path(parent.fd()?.as_fd(), name).map_err(err)?;
+        let fd = source::open_path(dir.as_fd(), name).map_err(err)?;
         source::chown(fd.as_fd(), req.uid(), gid).map_err(err)?;
         // chown clears set-id bits of non-directories; restore what was asked for.
         let st = source::fstat(fd.as_fd()).map_err(err)?;

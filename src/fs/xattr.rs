@@ -284,15 +284,15 @@ impl ExtentFs {
         }
         self.check_writable()?;
         let cname = CString::new(n).map_err(|_| Errno::EINVAL)?;
-        source::setxattr(inode.fd()?.as_fd(), &cname, value, flags).map_err(err)?;
+        let fd = inode.fd()?;
+        source::setxattr(fd.as_fd(), &cname, value, flags).map_err(err)?;
         if n == b"system.posix_acl_access" {
             // SOURCE applied the ACL as the daemon, which may keep S_ISGID; the kernel would
             // drop it for a caller outside the file's group without CAP_FSETID (fuser cannot
             // receive the kernel's FUSE_SETXATTR_ACL_KILL_SGID, so we decide it here).
-            let st = source::fstat(inode.fd()?.as_fd()).map_err(err)?;
+            let st = source::fstat(fd.as_fd()).map_err(err)?;
             if st.st_mode & libc::S_ISGID != 0 && !in_group_or_capable(req, st.st_gid) {
-                source::chmod(inode.fd()?.as_fd(), st.st_mode & 0o7777 & !libc::S_ISGID)
-                    .map_err(err)?;
+                source::chmod(fd.as_fd(), st.st_mode & 0o7777 & !libc::S_ISGID).map_err(err)?;
             }
         }
         Ok(())
@@ -301,12 +301,13 @@ impl ExtentFs {
     pub(crate) fn do_listxattr(&self, ino: INodeNo) -> R<Vec<u8>> {
         let inode = self.inode(ino)?;
         // Read the whole list (our names must be filtered out before sizing the reply).
+        let fd = inode.fd()?;
         let mut buf = vec![0u8; 4096];
         let got = loop {
-            match source::listxattr(inode.fd()?.as_fd(), &mut buf) {
+            match source::listxattr(fd.as_fd(), &mut buf) {
                 Ok(n) => break n,
                 Err(e) if e.raw_os_error() == Some(libc::ERANGE) && buf.len() < (1 << 20) => {
-                    let want = source::listxattr(inode.fd()?.as_fd(), &mut []).map_err(err)?;
+                    let want = source::listxattr(fd.as_fd(), &mut []).map_err(err)?;
                     buf.resize(want.max(buf.len() * 2), 0);
                 }
                 Err(e) => return Err(err(e)),
