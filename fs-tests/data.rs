@@ -754,6 +754,77 @@ fn mmap_kernel() {
     mmap_io("cache=kernel");
 }
 
+/// One thread stores a marker in every page through a shared mapping while another pwrite()s
+/// a marker elsewhere in the same pages (as xfstests' holetest, generic/346). Under
+/// cache=pool the pwrite is direct and the kernel writes the mapping's pages back whole: the
+/// copy a mapping faulted in before a pwrite must not undo that pwrite.
+fn mmap_stores_race_pwrite(mode: &str) {
+    const PAGES: usize = 4096; // 16 MiB
+    const PG: usize = 4096;
+    let mut m = Mount::new(&format!("cache_size=64M,{mode}"));
+    let mut files = Vec::new();
+    for round in 0..12u64 {
+        let name = format!("race{round}");
+        let f = open_rw(&m.path(&name));
+        f.set_len((PAGES * PG) as u64).unwrap();
+        match round % 3 {
+            // Zero-filled through a mapping first: the kernel holds every page, dirty.
+            0 => Mapping::new(&f, PAGES * PG).bytes_mut().fill(0),
+            1 => {
+                let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, (PAGES * PG) as i64) };
+                assert_eq!(r, 0, "fallocate: {}", std::io::Error::last_os_error());
+            }
+            _ => {} // a hole, as ftruncate left it
+        }
+        let mut map = Mapping::new(&f, PAGES * PG);
+        let (store, write) = (0x5151_0000 + round, 0x7777_0000 + round);
+        let addr = map.bytes_mut().as_mut_ptr() as usize;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for p in 0..PAGES {
+                    let at = (addr + p * PG + 3072) as *mut u64;
+                    // SAFETY: inside the mapping; only this thread touches these 8 bytes.
+                    unsafe { at.write_volatile(store) };
+                }
+            });
+            s.spawn(|| {
+                for p in 0..PAGES {
+                    f.write_all_at(&write.to_ne_bytes(), (p * PG + 1024) as u64)
+                        .unwrap();
+                }
+            });
+        });
+        let mut want = vec![0u8; PAGES * PG];
+        for p in 0..PAGES {
+            want[p * PG + 1024..p * PG + 1032].copy_from_slice(&write.to_ne_bytes());
+            want[p * PG + 3072..p * PG + 3080].copy_from_slice(&store.to_ne_bytes());
+        }
+        map.sync();
+        check_bytes(
+            &format!("[{mode}] round {round}: read() after the race"),
+            &read_at_full(&f, 0, PAGES * PG),
+            &want,
+        );
+        drop(map);
+        files.push((name, want));
+    }
+    let expect: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, d)| (n.as_str(), d.as_slice()))
+        .collect();
+    unmount_and_compare(&mut m, &expect);
+}
+
+#[test]
+fn mmap_stores_race_pwrite_pool() {
+    mmap_stores_race_pwrite("cache=pool");
+}
+
+#[test]
+fn mmap_stores_race_pwrite_kernel() {
+    mmap_stores_race_pwrite("cache=kernel");
+}
+
 // ---------------------------------------------------------------------------------------
 // 5. O_DIRECT
 

@@ -11,7 +11,7 @@
 //! worst case <= 104 B per cached block (a buffer-head design); 1 MiB alloc+free < 1 µs.
 
 use extentfs::cache::inode_cache::InodeCache;
-use extentfs::cache::{CacheConfig, CacheContext};
+use extentfs::cache::{CacheConfig, CacheContext, WriteKind};
 use extentfs::extent::state::{Bits, ExtentStateTree};
 use extentfs::fs::path_fd::PathFd;
 use extentfs::fs::source::{self, DataFile};
@@ -395,20 +395,20 @@ fn measure_fill(dir: &Path, fill: Fill, rng: &mut Rng) -> (MetaRow, MetaRow, &'s
     rng.shuffle(&mut blocks);
     let mut buf = vec![0xa5u8; MIB as usize];
     // Warm up the per-thread buffers of the write path outside the measurement.
-    ctx.write(&c, 0, &buf[..1], false).unwrap();
+    ctx.write(&c, 0, &buf[..1], WriteKind::At).unwrap();
     ctx.truncate(&c, 0).unwrap();
     let base = live();
     let start = Instant::now();
     match fill {
         Fill::Sequential1M => {
             for i in 0..GIB / MIB {
-                ctx.write(&c, i * MIB, &buf, false).unwrap();
+                ctx.write(&c, i * MIB, &buf, WriteKind::At).unwrap();
             }
         }
         Fill::RandomAll | Fill::RandomEveryOther => {
             for &b in &blocks {
                 buf[..8].copy_from_slice(&b.to_le_bytes());
-                ctx.write(&c, b * BLOCK, &buf[..BLOCK as usize], false)
+                ctx.write(&c, b * BLOCK, &buf[..BLOCK as usize], WriteKind::At)
                     .unwrap();
             }
         }

@@ -5,7 +5,7 @@
 
 use extentfs::cache::inode_cache::InodeCache;
 use extentfs::cache::writeback::WritebackThreads;
-use extentfs::cache::{CacheConfig, CacheContext};
+use extentfs::cache::{CacheConfig, CacheContext, WriteKind};
 use extentfs::extent::state::Bits;
 use extentfs::fs::path_fd::PathFd;
 use extentfs::fs::source::{self, DataFile};
@@ -97,7 +97,9 @@ impl Fixture {
     }
 
     fn read(&self, off: u64, len: u32) -> Vec<u8> {
-        self.ctx.read(&self.c, off, len, |b| b.to_vec()).unwrap()
+        self.ctx
+            .read(&self.c, off, len, false, |b| b.to_vec())
+            .unwrap()
     }
 
     /// Read `[0, len)` in 1 MiB requests (one request must fit in the pool).
@@ -233,7 +235,12 @@ fn apply(f: &Fixture, model: &mut Vec<u8>, op: &Op) {
             append,
         } => {
             let data = bytes(seed, len);
-            let at = ctx.write(c, off, &data, append).unwrap();
+            let kind = if append {
+                WriteKind::Append
+            } else {
+                WriteKind::At
+            };
+            let at = ctx.write(c, off, &data, kind).unwrap();
             let want_at = if append { model.len() as u64 } else { off };
             assert_eq!(at, want_at, "write offset");
             let end = at as usize + len;
@@ -557,7 +564,7 @@ fn concurrent_regions_with_truncates() {
                             assert_bytes_eq(&got, want, &format!("thread {t} op {i} read"));
                         } else {
                             let data = bytes(r.next(), len);
-                            f.ctx.write(&f.c, base + off, &data, false).unwrap();
+                            f.ctx.write(&f.c, base + off, &data, WriteKind::At).unwrap();
                             model[off as usize..off as usize + len].copy_from_slice(&data);
                         }
                     }

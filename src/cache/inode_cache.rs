@@ -14,6 +14,7 @@
 //! - SOURCE's size never exceeds `size` (truncation reaches SOURCE at once; extension reaches
 //!   it by writeback).
 
+use super::mapped::MappedPages;
 use crate::extent::map::{ExtentMap, NoMemory};
 use crate::extent::ptr::ExtentPtr;
 use crate::extent::state::{Bits, ExtentStateTree};
@@ -147,6 +148,11 @@ pub struct InodeCache {
     pub(crate) evict_hand: AtomicU64,
     /// Monotonic second (+1) of the last `touch_atime` (0 = never).
     atime_touched: AtomicU64,
+    /// What a shared mapping may hold of the file in the kernel's page cache (cache=pool),
+    /// and the bytes direct writes replaced there; taken under a range lock, after it.
+    pub(crate) mapped: Mutex<MappedPages>,
+    /// `mapped` is not empty: the data paths look at it only then.
+    pub(crate) mapped_any: AtomicBool,
 }
 
 impl InodeCache {
@@ -172,6 +178,8 @@ impl InodeCache {
             miss_bytes: AtomicU64::new(0),
             evict_hand: AtomicU64::new(0),
             atime_touched: AtomicU64::new(0),
+            mapped: Mutex::new(MappedPages::default()),
+            mapped_any: AtomicBool::new(false),
         })
     }
 
@@ -437,6 +445,19 @@ impl InodeCache {
             done += n;
             cur += n as u64;
         }
+    }
+
+    /// Copy the bytes at `off` into `out`. Caller holds LOCKED.
+    pub(crate) fn copy_out(&self, off: u64, out: &mut [u8]) {
+        self.with_bytes(off, out.len(), |b| out.copy_from_slice(b))
+    }
+
+    /// The mapped-pages record, when a mapping ever read the file.
+    pub(crate) fn mapped_pages(&self) -> Option<std::sync::MutexGuard<'_, MappedPages>> {
+        if !self.mapped_any.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(self.mapped.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Call `f` with the bytes `[off, off+len)`, straight from pool memory when they lie in one

@@ -10,6 +10,7 @@
 
 pub mod evict;
 pub mod inode_cache;
+pub mod mapped;
 pub mod writeback;
 
 use crate::extent::state::Bits;
@@ -24,6 +25,17 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+
+/// Where a write comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteKind {
+    /// A write at an offset (write(2) under cache=pool, copy_file_range...).
+    At,
+    /// A write at the end of the file, wherever that is when the range is locked.
+    Append,
+    /// The kernel writing back a page of its page cache (a shared mapping under cache=pool).
+    PageCache,
+}
 
 /// Tunables of the cache (from the mount options).
 #[derive(Clone, Debug)]
@@ -233,12 +245,14 @@ impl CacheContext {
     // ---- reads ----
 
     /// Read `[off, off+size)` (clipped at EOF) and hand the bytes to `out` straight from pool
-    /// memory while the range is locked.
+    /// memory while the range is locked. `into_page_cache`: the kernel keeps these pages in
+    /// its page cache (a mapping's read under cache=pool; see [`mapped`]).
     pub fn read<R>(
         &self,
         c: &InodeCache,
         off: u64,
         size: u32,
+        into_page_cache: bool,
         out: impl FnOnce(&[u8]) -> R,
     ) -> io::Result<R> {
         stats::add(&self.stats.read_requests, 1);
@@ -278,6 +292,12 @@ impl CacheContext {
                             read.saturating_sub(miss).min(ra),
                         );
                     }
+                    if into_page_cache {
+                        // Under the range lock, so that no direct write comes in between.
+                        let mut m = c.mapped.lock().unwrap_or_else(|e| e.into_inner());
+                        m.note_page_cache_read(a, ceil_page(off + len as u64));
+                        c.mapped_any.store(true, Ordering::Release);
+                    }
                     let r = c.with_bytes(off, len, out);
                     drop(guard);
                     c.note_read_end(off + len as u64);
@@ -300,9 +320,10 @@ impl CacheContext {
 
     // ---- writes ----
 
-    /// Write `data` at `off` (at EOF when `append`) into the pool; mark it DIRTY. Returns the
-    /// offset written at. SOURCE is not touched except to read partial edge pages.
-    pub fn write(&self, c: &InodeCache, off: u64, data: &[u8], append: bool) -> io::Result<u64> {
+    /// Write `data` at `off` (at EOF for [`WriteKind::Append`]) into the pool; mark it DIRTY.
+    /// Returns the offset written at. SOURCE is not touched except to read partial edge pages.
+    pub fn write(&self, c: &InodeCache, off: u64, data: &[u8], kind: WriteKind) -> io::Result<u64> {
+        let append = kind == WriteKind::Append;
         stats::add(&self.stats.write_requests, 1);
         if self.cfg.read_only || !c.file.writable() {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
@@ -323,16 +344,39 @@ impl CacheContext {
             if append && c.size() != off {
                 continue;
             }
-            match c.prepare_write(a, b, off, end) {
+            let mut mapped = c.mapped_pages();
+            // A direct write onto pages a mapping read keeps the bytes it replaces (see
+            // [`mapped`]), so it needs them all, not just the edge pages.
+            let save = kind != WriteKind::PageCache
+                && mapped
+                    .as_ref()
+                    .is_some_and(|m| m.overlaps_faulted(off, end));
+            let ready = if save {
+                c.fill(a, b)
+            } else {
+                c.prepare_write(a, b, off, end)
+            };
+            match ready {
                 Ok(_) => {}
                 Err(Again::NoMemory(pages)) => {
+                    drop(mapped);
                     drop(guard);
                     self.reclaim(pages)?;
                     continue;
                 }
                 Err(Again::Io(e)) => return Err(e),
             }
-            c.copy_in(off, data);
+            match mapped.as_mut() {
+                Some(m) if save => {
+                    m.save_bases(off, end, |s, out| c.copy_out(s, out));
+                    c.copy_in(off, data);
+                }
+                Some(m) if kind == WriteKind::PageCache => {
+                    m.apply_runs(off, data, |o, d| c.copy_in(o, d));
+                }
+                _ => c.copy_in(off, data),
+            }
+            drop(mapped);
             c.extend_size(end);
             c.record_write_time();
             if (a, b) == (off, end) {
@@ -414,6 +458,9 @@ impl CacheContext {
         let guard = RangeGuard::lock(&c.tree, a, u64::MAX, Bits::WRITEBACK);
         let r = (|| {
             c.file.set_len(new_size)?;
+            if let Some(mut m) = c.mapped_pages() {
+                m.truncate(new_size);
+            }
             let tail = ceil_page(new_size);
             if !new_size.is_multiple_of(P) && c.tree.test_range(a, a + P - 1, Bits::UPTODATE) {
                 c.zero_range(new_size, tail);

@@ -15,7 +15,7 @@ pub mod spin;
 pub mod xattr;
 
 use crate::cache::inode_cache::InodeCache;
-use crate::cache::CacheContext;
+use crate::cache::{CacheContext, WriteKind};
 use crate::options::CacheMode;
 use crate::stats::Op;
 use fuser::{
@@ -631,12 +631,14 @@ impl ExtentFs {
             let chunk = (len - done).min(1 << 20) as u32;
             buf.clear();
             self.ctx
-                .read(src, off_in, chunk, |b| buf.extend_from_slice(b))
+                .read(src, off_in, chunk, false, |b| buf.extend_from_slice(b))
                 .map_err(err)?;
             if buf.is_empty() {
                 break;
             }
-            self.ctx.write(dst, off_out, &buf, false).map_err(err)?;
+            self.ctx
+                .write(dst, off_out, &buf, WriteKind::At)
+                .map_err(err)?;
             done += buf.len() as u64;
             off_in += buf.len() as u64;
             off_out += buf.len() as u64;
@@ -1012,10 +1014,13 @@ impl Filesystem for ExtentFs {
         offset: u64,
         size: u32,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
         let op = Op::Read;
+        // Under cache=pool read(2) comes with a lock owner; a read without one fills the
+        // kernel's page cache (a shared mapping faulting pages in).
+        let into_page_cache = self.cfg.cache == CacheMode::Pool && lock_owner.is_none();
         self.note_client(req);
         self.guard(op, move || {
             let c = match self.inode(ino).and_then(|i| self.cache_of(&i)) {
@@ -1027,7 +1032,7 @@ impl Filesystem for ExtentFs {
             };
             let mut reply = Some(reply);
             let touch = self.cfg.atime != source::AtimeMode::NoAtime;
-            let r = self.ctx.read(&c, offset, size, |bytes| {
+            let r = self.ctx.read(&c, offset, size, into_page_cache, |bytes| {
                 if touch {
                     c.touch_atime();
                 }
@@ -1051,7 +1056,7 @@ impl Filesystem for ExtentFs {
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
@@ -1072,8 +1077,15 @@ impl Filesystem for ExtentFs {
                         }
                     }
                 }
-                let append = self.cfg.cache == CacheMode::Pool && flags.0 & libc::O_APPEND != 0;
-                self.ctx.write(&c, offset, data, append).map_err(err)
+                let pool = self.cfg.cache == CacheMode::Pool;
+                let kind = if pool && write_flags.contains(WriteFlags::FUSE_WRITE_CACHE) {
+                    WriteKind::PageCache
+                } else if pool && flags.0 & libc::O_APPEND != 0 {
+                    WriteKind::Append
+                } else {
+                    WriteKind::At
+                };
+                self.ctx.write(&c, offset, data, kind).map_err(err)
             })();
             self.answer(op, reply, r, |reply, _| reply.written(data.len() as u32))
         });
