@@ -344,12 +344,11 @@ impl CacheContext {
             if append && c.size() != off {
                 continue;
             }
-            let mut mapped = c.mapped_pages();
             // A direct write onto pages a mapping read keeps the bytes it replaces (see
-            // [`mapped`]), so it needs them all, not just the edge pages.
+            // [`mapped`]), so it needs them all, not just the edge pages. (Our range is
+            // locked: whether it was faulted cannot change until we unlock.)
             let save = kind != WriteKind::PageCache
-                && mapped
-                    .as_ref()
+                && c.mapped_pages()
                     .is_some_and(|m| m.overlaps_faulted(off, end));
             let ready = if save {
                 c.fill(a, b)
@@ -359,16 +358,16 @@ impl CacheContext {
             match ready {
                 Ok(_) => {}
                 Err(Again::NoMemory(pages)) => {
-                    drop(mapped);
                     drop(guard);
                     self.reclaim(pages)?;
                     continue;
                 }
                 Err(Again::Io(e)) => return Err(e),
             }
-            match mapped.as_mut() {
-                Some(m) if save => {
+            match c.mapped_pages() {
+                Some(mut m) if save => {
                     m.save_bases(off, end, |s, out| c.copy_out(s, out));
+                    drop(m);
                     c.copy_in(off, data);
                 }
                 Some(m) if kind == WriteKind::PageCache => {
@@ -376,7 +375,6 @@ impl CacheContext {
                 }
                 _ => c.copy_in(off, data),
             }
-            drop(mapped);
             c.extend_size(end);
             c.record_write_time();
             if (a, b) == (off, end) {
