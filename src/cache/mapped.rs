@@ -107,14 +107,7 @@ impl MappedPages {
     /// Call `f` for each gap of `[s, e)` not covered by a saved base.
     fn for_each_unsaved(&self, s: u64, e: u64, mut f: impl FnMut(u64, u64)) {
         let mut cur = s;
-        let first = self
-            .bases
-            .range(..=s)
-            .next_back()
-            .filter(|(&bs, b)| bs + b.len() as u64 > s)
-            .map(|(&bs, _)| bs);
-        let from = first.unwrap_or(s);
-        for (&bs, b) in self.bases.range(from..e) {
+        for (&bs, b) in self.bases.range(self.bases_from(s)..e) {
             let be = bs + b.len() as u64;
             if bs > cur {
                 f(cur, bs.min(e));
@@ -134,13 +127,7 @@ impl MappedPages {
     pub fn apply_runs(&self, off: u64, data: &[u8], mut keep: impl FnMut(u64, &[u8])) {
         let end = off + data.len() as u64;
         let mut cur = off; // start of the run not yet handed to `keep`
-        let first = self
-            .bases
-            .range(..=off)
-            .next_back()
-            .filter(|(&bs, b)| bs + b.len() as u64 > off)
-            .map(|(&bs, _)| bs);
-        for (&bs, base) in self.bases.range(first.unwrap_or(off)..end) {
+        for (&bs, base) in self.bases.range(self.bases_from(off)..end) {
             let s = bs.max(off);
             let e = (bs + base.len() as u64).min(end);
             let mut i = s;
@@ -173,19 +160,21 @@ impl MappedPages {
         }
     }
 
+    /// Where to start iterating `bases` to meet every base holding bytes at or after `x`: the
+    /// start of the base that holds `x`, else `x`.
+    fn bases_from(&self, x: u64) -> u64 {
+        match self.bases.range(..=x).next_back() {
+            Some((&bs, b)) if bs + b.len() as u64 > x => bs,
+            _ => x,
+        }
+    }
+
     /// Drop the parts of bases that lie in `[a, b)`.
     fn remove_bases(&mut self, a: u64, b: u64) {
-        let first = self
-            .bases
-            .range(..=a)
-            .next_back()
-            .filter(|(&bs, v)| bs + v.len() as u64 > a)
-            .map(|(&bs, _)| bs)
-            .unwrap_or(a);
         let hit: Vec<u64> = self
             .bases
             .range((
-                Included(first),
+                Included(self.bases_from(a)),
                 if b == u64::MAX {
                     Unbounded
                 } else {
