@@ -11,23 +11,53 @@
 //! the bytes that equal their base — the mapping did not change them — and takes the rest.
 //!
 //! Invariants:
-//! - `faulted` and `bases` hold disjoint, non-adjacent-merged (faulted) or disjoint (bases)
-//!   ranges; every base lies inside a faulted range;
+//! - `faulted` holds disjoint ranges (touching ones merged); `bases` holds disjoint ranges,
+//!   each inside a faulted one;
 //! - a byte's base is the value the kernel's copy of the page holds: saved by the first direct
 //!   write after the page was read, dropped when the page is read again (the kernel only reads
 //!   a page it does not hold);
-//! - at most `MAX_SAVED` bytes of bases per file; past that, nothing new is saved (the old
-//!   whole-page behaviour) and a debug line says so.
+//! - at most `MAX_SAVED` bytes of bases per file, and `BASES.limit` in the whole daemon
+//!   (counted in `BASES.used`, given back when bases are dropped); past either, nothing new is
+//!   saved (a page writeback is then applied whole, as without this record) and a debug line
+//!   says so, once per file.
 //!
 //! All offsets are file byte offsets; ranges are half open.
 
 use std::collections::BTreeMap;
 use std::ops::Bound::{Excluded, Included, Unbounded};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Bytes of bases kept per file at most.
 pub const MAX_SAVED: usize = 1 << 20;
 
-#[derive(Default, Debug)]
+/// Bytes of bases kept by all files together.
+#[derive(Debug)]
+pub struct Budget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+/// The daemon's budget: 16 MiB.
+pub static BASES: Budget = Budget {
+    used: AtomicUsize::new(0),
+    limit: 16 << 20,
+};
+
+impl Budget {
+    fn take(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                (u + n <= self.limit).then_some(u + n)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug)]
 pub struct MappedPages {
     /// start -> end of ranges the kernel read into its page cache (page aligned, merged).
     faulted: BTreeMap<u64, u64>,
@@ -35,9 +65,32 @@ pub struct MappedPages {
     bases: BTreeMap<u64, Vec<u8>>,
     saved: usize,
     full_logged: bool,
+    budget: &'static Budget,
+}
+
+impl Default for MappedPages {
+    fn default() -> MappedPages {
+        MappedPages::with_budget(&BASES)
+    }
+}
+
+impl Drop for MappedPages {
+    fn drop(&mut self) {
+        self.budget.give(self.saved);
+    }
 }
 
 impl MappedPages {
+    pub fn with_budget(budget: &'static Budget) -> MappedPages {
+        MappedPages {
+            faulted: BTreeMap::new(),
+            bases: BTreeMap::new(),
+            saved: 0,
+            full_logged: false,
+            budget,
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.faulted.is_empty()
     }
@@ -87,7 +140,7 @@ impl MappedPages {
         }
         for (s, e) in todo {
             let len = (e - s) as usize;
-            if self.saved + len > MAX_SAVED {
+            if self.saved + len > MAX_SAVED || !self.budget.take(len) {
                 if !self.full_logged {
                     tracing::debug!(
                         "mapped pages: {} bytes of direct-write bases kept; saving no more",
@@ -183,6 +236,7 @@ impl MappedPages {
             ))
             .map(|(&s, _)| s)
             .collect();
+        let before = self.saved;
         for s in hit {
             let mut v = self.bases.remove(&s).expect("listed");
             self.saved -= v.len();
@@ -194,10 +248,12 @@ impl MappedPages {
             }
             if s < a {
                 v.truncate((a - s) as usize);
+                v.shrink_to_fit();
                 self.saved += v.len();
                 self.bases.insert(s, v);
             }
         }
+        self.budget.give(before - self.saved);
     }
 
     pub fn saved_bytes(&self) -> usize {
@@ -303,6 +359,31 @@ mod tests {
         // Only 4000..4096 is still skipped where equal.
         let r = runs(&m, 3990, &[4u8; 200]);
         assert_eq!(r, vec![(3990, vec![4; 10]), (4096, vec![4; 94])]);
+    }
+
+    #[test]
+    fn the_daemon_budget_is_shared_and_given_back() {
+        static SMALL: Budget = Budget {
+            used: AtomicUsize::new(0),
+            limit: 10_000,
+        };
+        let file = vec![1u8; 16384];
+        let mut a = MappedPages::with_budget(&SMALL);
+        let mut b = MappedPages::with_budget(&SMALL);
+        a.note_page_cache_read(0, 16384);
+        b.note_page_cache_read(0, 16384);
+        save(&mut a, &file, 0, 8000);
+        save(&mut b, &file, 0, 4000); // over the shared limit: nothing saved
+        assert_eq!((a.saved_bytes(), b.saved_bytes()), (8000, 0));
+        a.note_page_cache_read(4096, 8192); // drops 3,904 of a's bytes
+        assert_eq!(SMALL.used.load(Ordering::Relaxed), 4096);
+        save(&mut b, &file, 0, 4000);
+        assert_eq!(b.saved_bytes(), 4000);
+        drop(a);
+        b.truncate(1000);
+        assert_eq!(SMALL.used.load(Ordering::Relaxed), 1000);
+        drop(b);
+        assert_eq!(SMALL.used.load(Ordering::Relaxed), 0);
     }
 
     #[test]
