@@ -150,9 +150,9 @@ pub struct InodeCache {
     atime_touched: AtomicU64,
     /// What a shared mapping may hold of the file in the kernel's page cache (cache=pool),
     /// and the bytes direct writes replaced there; taken under a range lock, after it.
-    pub(crate) mapped: Mutex<MappedPages>,
+    mapped: Mutex<MappedPages>,
     /// `mapped` is not empty: the data paths look at it only then.
-    pub(crate) mapped_any: AtomicBool,
+    mapped_any: AtomicBool,
 }
 
 impl InodeCache {
@@ -452,12 +452,22 @@ impl InodeCache {
         self.with_bytes(off, out.len(), |b| out.copy_from_slice(b))
     }
 
+    fn lock_mapped(&self) -> std::sync::MutexGuard<'_, MappedPages> {
+        self.mapped.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The mapped-pages record, when a mapping ever read the file.
     pub(crate) fn mapped_pages(&self) -> Option<std::sync::MutexGuard<'_, MappedPages>> {
-        if !self.mapped_any.load(Ordering::Acquire) {
-            return None;
-        }
-        Some(self.mapped.lock().unwrap_or_else(|e| e.into_inner()))
+        self.mapped_any
+            .load(Ordering::Acquire)
+            .then(|| self.lock_mapped())
+    }
+
+    /// The kernel read `[a, b)` into its page cache (a mapping's fault). Caller holds LOCKED,
+    /// so that no direct write to those pages comes in between the read and this record.
+    pub(crate) fn note_page_cache_read(&self, a: u64, b: u64) {
+        self.lock_mapped().note_page_cache_read(a, b);
+        self.mapped_any.store(true, Ordering::Release);
     }
 
     /// Call `f` with the bytes `[off, off+len)`, straight from pool memory when they lie in one

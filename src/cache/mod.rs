@@ -293,10 +293,7 @@ impl CacheContext {
                         );
                     }
                     if into_page_cache {
-                        // Under the range lock, so that no direct write comes in between.
-                        let mut m = c.mapped.lock().unwrap_or_else(|e| e.into_inner());
-                        m.note_page_cache_read(a, ceil_page(off + len as u64));
-                        c.mapped_any.store(true, Ordering::Release);
+                        c.note_page_cache_read(a, ceil_page(off + len as u64));
                     }
                     let r = c.with_bytes(off, len, out);
                     drop(guard);

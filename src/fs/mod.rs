@@ -314,7 +314,12 @@ impl ExtentFs {
     }
 
     fn stat_attr(&self, inode: &Inode) -> R<FileAttr> {
-        let st = source::fstat(inode.fd()?.as_fd()).map_err(err)?;
+        self.stat_attr_via(inode, inode.fd()?.as_fd())
+    }
+
+    /// As `stat_attr`, through the inode's descriptor that the caller already holds.
+    fn stat_attr_via(&self, inode: &Inode, fd: BorrowedFd<'_>) -> R<FileAttr> {
+        let st = source::fstat(fd).map_err(err)?;
         Ok(self.attr_of(inode, &st))
     }
 
@@ -472,19 +477,17 @@ impl ExtentFs {
         {
             self.check_writable()?;
         }
+        // Taken once for the whole request (each take locks the PathFd).
+        let fd = inode.fd()?;
         if uid.is_some() || gid.is_some() {
-            source::chown(
-                inode.fd()?.as_fd(),
-                uid.unwrap_or(u32::MAX),
-                gid.unwrap_or(u32::MAX),
-            )
-            .map_err(err)?;
+            source::chown(fd.as_fd(), uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX))
+                .map_err(err)?;
         }
         if let Some(m) = mode {
             if inode.is_symlink() {
                 return Err(Errno::EOPNOTSUPP);
             }
-            source::chmod(inode.fd()?.as_fd(), m & 0o7777).map_err(err)?;
+            source::chmod(fd.as_fd(), m & 0o7777).map_err(err)?;
             if let Some(c) = inode.cache.get() {
                 c.may_have_setid
                     .store(m & (libc::S_ISUID | libc::S_ISGID) != 0, Ordering::Relaxed);
@@ -503,9 +506,9 @@ impl ExtentFs {
                     c.set_pending_mtime(Some(resolve_now(times[1])));
                 }
             }
-            source::utimens(inode.fd()?.as_fd(), &times, inode.is_symlink()).map_err(err)?;
+            source::utimens(fd.as_fd(), &times, inode.is_symlink()).map_err(err)?;
         }
-        self.stat_attr(inode)
+        self.stat_attr_via(inode, fd.as_fd())
     }
 
     fn do_create(
@@ -552,7 +555,7 @@ impl ExtentFs {
             self.ctx.truncate(&c, 0).map_err(err)?;
         }
         c.open_handles.fetch_add(1, Ordering::Relaxed);
-        let attr = self.attr_of(&inode, &source::fstat(inode.fd()?.as_fd()).map_err(err)?);
+        let attr = self.stat_attr(&inode)?;
         Ok(((attr, generation), c))
     }
 
