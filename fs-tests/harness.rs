@@ -98,6 +98,27 @@ impl Mount {
         m
     }
 
+    /// A second mount of this mount's SOURCE (another client of the same storage), on a
+    /// mount point of its own.
+    pub fn second(&self, opts: &str) -> Mount {
+        require_root();
+        let dir = tempfile::Builder::new()
+            .prefix("extentfs-test-")
+            .tempdir()
+            .unwrap();
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let mut m = Mount {
+            dir,
+            src: self.src.clone(),
+            mnt,
+            opts: opts.to_string(),
+            child: None,
+        };
+        m.start();
+        m
+    }
+
     fn start(&mut self) {
         let mut cmd = Command::new(BIN);
         cmd.arg(&self.src).arg(&self.mnt).arg("-f");

@@ -2,6 +2,7 @@
 //! see through the mount against a model or against SOURCE.
 
 mod cli;
+mod coherence;
 mod data;
 mod handles;
 mod harness;

@@ -15,7 +15,6 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 const OPTIONS_HELP: &str = "\
 MOUNT OPTIONS (-o opt[,opt...]):
@@ -34,6 +33,12 @@ MOUNT OPTIONS (-o opt[,opt...]):
   cache=pool|kernel       pool: the pool is the only data cache (direct I/O to the kernel,
                           mmap still works); kernel: the kernel page cache sits in front
                           (default pool)
+  coherence=cto|strict|none
+                          cto (default): close-to-open with other writers of SOURCE, as
+                          NFS: each open revalidates, each close writes back; strict: also
+                          every read; none: extentfs is SOURCE's only writer
+  attr_timeout=TIME       how long attributes and names are cached, and a file held open
+                          goes without revalidating, e.g. 1s, 200ms, 0 (default 1s)
   allow_other             let other users access the mount (permissions are always checked
                           by the kernel against the files' modes: default_permissions)
   default_permissions     accepted; always in effect
@@ -364,7 +369,8 @@ fn serve(
     let fscfg = FsConfig {
         cache: cfg.cache,
         read_only: cfg.read_only,
-        ttl: Duration::from_secs(1),
+        ttl: cfg.attr_timeout,
+        coherence: cfg.coherence,
         owner_uid: unsafe { libc::getuid() },
         atime: if cfg.noatime {
             AtimeMode::NoAtime

@@ -22,6 +22,18 @@ pub enum CacheMode {
     Kernel,
 }
 
+/// How the mount follows changes that others make to SOURCE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Coherence {
+    /// Close-to-open, as NFS: every open revalidates against SOURCE, a close writes back,
+    /// attributes and reads of a file held open revalidate once per `attr_timeout`.
+    Cto,
+    /// As `Cto`, and every read revalidates too.
+    Strict,
+    /// extentfs is SOURCE's only writer: nothing is revalidated.
+    None,
+}
+
 /// Everything `-o` can say, validated.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MountConfig {
@@ -32,6 +44,10 @@ pub struct MountConfig {
     pub dirty_limit: f64,
     pub dirty_expire: Duration,
     pub cache: CacheMode,
+    pub coherence: Coherence,
+    /// How long the kernel may keep attributes and names (and a file held open may go
+    /// without revalidating) before asking again.
+    pub attr_timeout: Duration,
     pub allow_other: bool,
     pub default_permissions: bool,
     pub read_only: bool,
@@ -83,6 +99,8 @@ impl MountConfig {
             dirty_expire: Duration::from_secs(5),
             spin: SpinMode::Auto(Duration::from_millis(2)),
             cache: CacheMode::Pool,
+            coherence: Coherence::Cto,
+            attr_timeout: Duration::from_secs(1),
             allow_other: false,
             default_permissions: false,
             read_only: false,
@@ -224,6 +242,30 @@ impl MountConfig {
                     "pool" => CacheMode::Pool,
                     "kernel" => CacheMode::Kernel,
                     _ => return Err(OptionError(format!("cache={v}: expected pool or kernel"))),
+                };
+            }
+            "coherence" => {
+                let v = need(key, value)?;
+                self.coherence = match v {
+                    "cto" => Coherence::Cto,
+                    "strict" => Coherence::Strict,
+                    "none" => Coherence::None,
+                    _ => {
+                        return Err(OptionError(format!(
+                            "coherence={v}: expected cto, strict or none"
+                        )))
+                    }
+                };
+            }
+            "attr_timeout" => {
+                let v = need(key, value)?;
+                self.attr_timeout = match v {
+                    "0" => Duration::ZERO,
+                    _ => parse_duration(v).ok_or_else(|| {
+                        OptionError(format!(
+                            "attr_timeout={v}: expected a duration such as 1s, 200ms or 0 (at most 1h)"
+                        ))
+                    })?,
                 };
             }
             "allow_other" => {

@@ -37,6 +37,10 @@ counters!(
     evicted_extents,
     evicted_bytes,
     backpressure_waits,
+    revalidations,
+    source_changes,
+    coherence_dropped_bytes,
+    coherence_conflicts,
 );
 
 macro_rules! ops {

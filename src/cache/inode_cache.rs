@@ -153,6 +153,10 @@ pub struct InodeCache {
     mapped: Mutex<MappedPages>,
     /// `mapped` is not empty: the data paths look at it only then.
     mapped_any: AtomicBool,
+    /// `CacheContext::now_ms` of the last revalidation against SOURCE (0 = never).
+    pub(crate) revalidated_ms: AtomicU64,
+    /// Written back at close and awaiting SOURCE's fsync: the flusher commits it soon.
+    pub(crate) commit_due: AtomicBool,
 }
 
 impl InodeCache {
@@ -180,6 +184,8 @@ impl InodeCache {
             atime_touched: AtomicU64::new(0),
             mapped: Mutex::new(MappedPages::default()),
             mapped_any: AtomicBool::new(false),
+            revalidated_ms: AtomicU64::new(0),
+            commit_due: AtomicBool::new(false),
         })
     }
 
@@ -374,7 +380,8 @@ impl InodeCache {
     }
 
     /// Read `[s, e)` of SOURCE into the mapped pool pages; zero what lies past SOURCE's EOF.
-    fn read_from_source(&self, s: u64, e: u64) -> io::Result<u64> {
+    /// Caller holds LOCKED over `[s, e)`.
+    pub(crate) fn read_from_source(&self, s: u64, e: u64) -> io::Result<u64> {
         let n = self.with_iovecs(s, e, |iov| self.file.read_full(iov, s))?;
         if (n as u64) < e - s {
             self.zero_range(s + n as u64, e);

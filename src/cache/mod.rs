@@ -8,6 +8,7 @@
 //! writeback while holding a range lock (it unlocks, reclaims or waits, and retries), so a
 //! full pool cannot deadlock the writers against the writeback threads.
 
+pub mod coherence;
 pub mod evict;
 pub mod inode_cache;
 pub mod mapped;

@@ -131,6 +131,14 @@ impl CacheContext {
         let pressure = all || self.dirty_bytes() > self.cfg.dirty_limit / 2;
         for c in self.all_caches() {
             if c.tree.dirty_bytes() == 0 {
+                // Written back at close, awaiting SOURCE's fsync.
+                if c.commit_due.load(Ordering::Acquire) && !c.wb_queued.swap(true, Ordering::AcqRel)
+                {
+                    c.commit_due.store(false, Ordering::Release);
+                    if tx.send(c.clone()).is_err() {
+                        return false;
+                    }
+                }
                 continue;
             }
             let mut since = c.dirty_since.load(Ordering::Relaxed);
@@ -166,6 +174,9 @@ impl CacheContext {
 
     /// `writeback_file` without the fsync (callers that fsync anyway).
     pub(crate) fn writeback_pass(&self, c: &InodeCache, wait: bool) -> io::Result<()> {
+        // One own change for the whole pass: SOURCE's state is checked before and recorded
+        // after it, not around every pwritev.
+        let _own = (c.tree.dirty_bytes() > 0).then(|| c.file.own_change());
         let mut from = 0u64;
         let mut result = Ok(());
         let mut ranges: Vec<(u64, u64)> = Vec::new();

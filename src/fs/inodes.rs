@@ -24,7 +24,7 @@ use crate::cache::inode_cache::InodeCache;
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 pub const ROOT_ID: u64 = 1;
@@ -56,6 +56,9 @@ pub struct Inode {
     pub generation: u64,
     /// The data cache of a regular file, once opened (also kept in the cache registry).
     pub cache: OnceLock<Arc<InodeCache>>,
+    /// A name of it was removed through the mount (unlink, rename over): an open that finds
+    /// it with no link left is not a sign that someone else replaced or deleted it.
+    pub unlinked_via_mount: AtomicBool,
 }
 
 impl Inode {
@@ -124,6 +127,7 @@ impl InodeTable {
             lookups: AtomicU64::new(1),
             generation: 0,
             cache: OnceLock::new(),
+            unlinked_via_mount: AtomicBool::new(false),
         });
         path_fd::set_budget(fd_budget());
         let mut by_id = HashMap::new();
@@ -378,6 +382,7 @@ fn insert(
         lookups: AtomicU64::new(1),
         generation,
         cache: OnceLock::new(),
+        unlinked_via_mount: AtomicBool::new(false),
     });
     t.by_id.insert(id, ino.clone());
     t.by_key.insert(key, id);

@@ -12,11 +12,12 @@ pub mod mount;
 pub mod path_fd;
 pub mod source;
 pub mod spin;
+pub mod validator;
 pub mod xattr;
 
 use crate::cache::inode_cache::InodeCache;
 use crate::cache::{CacheContext, WriteKind};
-use crate::options::CacheMode;
+use crate::options::{CacheMode, Coherence};
 use crate::stats::Op;
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
@@ -49,6 +50,8 @@ pub struct FsConfig {
     pub nodiratime: bool,
     /// Idle polling after each request (see `spin`).
     pub spin: spin::SpinMode,
+    /// How changes others make to SOURCE are followed.
+    pub coherence: Coherence,
 }
 
 /// An open directory stream.
@@ -224,6 +227,51 @@ impl ExtentFs {
         &self.ctx
     }
 
+    /// Whether changes others make to SOURCE are followed (close-to-open or strict).
+    fn coherent(&self) -> bool {
+        self.cfg.coherence != Coherence::None
+    }
+
+    /// Revalidate a cached file against SOURCE (close-to-open); when someone else changed it,
+    /// the cache adopted the change and the kernel is told its attributes (and, under
+    /// `cache=kernel`, its pages; `kernel_pages` false when the caller makes the kernel drop
+    /// them itself, e.g. an open without FOPEN_KEEP_CACHE). Returns SOURCE's stat and
+    /// whether it changed.
+    fn revalidate(
+        &self,
+        ino: INodeNo,
+        c: &InodeCache,
+        kernel_pages: bool,
+    ) -> R<(libc::stat, bool)> {
+        let (st, changed) = self.ctx.revalidate(c).map_err(err)?;
+        if changed {
+            self.tell_kernel_changed(ino, kernel_pages && self.cfg.cache == CacheMode::Kernel);
+        }
+        Ok((st, changed))
+    }
+
+    /// The kernel's attributes (and with `pages`, its cached pages) of `ino` are stale. Pages
+    /// are invalidated from another thread: the kernel locks them to drop them, and the
+    /// request being served may hold one of them until it is answered.
+    fn tell_kernel_changed(&self, ino: INodeNo, pages: bool) {
+        let Some(n) = self.notifier.get() else { return };
+        if !pages {
+            let _ = n.inval_inode(ino, -1, 0);
+            return;
+        }
+        let n = n.clone();
+        let spawned = std::thread::Builder::new()
+            .name("inval".into())
+            .spawn(move || {
+                if let Err(e) = n.inval_inode(ino, 0, 0) {
+                    tracing::debug!("invalidating the kernel's pages of node {}: {e}", ino.0);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("kernel pages of node {} not invalidated: {e}", ino.0);
+        }
+    }
+
     fn inode(&self, ino: INodeNo) -> R<Arc<Inode>> {
         self.inodes.get(ino.0).ok_or(Errno::ESTALE)
     }
@@ -233,19 +281,36 @@ impl ExtentFs {
     /// process that still holds the inode (a cwd, an `O_PATH` descriptor) finds it once its
     /// last name is gone (nlink 0), as on a local filesystem, not ESTALE; with no links left
     /// the descriptor is never given back again.
+    ///
+    /// Also returns the victim's cache, if it has one: the removal changes its ctime in
+    /// SOURCE, which the caller brackets as an own change.
     fn hold_victim(
         &self,
         dir: BorrowedFd<'_>,
         name: &CStr,
-    ) -> (Option<libc::stat>, Option<Arc<OwnedFd>>) {
+    ) -> (
+        Option<libc::stat>,
+        Option<Arc<OwnedFd>>,
+        Option<Arc<InodeCache>>,
+    ) {
         let Ok(st) = source::fstatat(dir, name) else {
-            return (None, None);
+            return (None, None, None);
         };
-        let held = self
-            .inodes
-            .get_by_key((st.st_dev, st.st_ino))
-            .and_then(|i| i.fd().ok());
-        (Some(st), held)
+        let inode = self.inodes.get_by_key((st.st_dev, st.st_ino));
+        if let Some(i) = &inode {
+            i.unlinked_via_mount.store(true, Ordering::Relaxed);
+        }
+        let held = inode.as_ref().and_then(|i| i.fd().ok());
+        let cache = inode.and_then(|i| i.cache.get().cloned());
+        (Some(st), held, cache)
+    }
+
+    /// The cache of the regular file `name` in `dir`, if it has one.
+    fn moved_cache(&self, dir: BorrowedFd<'_>, name: &CStr) -> Option<Arc<InodeCache>> {
+        let st = source::fstatat(dir, name).ok()?;
+        (st.st_mode & libc::S_IFMT == libc::S_IFREG)
+            .then(|| self.ctx.get((st.st_dev, st.st_ino)))
+            .flatten()
     }
 
     fn cache_of(&self, inode: &Inode) -> R<Arc<InodeCache>> {
@@ -317,6 +382,18 @@ impl ExtentFs {
         self.stat_attr_via(inode, inode.fd()?.as_fd())
     }
 
+    /// Attributes for getattr: a cached file is revalidated against SOURCE (close-to-open;
+    /// the kernel asks again only once `attr_timeout` passed) with the same one fstat.
+    fn getattr_of(&self, ino: INodeNo, inode: &Inode) -> R<FileAttr> {
+        match inode.cache.get() {
+            Some(c) if self.coherent() => {
+                let (st, _) = self.revalidate(ino, c, true)?;
+                Ok(self.attr_of(inode, &st))
+            }
+            _ => self.stat_attr(inode),
+        }
+    }
+
     /// As `stat_attr`, through the inode's descriptor that the caller already holds.
     fn stat_attr_via(&self, inode: &Inode, fd: BorrowedFd<'_>) -> R<FileAttr> {
         let st = source::fstat(fd).map_err(err)?;
@@ -328,6 +405,9 @@ impl ExtentFs {
         let fd = source::open_path(parent.fd()?.as_fd(), name).map_err(err)?;
         let st = source::fstat(fd.as_fd()).map_err(err)?;
         let inode = self.inodes.lookup(fd, &st);
+        if let Some(c) = inode.cache.get().filter(|_| self.coherent()) {
+            self.revalidate(INodeNo(inode.id), c, true)?;
+        }
         Ok((self.attr_of(&inode, &st), Generation(inode.generation)))
     }
 
@@ -448,13 +528,49 @@ impl ExtentFs {
         }
     }
 
-    fn open_flags(&self) -> FopenFlags {
+    /// Flags of an open; `changed`: the file changed in SOURCE since the kernel cached its
+    /// pages (cache=kernel then opens without FOPEN_KEEP_CACHE, so the kernel drops them).
+    fn open_flags(&self, changed: bool) -> FopenFlags {
         match self.cfg.cache {
             CacheMode::Pool => {
                 FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
             }
+            CacheMode::Kernel if changed => FopenFlags::empty(),
             CacheMode::Kernel => FopenFlags::FOPEN_KEEP_CACHE,
         }
+    }
+
+    /// A file held open revalidates on read at most once per `attr_timeout` (every read
+    /// with `coherence=strict`).
+    #[inline]
+    fn read_revalidate(&self, ino: INodeNo, c: &InodeCache) -> R<()> {
+        let due = match self.cfg.coherence {
+            Coherence::None => false,
+            Coherence::Strict => true,
+            Coherence::Cto => self
+                .ctx
+                .revalidation_due(c, self.cfg.ttl.as_millis() as u64),
+        };
+        if due {
+            self.revalidate(ino, c, true)?;
+        }
+        Ok(())
+    }
+
+    /// Close-to-open at open: revalidate against SOURCE. A file whose last link went away
+    /// in SOURCE (deleted, or replaced by a rename) and not through the mount answers ESTALE:
+    /// the kernel then looks the name up again and opens what SOURCE has now. Returns
+    /// whether the file changed.
+    fn open_revalidate(&self, ino: INodeNo, inode: &Inode, c: &InodeCache) -> R<bool> {
+        if !self.coherent() {
+            return Ok(false);
+        }
+        let (st, changed) = self.revalidate(ino, c, false)?;
+        if st.st_nlink == 0 && !inode.unlinked_via_mount.load(Ordering::Relaxed) {
+            tracing::debug!("node {} was removed from SOURCE: ESTALE at open", ino.0);
+            return Err(Errno::ESTALE);
+        }
+        Ok(changed)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -479,6 +595,13 @@ impl ExtentFs {
         }
         // Taken once for the whole request (each take locks the PathFd).
         let fd = inode.fd()?;
+        // Every change below is extentfs's own, not one to revalidate against.
+        let cache = if size.is_some() {
+            Some(self.cache_of(inode)?)
+        } else {
+            inode.cache.get().cloned()
+        };
+        let _own = cache.as_ref().map(|c| c.file.own_change());
         if uid.is_some() || gid.is_some() {
             source::chown(fd.as_fd(), uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX))
                 .map_err(err)?;
@@ -731,6 +854,10 @@ impl Filesystem for ExtentFs {
         }
         match self.cfg.cache {
             CacheMode::Pool => caps |= InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
+            // With other writers the kernel must take sizes and times from extentfs: in
+            // writeback-cache mode it trusts its own for regular files. Instead it drops its
+            // pages of a file whose mtime or size changed (and at an open that revalidated).
+            CacheMode::Kernel if self.coherent() => caps |= InitFlags::FUSE_AUTO_INVAL_DATA,
             CacheMode::Kernel => caps |= InitFlags::FUSE_WRITEBACK_CACHE,
         }
         if let Err(unsupported) = config.add_capabilities(caps) {
@@ -789,7 +916,7 @@ impl Filesystem for ExtentFs {
             self.answer(
                 op,
                 reply,
-                self.inode(ino).and_then(|i| self.stat_attr(&i)),
+                self.inode(ino).and_then(|i| self.getattr_of(ino, &i)),
                 |reply, attr| reply.attr(&self.cfg.ttl, &attr),
             )
         });
@@ -883,8 +1010,10 @@ impl Filesystem for ExtentFs {
                 let parent = self.inode(parent)?;
                 let cname = source::name_cstr(name).map_err(err)?;
                 let dir = parent.fd()?;
-                let (victim, _held) = self.hold_victim(dir.as_fd(), &cname);
+                let (victim, _held, vc) = self.hold_victim(dir.as_fd(), &cname);
+                let own = vc.as_ref().map(|c| c.file.own_change());
                 source::unlinkat(dir.as_fd(), &cname, 0).map_err(err)?;
+                drop(own);
                 // The last name of a file nobody has open: its cached data is dead.
                 if let Some(st) = victim.filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG) {
                     if let Some(c) = self.ctx.get((st.st_dev, st.st_ino)) {
@@ -955,7 +1084,13 @@ impl Filesystem for ExtentFs {
                 let b = source::name_cstr(newname).map_err(err)?;
                 let to = np.fd()?;
                 // The file a rename replaces loses its name.
-                let _held = self.hold_victim(to.as_fd(), &b);
+                let (_, _held, vc) = self.hold_victim(to.as_fd(), &b);
+                let _own_victim = vc.as_ref().map(|c| c.file.own_change());
+                // The renamed file's ctime moves too.
+                let moved = self
+                    .moved_cache(p.fd()?.as_fd(), &a)
+                    .filter(|m| vc.as_ref().is_none_or(|v| !Arc::ptr_eq(m, v)));
+                let _own_moved = moved.as_ref().map(|c| c.file.own_change());
                 source::renameat2(p.fd()?.as_fd(), &a, to.as_fd(), &b, flags.bits()).map_err(err)
             })();
             self.answer(op, reply, r, |reply, ()| reply.ok())
@@ -977,7 +1112,9 @@ impl Filesystem for ExtentFs {
                 let inode = self.inode(ino)?;
                 let np = self.inode(newparent)?;
                 let b = source::name_cstr(newname).map_err(err)?;
+                let own = inode.cache.get().map(|c| c.file.own_change());
                 source::linkat_fd(inode.fd()?.as_fd(), np.fd()?.as_fd(), &b).map_err(err)?;
+                drop(own);
                 self.do_lookup(&np, &b)
             })();
             self.reply_entry(op, reply, r);
@@ -997,14 +1134,15 @@ impl Filesystem for ExtentFs {
                 if wants_write && !c.file.writable() {
                     return Err(Errno::EACCES);
                 }
+                let changed = self.open_revalidate(ino, &inode, &c)?;
                 if flags.0 & libc::O_TRUNC != 0 {
                     self.ctx.truncate(&c, 0).map_err(err)?;
                 }
                 c.open_handles.fetch_add(1, Ordering::Relaxed);
-                Ok(())
+                Ok(changed)
             })();
-            self.answer(op, reply, r, |reply, ()| {
-                reply.opened(FileHandle(0), self.open_flags())
+            self.answer(op, reply, r, |reply, changed| {
+                reply.opened(FileHandle(0), self.open_flags(changed))
             })
         });
     }
@@ -1026,7 +1164,11 @@ impl Filesystem for ExtentFs {
         let into_page_cache = self.cfg.cache == CacheMode::Pool && lock_owner.is_none();
         self.note_client(req);
         self.guard(op, move || {
-            let c = match self.inode(ino).and_then(|i| self.cache_of(&i)) {
+            let c = match self
+                .inode(ino)
+                .and_then(|i| self.cache_of(&i))
+                .and_then(|c| self.read_revalidate(ino, &c).map(|()| c))
+            {
                 Ok(c) => c,
                 Err(e) => {
                     self.ctx.ops.error(op);
@@ -1081,14 +1223,28 @@ impl Filesystem for ExtentFs {
                     }
                 }
                 let pool = self.cfg.cache == CacheMode::Pool;
+                let append = flags.0 & libc::O_APPEND != 0;
                 let kind = if pool && write_flags.contains(WriteFlags::FUSE_WRITE_CACHE) {
                     WriteKind::PageCache
-                } else if pool && flags.0 & libc::O_APPEND != 0 {
+                } else if append && (pool || self.coherent()) {
+                    // Under cache=kernel the kernel picked the offset from the size it
+                    // caches; with other writers, the end of the file is SOURCE's.
                     WriteKind::Append
                 } else {
                     WriteKind::At
                 };
-                self.ctx.write(&c, offset, data, kind).map_err(err)
+                // A foreign append must not be overwritten: writes that extend the file
+                // first learn SOURCE's size.
+                let extends = offset.saturating_add(data.len() as u64) > c.size();
+                if self.coherent() && kind != WriteKind::PageCache && (append || extends) {
+                    self.revalidate(ino, &c, true)?;
+                }
+                let at = self.ctx.write(&c, offset, data, kind).map_err(err)?;
+                if at != offset && !pool {
+                    // The kernel's pages hold the data where it thought the end was.
+                    self.tell_kernel_changed(ino, true);
+                }
+                Ok(at)
             })();
             self.answer(op, reply, r, |reply, _| reply.written(data.len() as u32))
         });
@@ -1111,6 +1267,10 @@ impl Filesystem for ExtentFs {
                 if let Some(c) = self.ctx.get(inode.key) {
                     if let Some(e) = c.take_wb_error() {
                         return Err(errno(e));
+                    }
+                    // Close-to-open: what was written is in SOURCE when close returns.
+                    if self.coherent() {
+                        self.ctx.write_back_for_close(&c).map_err(err)?;
                     }
                 }
                 Ok(())
@@ -1424,7 +1584,7 @@ impl Filesystem for ExtentFs {
                         &attr,
                         generation,
                         FileHandle(0),
-                        self.open_flags(),
+                        self.open_flags(false),
                     )
                 },
             )

@@ -8,11 +8,12 @@
 //! `/proc/self/fd/N`, which names the very inode already held, not a path.
 
 use super::path_fd::PathFd;
+use super::validator::{Check, Seen, Validator};
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// Run `f` (a create/mkdir/mknod) with the caller's umask, as the kernel would: SOURCE's
 /// filesystem then applies the parent's default ACL instead of the umask where there is one.
@@ -492,6 +493,18 @@ pub struct DataFile {
     path: Arc<PathFd>,
     io: RwLock<Option<OwnedFd>>,
     writable: bool,
+    /// What SOURCE said of the file after extentfs's own last change (see [`Seen`]). Every
+    /// method here that changes the file brackets the change with [`DataFile::own_change`].
+    seen: Mutex<Seen>,
+}
+
+/// An own change of the file in progress (see [`DataFile::own_change`]); ends on drop.
+pub struct OwnChange<'a>(&'a DataFile);
+
+impl Drop for OwnChange<'_> {
+    fn drop(&mut self) {
+        self.0.end_own();
+    }
 }
 
 /// Open the inode held by `path_fd` for data I/O: read-write when possible. Returns the
@@ -540,12 +553,56 @@ impl DataFile {
     /// Open the inode held by `path` for data I/O: read-write when possible.
     pub fn open(path: Arc<PathFd>, read_only: bool) -> io::Result<DataFile> {
         let (fd, writable) = open_io(path.get()?.as_fd(), read_only)?;
+        let st = fstat(fd.as_fd())?;
         path.note_io(true);
         Ok(DataFile {
             path,
             io: RwLock::new(Some(fd)),
             writable,
+            seen: Mutex::new(Seen::new(Validator::of(&st))),
         })
+    }
+
+    fn lock_seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bracket a change extentfs makes to the file (a write, truncate, chmod, ...; also
+    /// metadata changes made through other descriptors of the same inode): until the guard
+    /// drops, checks answer `Busy`; then SOURCE's new state is recorded as extentfs's own.
+    /// A foreign change made before the first of a burst of own changes is remembered.
+    pub fn own_change(&self) -> OwnChange<'_> {
+        let mut s = self.lock_seen();
+        let now = if s.wants_pre_check() {
+            self.stat().ok().map(|st| Validator::of(&st))
+        } else {
+            None
+        };
+        s.begin_own(now);
+        OwnChange(self)
+    }
+
+    fn end_own(&self) {
+        let mut s = self.lock_seen();
+        if s.end_own() {
+            // If the stat fails, the next check sees a change: at worst clean data is
+            // dropped and read again.
+            if let Ok(st) = self.stat() {
+                s.record(Validator::of(&st));
+            }
+        }
+    }
+
+    /// Stat SOURCE's file and compare it with what extentfs last recorded of it.
+    pub fn check(&self) -> io::Result<(Check, libc::stat)> {
+        let mut s = self.lock_seen();
+        let st = self.stat()?;
+        Ok((s.check(Validator::of(&st)), st))
+    }
+
+    /// The validator last recorded (stats).
+    pub fn validator(&self) -> Validator {
+        self.lock_seen().recorded()
     }
 
     pub fn writable(&self) -> bool {
@@ -597,6 +654,7 @@ impl DataFile {
 
     /// Write all of `iov` at `off` (pwritev, retried on short writes).
     pub fn write_all(&self, iov: &mut [libc::iovec], off: u64) -> io::Result<()> {
+        let _own = self.own_change();
         let total: usize = iov.iter().map(|v| v.iov_len).sum();
         match self.vectored(iov, off, libc::pwritev)? {
             n if n == total => Ok(()),
@@ -656,14 +714,17 @@ impl DataFile {
     }
 
     pub fn chmod(&self, mode: u32) -> io::Result<()> {
+        let _own = self.own_change();
         chmod(self.path.get()?.as_fd(), mode)
     }
 
     pub fn set_len(&self, size: u64) -> io::Result<()> {
+        let _own = self.own_change();
         self.with_io(|fd| cvt(unsafe { libc::ftruncate(fd, size as libc::off_t) }).map(drop))
     }
 
     pub fn fallocate(&self, mode: i32, off: u64, len: u64) -> io::Result<()> {
+        let _own = self.own_change();
         self.with_io(|fd| {
             cvt(unsafe { libc::fallocate(fd, mode, off as libc::off_t, len as libc::off_t) })
                 .map(drop)
@@ -697,6 +758,7 @@ impl DataFile {
 
     /// Set mtime (and atime omitted) on the file.
     pub fn set_mtime(&self, mtime: libc::timespec) -> io::Result<()> {
+        let _own = self.own_change();
         let times = [
             libc::timespec {
                 tv_sec: 0,

@@ -166,6 +166,7 @@ impl ExtentFs {
             ("metadata_bytes".into(), Int(c.metadata_bytes() as u64)),
             ("read_hit_bytes".into(), Int(hit)),
             ("read_miss_bytes".into(), Int(miss)),
+            ("validator".into(), Text(c.file.validator().to_string())),
             (
                 "last_writeback_error".into(),
                 Text(if err == 0 {
@@ -273,6 +274,19 @@ impl ExtentFs {
                     }
                     Ok(())
                 }
+                "drop" if inode.is_file() => {
+                    // One file: drop its clean data and take SOURCE's size and attributes
+                    // (as a change made there would).
+                    for c in &caches {
+                        let st = c.file.stat().map_err(err)?;
+                        self.ctx.adopt_source_change(c, &st).map_err(err)?;
+                    }
+                    self.tell_kernel_changed(
+                        ino,
+                        self.cfg.cache == crate::options::CacheMode::Kernel,
+                    );
+                    Ok(())
+                }
                 "drop" => {
                     for c in &caches {
                         self.ctx.drop_clean(c);
@@ -285,6 +299,8 @@ impl ExtentFs {
         self.check_writable()?;
         let cname = CString::new(n).map_err(|_| Errno::EINVAL)?;
         let fd = inode.fd()?;
+        let cache = inode.cache.get();
+        let _own = cache.map(|c| c.file.own_change());
         source::setxattr(fd.as_fd(), &cname, value, flags).map_err(err)?;
         if n == b"system.posix_acl_access" {
             // SOURCE applied the ACL as the daemon, which may keep S_ISGID; the kernel would
@@ -333,6 +349,7 @@ impl ExtentFs {
         }
         self.check_writable()?;
         let cname = CString::new(n).map_err(|_| Errno::EINVAL)?;
+        let _own = inode.cache.get().map(|c| c.file.own_change());
         source::removexattr(inode.fd()?.as_fd(), &cname).map_err(err)
     }
 }

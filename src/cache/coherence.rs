@@ -1,0 +1,205 @@
+//! Coherence with a SOURCE that others also change (close-to-open, as NFS).
+//!
+//! Each file's [`DataFile`](crate::fs::source::DataFile) records a validator of SOURCE's file
+//! after extentfs's own changes. [`CacheContext::revalidate`] compares SOURCE's file with it
+//! (one fstat); when someone else changed the file, [`CacheContext::adopt_source_change`]
+//! makes the cache agree with SOURCE again:
+//! - every cached page without a DIRTY byte is dropped (read again from SOURCE when needed);
+//! - the clean bytes of pages that also hold DIRTY bytes are read again from SOURCE;
+//! - DIRTY bytes stay: they were acknowledged, and they are written over SOURCE's bytes at
+//!   writeback (last writer wins per byte range, as on NFS); such a conflict is counted and
+//!   logged;
+//! - the size becomes SOURCE's, or the end of the last DIRTY byte if that is further.
+//!
+//! All of it runs with the whole file LOCKED and no WRITEBACK in flight, so no reader sees a
+//! half-adopted state. When and how often to revalidate is the filesystem's policy (open,
+//! getattr, lookup, reads of a file held open, size-extending writes).
+
+use super::inode_cache::{ceil_page, floor_page, InodeCache, RangeGuard, P};
+use super::CacheContext;
+use crate::extent::state::Bits;
+use crate::fs::validator::Check;
+use crate::stats;
+use std::io;
+use std::sync::atomic::Ordering;
+
+/// Page-aligned spans `[floor(s), ceil(e))` covering the half-open `ranges` (sorted, disjoint),
+/// merged where they touch.
+pub(crate) fn page_spans(ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for &(s, e) in ranges {
+        if e <= s {
+            continue;
+        }
+        let (a, b) = (floor_page(s), ceil_page(e));
+        match out.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+/// The half-open gaps of `[0, end)` between the sorted, disjoint `spans`.
+pub(crate) fn gaps_between(spans: &[(u64, u64)], end: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut cur = 0;
+    for &(s, e) in spans {
+        if cur < s.min(end) {
+            out.push((cur, s.min(end)));
+        }
+        cur = cur.max(e);
+    }
+    if cur < end {
+        out.push((cur, end));
+    }
+    out
+}
+
+impl CacheContext {
+    /// Compare SOURCE's file with what the cache last saw of it and, when someone else changed
+    /// it, adopt the change. Returns SOURCE's stat and whether it had changed.
+    pub fn revalidate(&self, c: &InodeCache) -> io::Result<(libc::stat, bool)> {
+        stats::add(&self.stats.revalidations, 1);
+        c.revalidated_ms.store(self.now_ms(), Ordering::Relaxed);
+        let (check, st) = c.file.check()?;
+        if check != Check::Changed {
+            return Ok((st, false));
+        }
+        stats::add(&self.stats.source_changes, 1);
+        tracing::debug!(
+            "inode {:?} changed in SOURCE (now {})",
+            c.key,
+            c.file.validator()
+        );
+        self.adopt_source_change(c, &st)?;
+        Ok((st, true))
+    }
+
+    /// Whether the last revalidation of `c` is at least `ms` milliseconds old.
+    pub fn revalidation_due(&self, c: &InodeCache, ms: u64) -> bool {
+        self.now_ms()
+            .saturating_sub(c.revalidated_ms.load(Ordering::Relaxed))
+            >= ms
+    }
+
+    /// Make the cache of `c` agree with SOURCE's file as `st` describes it (see the module
+    /// doc). Also used by `ctl drop` on a file. Returns the clean bytes dropped.
+    pub fn adopt_source_change(&self, c: &InodeCache, st: &libc::stat) -> io::Result<u64> {
+        // Written-back bytes not yet durable are settled first: once durable they are clean
+        // and can go; if the fsync fails they are DIRTY again and kept.
+        if c.tree.find_first(0, Bits::UNSTABLE).is_some() {
+            let _ = self.commit(c, true, false, false);
+        }
+        let guard = RangeGuard::lock(&c.tree, 0, u64::MAX, Bits::WRITEBACK);
+        // Pages kept: those with DIRTY bytes, and those with bytes still awaiting SOURCE's
+        // fsync (UNSTABLE: a concurrent writeback just wrote them; a failed fsync must still
+        // find them to write them again).
+        let (mut dirty, mut held): (Vec<(u64, u64)>, Vec<(u64, u64)>) = (Vec::new(), Vec::new());
+        c.tree.for_each(0, u64::MAX, |s| {
+            let r = (s.start, s.end.saturating_add(1));
+            if s.bits.contains(Bits::DIRTY) {
+                dirty.push(r);
+            }
+            if s.bits.intersects(Bits::DIRTY | Bits::UNSTABLE) {
+                held.push(r);
+            }
+        });
+        let keep = page_spans(&held);
+        let before = c.map.mapped_bytes();
+        for (s, e) in gaps_between(&keep, !(P - 1)) {
+            c.map.unmap(s, e);
+            c.tree.clear_bits(s, e - 1, Bits::UPTODATE);
+        }
+        let dropped = before.saturating_sub(c.map.mapped_bytes());
+        let mut result = Ok(());
+        if !keep.is_empty() {
+            // Clean bytes sharing a page with dirty ones: SOURCE's bytes now.
+            let mut clean: Vec<(u64, u64)> = Vec::new();
+            for &(a, b) in &keep {
+                c.tree
+                    .for_each_missing(a, b - 1, Bits::DIRTY, |s, e| clean.push((s, e + 1)));
+            }
+            for (s, e) in clean {
+                if let Err(e) = c.read_from_source(s, e) {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if !dirty.is_empty() {
+            stats::add(&self.stats.coherence_conflicts, 1);
+            let dirty_bytes: u64 = dirty.iter().map(|(s, e)| e - s).sum();
+            tracing::warn!(
+                "inode {:?} changed in SOURCE while {dirty_bytes} bytes written through the mount \
+                 were not yet written back: they will be written over SOURCE's (last writer wins)",
+                c.key
+            );
+        }
+        let old_size = c.size();
+        let dirty_end = dirty.last().map_or(0, |&(_, e)| e);
+        let size = (st.st_size as u64).max(dirty_end);
+        if size < old_size {
+            if let Some(mut m) = c.mapped_pages() {
+                m.truncate(size);
+            }
+        }
+        c.set_size(size);
+        if dirty.is_empty() {
+            // SOURCE's mtime is the one to show now.
+            c.set_pending_mtime(None);
+        }
+        c.may_have_setid.store(
+            st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0,
+            Ordering::Relaxed,
+        );
+        drop(guard);
+        stats::add(&self.stats.coherence_dropped_bytes, dropped);
+        self.bump_progress();
+        result.map(|()| dropped)
+    }
+
+    /// Close under close-to-open: everything written through the mount is in SOURCE when the
+    /// close returns (another client's next open sees it). SOURCE's fsync follows soon in
+    /// the background (the flusher), so a close costs no fsync.
+    pub fn write_back_for_close(&self, c: &InodeCache) -> io::Result<()> {
+        if c.tree.dirty_bytes() == 0 && c.tree.writeback_bytes() == 0 {
+            return Ok(());
+        }
+        self.writeback_pass(c, true)?;
+        c.commit_due.store(true, Ordering::Release);
+        self.flusher.kick(false);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_cover_partial_pages_and_merge() {
+        assert_eq!(page_spans(&[]), vec![]);
+        assert_eq!(page_spans(&[(10, 20)]), vec![(0, P)]);
+        // Ranges in neighbouring pages merge into one span.
+        assert_eq!(page_spans(&[(10, 20), (P + 1, P + 2)]), vec![(0, 2 * P)]);
+        assert_eq!(
+            page_spans(&[(0, P), (3 * P, 3 * P + 1)]),
+            vec![(0, P), (3 * P, 4 * P)]
+        );
+        // Empty ranges are ignored.
+        assert_eq!(page_spans(&[(5, 5)]), vec![]);
+    }
+
+    #[test]
+    fn gaps_are_the_complement() {
+        assert_eq!(gaps_between(&[], 100), vec![(0, 100)]);
+        assert_eq!(gaps_between(&[(0, 10)], 100), vec![(10, 100)]);
+        assert_eq!(
+            gaps_between(&[(10, 20), (30, 40)], 100),
+            vec![(0, 10), (20, 30), (40, 100)]
+        );
+        assert_eq!(gaps_between(&[(10, 100)], 100), vec![(0, 10)]);
+        assert_eq!(gaps_between(&[(0, 200)], 100), vec![]);
+    }
+}
