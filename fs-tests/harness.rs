@@ -101,6 +101,12 @@ impl Mount {
     /// A second mount of this mount's SOURCE (another client of the same storage), on a
     /// mount point of its own.
     pub fn second(&self, opts: &str) -> Mount {
+        Mount::on(&self.src, opts)
+    }
+
+    /// Mount an existing directory `src` (which the caller owns and cleans up) on a mount
+    /// point of its own.
+    pub fn on(src: &Path, opts: &str) -> Mount {
         require_root();
         let dir = tempfile::Builder::new()
             .prefix("extentfs-test-")
@@ -110,7 +116,7 @@ impl Mount {
         std::fs::create_dir(&mnt).unwrap();
         let mut m = Mount {
             dir,
-            src: self.src.clone(),
+            src: src.to_path_buf(),
             mnt,
             opts: opts.to_string(),
             child: None,

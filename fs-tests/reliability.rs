@@ -879,12 +879,17 @@ fn source_io_error_reaches_fsync() {
     // No background writeback (60 s expiry, and no pressure: 16 MiB dirty plus a page would
     // pass half of a 50% limit): the fsyncs below do all of it, so the cache's state between
     // them is exact, not a moment of a concurrent retry.
-    let mut m = Mount::with_source("cache_size=64M,dirty_expire=60s,dirty_limit=100%", |src| {
-        let base = src.parent().unwrap().to_path_buf();
-        if let Err(e) = io_error_source(&mut guard, &base, src) {
-            setup_err = Some(e);
-        }
-    });
+    // coherence=none: a close of a forked copy of the descriptor (another test's exec) would
+    // otherwise retry the writeback between the steps checked here.
+    let mut m = Mount::with_source(
+        "cache_size=64M,dirty_expire=60s,dirty_limit=100%,coherence=none",
+        |src| {
+            let base = src.parent().unwrap().to_path_buf();
+            if let Err(e) = io_error_source(&mut guard, &base, src) {
+                setup_err = Some(e);
+            }
+        },
+    );
     if let Some(e) = setup_err {
         panic!("building the failing SOURCE: {e}");
     }
@@ -1303,7 +1308,11 @@ fn concurrency_kernel() {
 #[test]
 fn umount_with_open_dirty_file() {
     for mode in ["cache=pool", "cache=kernel"] {
-        let mut m = Mount::new(&format!("cache_size=32M,dirty_expire=60s,{mode}"));
+        // coherence=none: the file must still be dirty when umount is tried (under
+        // close-to-open another test's exec, closing a forked copy of it, writes it back).
+        let mut m = Mount::new(&format!(
+            "cache_size=32M,dirty_expire=60s,coherence=none,{mode}"
+        ));
         let mut rng = Rng(606);
         let mut model = random_bytes(&mut rng, (5 * MIB + 123) as usize);
         let mut f = File::create(m.path("held")).unwrap();

@@ -147,7 +147,9 @@ fn single_cold_pread_counts_exact_misses() {
 
 #[test]
 fn writes_dirty_then_sync_and_drop() {
-    let mut m = Mount::new("cache_size=32M,dirty_expire=60s");
+    // coherence=none: under close-to-open a process forked by another test closes its copy
+    // of the open file's descriptor at exec, and that close writes the dirty data back.
+    let mut m = Mount::new("cache_size=32M,dirty_expire=60s,coherence=none");
     let data = pattern(1 << 20, 12);
     let mut f = std::fs::File::create(m.path("w")).unwrap();
     f.write_all(&data).unwrap();
@@ -217,7 +219,9 @@ fn writes_dirty_then_sync_and_drop() {
 
 #[test]
 fn drop_on_root_keeps_dirty_data() {
-    let m = Mount::new("cache_size=32M,dirty_expire=60s");
+    // coherence=none: under close-to-open a process forked by another test closes its copy
+    // of the open file's descriptor at exec, and that close writes the dirty data back.
+    let m = Mount::new("cache_size=32M,dirty_expire=60s,coherence=none");
     std::fs::write(m.path("clean"), pattern(1 << 20, 1)).unwrap();
     let mut d = std::fs::File::create(m.path("dirty")).unwrap();
     d.write_all(&pattern(1 << 20, 2)).unwrap();
@@ -287,7 +291,9 @@ fn per_file_stats_and_json() {
 
 #[test]
 fn stats_of_a_file_with_a_hole() {
-    let m = Mount::new("cache_size=32M,dirty_expire=60s");
+    // coherence=none: under close-to-open a process forked by another test closes its copy
+    // of the open file's descriptor at exec, and that close writes the dirty data back.
+    let m = Mount::new("cache_size=32M,dirty_expire=60s,coherence=none");
     let mut f = std::fs::File::create(m.path("h")).unwrap();
     f.write_all(&[1u8; 4096]).unwrap();
     use std::io::Seek;
@@ -320,7 +326,8 @@ fn big_sequential_write_stays_compact() {
     // writeback during the fill (dirty_limit=100%, 60 s expiry): an extent that writeback is
     // writing out cannot grow in place, so the next megabyte would start a new extent, and
     // how often that happens depends on timing (20 extents instead of 16 under a busy suite).
-    let m = Mount::new("cache_size=1536M,dirty_expire=60s,dirty_limit=100%");
+    // coherence=none: no writeback at a close of a forked copy of the descriptor either.
+    let m = Mount::new("cache_size=1536M,dirty_expire=60s,dirty_limit=100%,coherence=none");
     let mut chunk = AlignedBuf::new(1 << 20);
     let mut rng = Rng(256);
     {
@@ -516,7 +523,9 @@ fn non_owner_cannot_use_ctl() {
 
 #[test]
 fn stats_and_extents_commands() {
-    let m = Mount::new("cache_size=32M,dirty_expire=60s");
+    // coherence=none: under close-to-open the commands this test runs, forked while the file
+    // is open, close their copy of its descriptor at exec, which writes it back.
+    let m = Mount::new("cache_size=32M,dirty_expire=60s,coherence=none");
     // Kept open: closing would start its writeback (the DIRTY range is checked below).
     let mut open_file = std::fs::File::create(m.path("f")).unwrap();
     open_file.write_all(&vec![3u8; 100_000]).unwrap();

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what building, mounting and testing extentfs need on a Debian machine:
 # fuse3 (mount.fuse3, fusermount3, /etc/fuse.conf), attr (getfattr/setfattr), util-linux
-# (mount, setpriv), and the Rust toolchain check. Idempotent; quiet when all is present.
+# (mount, setpriv), and the Rust toolchain check; more Debian packages may be named as
+# arguments (the tests name sshfs and openssh-server). Idempotent; quiet when all is present.
 set -euo pipefail
 
 need=()
@@ -21,7 +22,17 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "install-deps: installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq "${need[@]}" >/dev/null
+    # Packages that ship a service (openssh-server: tests start their own sshd on a
+    # private port) must not start it: a policy-rc.d that refuses, for the install only.
+    policy=/usr/sbin/policy-rc.d
+    own_policy=false
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && own_policy=true
+    fi
+    rc=0
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null || rc=$?
+    if $own_policy; then rm -f "$policy"; fi
+    [ "$rc" -eq 0 ] || { echo "install-deps: apt-get install failed ($rc)" >&2; exit "$rc"; }
 fi
 
 if [ ! -e /dev/fuse ]; then

@@ -3,7 +3,8 @@
 # extentfs for real (root and /dev/fuse required). Installs what it needs first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh
+# sshfs and a private sshd: the coherence tests' network SOURCE.
+scripts/install-deps.sh sshfs openssh-server openssh-client
 # pjdfstest (the Rust rewrite) runs from inside a mount in the fs-tests.
 if ! command -v pjdfstest >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/pjdfstest" ]; then
     echo "== installing pjdfstest"

@@ -95,7 +95,8 @@ impl CacheContext {
         // Pages kept: those with DIRTY bytes, and those with bytes still awaiting SOURCE's
         // fsync (UNSTABLE: a concurrent writeback just wrote them; a failed fsync must still
         // find them to write them again).
-        let (mut dirty, mut held): (Vec<(u64, u64)>, Vec<(u64, u64)>) = (Vec::new(), Vec::new());
+        let mut dirty: Vec<(u64, u64)> = Vec::new();
+        let mut held: Vec<(u64, u64)> = Vec::new();
         c.tree.for_each(0, u64::MAX, |s| {
             let r = (s.start, s.end.saturating_add(1));
             if s.bits.contains(Bits::DIRTY) {
@@ -167,6 +168,10 @@ impl CacheContext {
             return Ok(());
         }
         self.writeback_pass(c, true)?;
+        if crate::fs::path_fd::io_descriptors_short() {
+            // Its descriptor must not wait for the flusher: many files are being closed.
+            return self.commit(c, true, false, false);
+        }
         c.commit_due.store(true, Ordering::Release);
         self.flusher.kick(false);
         Ok(())
@@ -176,6 +181,175 @@ impl CacheContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::{CacheConfig, WriteKind};
+    use crate::fs::path_fd::PathFd;
+    use crate::fs::source::{self, DataFile};
+    use crate::pool::{HugePagePolicy, PagePool, PoolConfig};
+    use std::ffi::CString;
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileExt;
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    /// One cache over one real file in a temp dir; no mount, no writeback threads.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        path: PathBuf,
+        ctx: Arc<CacheContext>,
+        c: Arc<InodeCache>,
+    }
+
+    fn fixture(content: &[u8]) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, content).unwrap();
+        let pool = PagePool::new(&PoolConfig::new(16 << 20, HugePagePolicy::Off)).unwrap();
+        let ctx = CacheContext::new(Arc::new(pool), CacheConfig::new(16 << 20, 0.5));
+        let root = source::open_root(dir.path()).unwrap();
+        let fd = source::open_path(root.as_fd(), &CString::new("f").unwrap()).unwrap();
+        let st = source::fstat(fd.as_fd()).unwrap();
+        let pfd = PathFd::fixed(fd).unwrap();
+        let c = ctx
+            .get_or_create((st.st_dev, st.st_ino), || {
+                DataFile::open(pfd.clone(), false)
+            })
+            .unwrap();
+        Fixture {
+            _dir: dir,
+            path,
+            ctx,
+            c,
+        }
+    }
+
+    impl Fixture {
+        fn read(&self, off: u64, len: u32) -> Vec<u8> {
+            self.ctx
+                .read(&self.c, off, len, false, |b| b.to_vec())
+                .unwrap()
+        }
+
+        /// Someone else writes SOURCE's file.
+        fn foreign_write(&self, off: u64, data: &[u8]) {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&self.path)
+                .unwrap();
+            f.write_all_at(data, off).unwrap();
+        }
+
+        fn counter(&self, v: &std::sync::atomic::AtomicU64) -> u64 {
+            v.load(Ordering::Relaxed)
+        }
+    }
+
+    #[test]
+    fn unchanged_file_keeps_its_cache() {
+        let f = fixture(&[1u8; 8192]);
+        assert_eq!(f.read(0, 8192), vec![1u8; 8192]);
+        let (_, changed) = f.ctx.revalidate(&f.c).unwrap();
+        assert!(!changed);
+        assert_eq!(f.c.map.mapped_bytes(), 8192);
+        assert_eq!(f.counter(&f.ctx.stats.revalidations), 1);
+        assert_eq!(f.counter(&f.ctx.stats.source_changes), 0);
+    }
+
+    #[test]
+    fn foreign_overwrite_drops_clean_pages() {
+        let f = fixture(&[1u8; 8192]);
+        assert_eq!(f.read(0, 8192), vec![1u8; 8192]);
+        f.foreign_write(4096, &[2u8; 4096]);
+        let (_, changed) = f.ctx.revalidate(&f.c).unwrap();
+        assert!(changed);
+        assert_eq!(f.c.map.mapped_bytes(), 0);
+        assert_eq!(f.counter(&f.ctx.stats.coherence_dropped_bytes), 8192);
+        let got = f.read(0, 8192);
+        assert_eq!(&got[..4096], &[1u8; 4096][..]);
+        assert_eq!(&got[4096..], &[2u8; 4096][..]);
+        f.c.tree.check_invariants();
+    }
+
+    #[test]
+    fn foreign_append_and_truncate_change_the_size() {
+        let f = fixture(b"abc");
+        assert_eq!(f.read(0, 100), b"abc");
+        f.foreign_write(3, b"def");
+        assert!(f.ctx.revalidate(&f.c).unwrap().1);
+        assert_eq!(f.c.size(), 6);
+        assert_eq!(f.read(0, 100), b"abcdef");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&f.path)
+            .unwrap()
+            .set_len(2)
+            .unwrap();
+        assert!(f.ctx.revalidate(&f.c).unwrap().1);
+        assert_eq!(f.c.size(), 2);
+        assert_eq!(f.read(0, 100), b"ab");
+    }
+
+    #[test]
+    fn own_writeback_is_not_a_foreign_change() {
+        let f = fixture(&[0u8; 4096]);
+        f.ctx.write(&f.c, 100, b"ours", WriteKind::At).unwrap();
+        f.ctx.write(&f.c, 4096, b"grown", WriteKind::At).unwrap();
+        f.ctx.sync_file(&f.c, false).unwrap();
+        let (_, changed) = f.ctx.revalidate(&f.c).unwrap();
+        assert!(!changed, "own writeback taken for a foreign change");
+        assert_eq!(f.c.size(), 4101);
+        assert_eq!(&f.read(100, 4)[..], b"ours");
+    }
+
+    #[test]
+    fn dirty_bytes_survive_and_clean_bytes_of_their_page_are_refreshed() {
+        let f = fixture(&[b'.'; 16384]);
+        assert_eq!(f.read(0, 16384), vec![b'.'; 16384]);
+        // Dirty: bytes 10..14 of page 0 and all of page 2.
+        f.ctx.write(&f.c, 10, b"MMMM", WriteKind::At).unwrap();
+        f.ctx
+            .write(&f.c, 8192, &[b'M'; 4096], WriteKind::At)
+            .unwrap();
+        // Someone else writes bytes 100..104 of page 0 and all of page 1, and appends.
+        f.foreign_write(100, b"SSSS");
+        f.foreign_write(4096, &[b'S'; 4096]);
+        f.foreign_write(16384, b"tail");
+        assert!(f.ctx.revalidate(&f.c).unwrap().1);
+        assert_eq!(f.counter(&f.ctx.stats.coherence_conflicts), 1);
+        // Pages 1 and 3 (clean) dropped; 0 and 2 kept.
+        assert_eq!(f.c.map.mapped_bytes(), 8192);
+        assert_eq!(f.c.size(), 16388);
+        let mut want = vec![b'.'; 16388];
+        want[10..14].copy_from_slice(b"MMMM");
+        want[100..104].copy_from_slice(b"SSSS");
+        want[4096..8192].fill(b'S');
+        want[8192..12288].fill(b'M');
+        want[16384..].copy_from_slice(b"tail");
+        assert_eq!(f.read(0, 20000), want);
+        // The dirty bytes reach SOURCE over its own; the rest of SOURCE is kept.
+        f.ctx.sync_file(&f.c, false).unwrap();
+        assert_eq!(std::fs::read(&f.path).unwrap(), want);
+        f.c.tree.check_invariants();
+    }
+
+    #[test]
+    fn dirty_data_past_a_foreign_truncate_keeps_the_size() {
+        let f = fixture(&[b'x'; 8192]);
+        f.ctx.write(&f.c, 6000, b"end", WriteKind::At).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&f.path)
+            .unwrap()
+            .set_len(100)
+            .unwrap();
+        assert!(f.ctx.revalidate(&f.c).unwrap().1);
+        // The size ends with the last dirty byte; what SOURCE cut reads as zero.
+        assert_eq!(f.c.size(), 6003);
+        let got = f.read(0, 9000);
+        assert_eq!(got.len(), 6003);
+        assert_eq!(&got[..100], &[b'x'; 100][..]);
+        assert!(got[100..6000].iter().all(|&b| b == 0));
+        assert_eq!(&got[6000..6003], b"end");
+    }
 
     #[test]
     fn spans_cover_partial_pages_and_merge() {

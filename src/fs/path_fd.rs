@@ -40,6 +40,16 @@ static SWEEPING: AtomicBool = AtomicBool::new(false);
 static REGISTRY: Mutex<Vec<Weak<PathFd>>> = Mutex::new(Vec::new());
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 
+/// I/O descriptors open for data (one per `DataFile` in use, see `note_io`).
+static IO_OPEN: AtomicUsize = AtomicUsize::new(0);
+
+/// More I/O descriptors are open than half the `O_PATH` budget (a quarter of
+/// RLIMIT_NOFILE): callers that could keep one open for a while (data awaiting SOURCE's
+/// fsync) should settle it now instead, so that the descriptors go back.
+pub fn io_descriptors_short() -> bool {
+    IO_OPEN.load(Ordering::Relaxed) > BUDGET.load(Ordering::Relaxed) / 2
+}
+
 /// How many `O_PATH` descriptors are open now.
 pub fn open_count() -> usize {
     OPEN.load(Ordering::Relaxed)
@@ -154,8 +164,10 @@ impl PathFd {
     pub fn note_io(&self, open: bool) {
         if open {
             self.io_users.fetch_add(1, Ordering::Relaxed);
+            IO_OPEN.fetch_add(1, Ordering::Relaxed);
         } else {
             self.io_users.fetch_sub(1, Ordering::Relaxed);
+            IO_OPEN.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
