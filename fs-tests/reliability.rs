@@ -1,5 +1,6 @@
 //! Issue 7, "Nothing lost": a randomized differential tester (mount vs. an in-memory model,
-//! both cache modes), SIGKILL at random moments, SOURCE running full and failing with I/O
+//! both cache modes, with a foreign writer changing SOURCE between a close and the next open,
+//! checked against close-to-open), SIGKILL at random moments, SOURCE running full and failing with I/O
 //! errors, the daemon's memory bound, a concurrency stress with a deadlock watchdog, unmount
 //! with a busy dirty file, symlink races and hostile input. See docs/reliability.md.
 //!
@@ -437,6 +438,51 @@ fn differential(mode: &str, seed: u64, ops: usize) -> DiffCounts {
                 handles.clear();
                 m.remount();
                 "remount"
+            }
+            85..=88 => {
+                // Someone else changes SOURCE between a close and the next open: under
+                // close-to-open the next open through the mount sees it (the model takes it
+                // at once, and the op ends with that open).
+                handles.remove(&ino);
+                let sp = m.src_path(&name);
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&sp)
+                    .unwrap_or_else(|e| panic!("{at}: foreign open {}: {e}", sp.display()));
+                let kind = match rng.below(3) {
+                    0 => {
+                        let off = rng.below(size + 1);
+                        let n = 1 + rng.below(64 * KIB) as usize;
+                        let buf = random_bytes(&mut rng, n);
+                        f.write_all_at(&buf, off).unwrap();
+                        fs.write(ino, off, &buf);
+                        "foreign_write"
+                    }
+                    1 => {
+                        let n = 1 + rng.below(64 * KIB) as usize;
+                        let buf = random_bytes(&mut rng, n);
+                        f.write_all_at(&buf, size).unwrap();
+                        fs.write(ino, size, &buf);
+                        "foreign_append"
+                    }
+                    _ => {
+                        let new = rng.below(size + 1);
+                        f.set_len(new).unwrap();
+                        fs.inodes.get_mut(&ino).unwrap().resize(new as usize, 0);
+                        "foreign_truncate"
+                    }
+                };
+                drop(f);
+                // The next open, and a stat: a mapping made later takes the file's size from
+                // the kernel, which learns a new size from attributes, not from the open.
+                let h = open_rw(&path);
+                assert_eq!(
+                    h.metadata().unwrap().len(),
+                    fs.inodes[&ino].len() as u64,
+                    "{at}"
+                );
+                handles.insert(ino, h);
+                kind
             }
             _ => {
                 let st = std::fs::metadata(&path).unwrap();

@@ -72,7 +72,7 @@ impl CacheContext {
             c.key,
             c.file.validator()
         );
-        self.adopt_source_change(c, &st)?;
+        self.adopt_source_change(c, &st, true)?;
         Ok((st, true))
     }
 
@@ -84,8 +84,14 @@ impl CacheContext {
     }
 
     /// Make the cache of `c` agree with SOURCE's file as `st` describes it (see the module
-    /// doc). Also used by `ctl drop` on a file. Returns the clean bytes dropped.
-    pub fn adopt_source_change(&self, c: &InodeCache, st: &libc::stat) -> io::Result<u64> {
+    /// doc). `foreign`: someone else changed the file (dirty data then is a conflict, counted
+    /// and logged); false for `ctl drop` on a file. Returns the clean bytes dropped.
+    pub fn adopt_source_change(
+        &self,
+        c: &InodeCache,
+        st: &libc::stat,
+        foreign: bool,
+    ) -> io::Result<u64> {
         // Written-back bytes not yet durable are settled first: once durable they are clean
         // and can go; if the fsync fails they are DIRTY again and kept.
         if c.tree.find_first(0, Bits::UNSTABLE).is_some() {
@@ -128,7 +134,7 @@ impl CacheContext {
                 }
             }
         }
-        if !dirty.is_empty() {
+        if foreign && !dirty.is_empty() {
             stats::add(&self.stats.coherence_conflicts, 1);
             let dirty_bytes: u64 = dirty.iter().map(|(s, e)| e - s).sum();
             tracing::warn!(
@@ -155,7 +161,9 @@ impl CacheContext {
             Ordering::Relaxed,
         );
         drop(guard);
-        stats::add(&self.stats.coherence_dropped_bytes, dropped);
+        if foreign {
+            stats::add(&self.stats.coherence_dropped_bytes, dropped);
+        }
         self.bump_progress();
         result.map(|()| dropped)
     }
@@ -168,6 +176,9 @@ impl CacheContext {
             return Ok(());
         }
         self.writeback_pass(c, true)?;
+        // The mtime of the writes is stamped now too, not after the close, when it could
+        // land over a change someone else made in between.
+        c.apply_pending_mtime();
         if crate::fs::path_fd::io_descriptors_short() {
             // Its descriptor must not wait for the flusher: many files are being closed.
             return self.commit(c, true, false, false);

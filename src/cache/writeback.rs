@@ -174,9 +174,6 @@ impl CacheContext {
 
     /// `writeback_file` without the fsync (callers that fsync anyway).
     pub(crate) fn writeback_pass(&self, c: &InodeCache, wait: bool) -> io::Result<()> {
-        // One own change for the whole pass: SOURCE's state is checked before and recorded
-        // after it, not around every pwritev.
-        let _own = (c.tree.dirty_bytes() > 0).then(|| c.file.own_change());
         let mut from = 0u64;
         let mut result = Ok(());
         let mut ranges: Vec<(u64, u64)> = Vec::new();

@@ -494,8 +494,11 @@ pub struct DataFile {
     io: RwLock<Option<OwnedFd>>,
     writable: bool,
     /// What SOURCE said of the file after extentfs's own last change (see [`Seen`]). Every
-    /// method here that changes the file brackets the change with [`DataFile::own_change`].
+    /// method here that changes the file brackets the change with [`DataFile::own_change`],
+    /// one system call at a time, so that a foreign change can only hide inside one of them.
     seen: Mutex<Seen>,
+    /// Signalled when the last own change in flight ends.
+    seen_idle: std::sync::Condvar,
 }
 
 /// An own change of the file in progress (see [`DataFile::own_change`]); ends on drop.
@@ -560,6 +563,7 @@ impl DataFile {
             io: RwLock::new(Some(fd)),
             writable,
             seen: Mutex::new(Seen::new(Validator::of(&st))),
+            seen_idle: std::sync::Condvar::new(),
         })
     }
 
@@ -590,12 +594,27 @@ impl DataFile {
             if let Ok(st) = self.stat() {
                 s.record(Validator::of(&st));
             }
+            self.seen_idle.notify_all();
         }
     }
 
-    /// Stat SOURCE's file and compare it with what extentfs last recorded of it.
+    /// Stat SOURCE's file and compare it with what extentfs last recorded of it. An own
+    /// change in flight (one system call) is waited for, up to a few seconds (then `Busy`).
+    /// Never call it while holding an [`OwnChange`] of the same file.
     pub fn check(&self) -> io::Result<(Check, libc::stat)> {
         let mut s = self.lock_seen();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !s.wants_pre_check() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            s = self
+                .seen_idle
+                .wait_timeout(s, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
         let st = self.stat()?;
         Ok((s.check(Validator::of(&st)), st))
     }

@@ -279,7 +279,7 @@ impl ExtentFs {
                     // (as a change made there would).
                     for c in &caches {
                         let st = c.file.stat().map_err(err)?;
-                        self.ctx.adopt_source_change(c, &st).map_err(err)?;
+                        self.ctx.adopt_source_change(c, &st, false).map_err(err)?;
                     }
                     self.tell_kernel_changed(
                         ino,
