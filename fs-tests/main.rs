@@ -5,6 +5,7 @@ mod cli;
 mod data;
 mod handles;
 mod harness;
+mod local_fs;
 mod posix;
 mod reliability;
 mod smoke;

@@ -1376,10 +1376,10 @@ impl Filesystem for ExtentFs {
         });
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let op = Op::Listxattr;
         self.guard(op, move || {
-            self.answer(op, reply, self.do_listxattr(ino), |reply, v| {
+            self.answer(op, reply, self.do_listxattr(req, ino), |reply, v| {
                 xattr::reply_value(reply, &v, size)
             })
         });

@@ -189,7 +189,7 @@ impl ExtentFs {
     /// the size).
     pub(crate) fn do_getxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         size: u32,
@@ -225,6 +225,11 @@ impl ExtentFs {
                 },
                 _ => Err(Errno::NO_XATTR),
             };
+        }
+        if n.starts_with(TRUSTED) && !may_see_trusted(req) {
+            // The kernel refuses this before asking us (xattr_permission); kept here so the
+            // daemon's privilege is never lent to a caller should that change.
+            return Err(Errno::NO_XATTR);
         }
         let cname = CString::new(n).map_err(|_| Errno::EINVAL)?;
         // Ask SOURCE with the caller's size, so a value that changes in between yields
@@ -298,7 +303,7 @@ impl ExtentFs {
         Ok(())
     }
 
-    pub(crate) fn do_listxattr(&self, ino: INodeNo) -> R<Vec<u8>> {
+    pub(crate) fn do_listxattr(&self, req: &Request, ino: INodeNo) -> R<Vec<u8>> {
         let inode = self.inode(ino)?;
         // Read the whole list (our names must be filtered out before sizing the reply).
         let fd = inode.fd()?;
@@ -314,15 +319,12 @@ impl ExtentFs {
             }
         };
         buf.truncate(got);
-        // Hide our namespace, should SOURCE ever carry such names.
-        let mut out = Vec::with_capacity(buf.len());
-        for name in buf.split(|&b| b == 0).filter(|s| !s.is_empty()) {
-            if !name.starts_with(NAMESPACE.as_bytes()) {
-                out.extend_from_slice(name);
-                out.push(0);
-            }
-        }
-        Ok(out)
+        // Hide our namespace, should SOURCE ever carry such names, and trusted names from a
+        // caller without CAP_SYS_ADMIN (the daemon reads them with its own privilege; a
+        // local filesystem lists them only to such callers). The caller's capabilities are
+        // read only when there is a trusted name to hide.
+        let has_trusted = buf.split(|&b| b == 0).any(|name| name.starts_with(TRUSTED));
+        Ok(visible_names(&buf, has_trusted && may_see_trusted(req)))
     }
 
     pub(crate) fn do_removexattr(&self, ino: INodeNo, name: &OsStr) -> R<()> {
@@ -337,13 +339,56 @@ impl ExtentFs {
     }
 }
 
+/// The caller's /proc/PID/status (the request's pid is the calling thread's id), if it can
+/// still be read.
+fn caller_status(req: &Request) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{}/status", req.pid())).ok()
+}
+
 /// Whether the caller of `req` is in group `gid` (fsgid or supplementary) or holds
 /// CAP_FSETID, read from /proc/PID/status; without it, only its uid 0 or gid counts.
 fn in_group_or_capable(req: &Request, gid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{}/status", req.pid())) {
-        Ok(status) => status_in_group_or_capable(&status, gid),
-        Err(_) => req.uid() == 0 || req.gid() == gid,
+    match caller_status(req) {
+        Some(status) => status_in_group_or_capable(&status, gid),
+        None => req.uid() == 0 || req.gid() == gid,
     }
+}
+
+/// Whether the caller may see `trusted.*` names: it holds CAP_SYS_ADMIN in its effective set
+/// (what a local filesystem asks of listxattr and getxattr); when its status cannot be read
+/// (it exited), uid 0 counts as privileged.
+fn may_see_trusted(req: &Request) -> bool {
+    match caller_status(req) {
+        Some(status) => status_has_cap(&status, CAP_SYS_ADMIN),
+        None => req.uid() == 0,
+    }
+}
+
+const CAP_SYS_ADMIN: u32 = 21;
+const TRUSTED: &[u8] = b"trusted.";
+
+/// The `CapEff:` set of a /proc/PID/status text has capability `cap`.
+fn status_has_cap(status: &str, cap: u32) -> bool {
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    eff & (1 << cap) != 0
+}
+
+/// Keep the names of a listxattr result (NUL-terminated names) that the caller may see: never
+/// ours, and `trusted.*` only when `trusted` says so.
+fn visible_names(list: &[u8], trusted: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(list.len());
+    for name in list.split(|&b| b == 0).filter(|s| !s.is_empty()) {
+        if name.starts_with(NAMESPACE.as_bytes()) || (!trusted && name.starts_with(TRUSTED)) {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.push(0);
+    }
+    out
 }
 
 fn status_in_group_or_capable(status: &str, gid: u32) -> bool {
@@ -378,6 +423,25 @@ mod tests {
         assert!(!status_in_group_or_capable(st, 8));
         let root = st.replace("CapEff:\t0000000000000000", "CapEff:\t000001ffffffffff");
         assert!(status_in_group_or_capable(&root, 8), "CAP_FSETID");
+    }
+
+    #[test]
+    fn trusted_names_need_cap_sys_admin() {
+        let st = |caps: &str| format!("Name:\tx\nUid:\t0\t0\t0\t0\nCapEff:\t{caps}\n");
+        assert!(status_has_cap(&st("000001ffffffffff"), CAP_SYS_ADMIN));
+        assert!(status_has_cap(&st("0000000000200000"), CAP_SYS_ADMIN));
+        assert!(!status_has_cap(&st("00000000001fffff"), CAP_SYS_ADMIN));
+        assert!(
+            !status_has_cap("Name:\tx\n", CAP_SYS_ADMIN),
+            "no CapEff line"
+        );
+        let list = b"user.a\0trusted.hidden\0user.extentfs.stats\0security.selinux\0";
+        assert_eq!(
+            visible_names(list, true),
+            b"user.a\0trusted.hidden\0security.selinux\0"
+        );
+        assert_eq!(visible_names(list, false), b"user.a\0security.selinux\0");
+        assert_eq!(visible_names(b"", false), b"");
     }
 
     #[test]
