@@ -571,8 +571,9 @@ impl ExtentFs {
         if length == 0 {
             return Err(Errno::EINVAL);
         }
+        // As vfs_fallocate checks against SOURCE's limit, whatever the mode.
         let end = offset.checked_add(length).ok_or(Errno::EFBIG)?;
-        if end > crate::cache::inode_cache::MAX_FILE_SIZE {
+        if end > c.file.max_size() {
             return Err(Errno::EFBIG);
         }
         let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
@@ -622,12 +623,15 @@ impl ExtentFs {
         len: u64,
     ) -> R<u64> {
         self.check_writable()?;
-        // Only what the source file holds is copied; the copy must fit below the size limit.
-        let len = len.min(src.size().saturating_sub(off_in));
-        let max = crate::cache::inode_cache::MAX_FILE_SIZE;
-        if len > 0 && off_out.checked_add(len).is_none_or(|e| e > max) {
+        // Only what the source file holds is copied, and only up to the destination's size
+        // limit on SOURCE; starting at or past that limit is EFBIG (generic_copy_file_checks).
+        let max = dst.file.max_size();
+        if off_out >= max {
             return Err(Errno::EFBIG);
         }
+        let len = len
+            .min(src.size().saturating_sub(off_in))
+            .min(max - off_out);
         let mut done = 0u64;
         let mut buf: Vec<u8> = Vec::new();
         while done < len {
@@ -639,12 +643,16 @@ impl ExtentFs {
             if buf.is_empty() {
                 break;
             }
-            self.ctx
+            let (_, n) = self
+                .ctx
                 .write(dst, off_out, &buf, WriteKind::At)
                 .map_err(err)?;
-            done += buf.len() as u64;
-            off_in += buf.len() as u64;
-            off_out += buf.len() as u64;
+            done += n as u64;
+            off_in += n as u64;
+            off_out += n as u64;
+            if n < buf.len() {
+                break;
+            }
         }
         Ok(done)
     }
@@ -1081,6 +1089,12 @@ impl Filesystem for ExtentFs {
                     }
                 }
                 let pool = self.cfg.cache == CacheMode::Pool;
+                if !pool && offset.saturating_add(data.len() as u64) > c.file.max_size() {
+                    // Past SOURCE's limit: the kernel knows only its own (2^63 - 1), and its
+                    // asynchronous direct I/O turns a short write into EIO, so refuse it
+                    // whole (under cache=pool it is cut short at the limit, as on SOURCE).
+                    return Err(Errno::EFBIG);
+                }
                 let kind = if pool && write_flags.contains(WriteFlags::FUSE_WRITE_CACHE) {
                     WriteKind::PageCache
                 } else if pool && flags.0 & libc::O_APPEND != 0 {
@@ -1090,7 +1104,7 @@ impl Filesystem for ExtentFs {
                 };
                 self.ctx.write(&c, offset, data, kind).map_err(err)
             })();
-            self.answer(op, reply, r, |reply, _| reply.written(data.len() as u32))
+            self.answer(op, reply, r, |reply, (_, n)| reply.written(n as u32))
         });
     }
 
