@@ -232,3 +232,113 @@ fn efbig_past_source_limit_pool() {
 fn efbig_past_source_limit_kernel() {
     efbig_past_source_limit("cache_size=16M,cache=kernel");
 }
+
+/// What an unprivileged caller does to a file in `setid_cleared_by_every_modification`.
+#[derive(Clone, Copy, Debug)]
+enum Modify {
+    Write,
+    Fallocate,
+    PunchHole,
+    ZeroRange,
+    CopyInto,
+}
+
+/// Run `how` on `f` as uid/gid 65534 (copying from `from`); 0 or the errno.
+fn modify_as_nobody(how: Modify, f: &CString, from: &CString) -> i32 {
+    as_nobody(|| unsafe {
+        let fd = libc::open(f.as_ptr(), libc::O_RDWR);
+        if fd < 0 {
+            return child_errno(fd);
+        }
+        let r = match how {
+            Modify::Write => libc::pwrite(fd, b"y".as_ptr() as *const _, 1, 1) as i32 - 1,
+            Modify::Fallocate => libc::fallocate(fd, 0, 0, 8192),
+            Modify::PunchHole => libc::fallocate(
+                fd,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                0,
+                4096,
+            ),
+            Modify::ZeroRange => libc::fallocate(fd, libc::FALLOC_FL_ZERO_RANGE, 0, 4096),
+            Modify::CopyInto => {
+                let src = libc::open(from.as_ptr(), libc::O_RDONLY);
+                if src < 0 {
+                    return child_errno(src);
+                }
+                let (mut a, mut b) = (0i64, 0i64);
+                let n = libc::copy_file_range(src, &mut a, fd, &mut b, 10, 0);
+                libc::close(src);
+                if n == 10 {
+                    0
+                } else {
+                    -1
+                }
+            }
+        };
+        let e = child_errno(r);
+        libc::close(fd);
+        e
+    })
+}
+
+/// xfstests generic/683-685 and their write/copy siblings: a modification by a caller without
+/// CAP_FSETID drops set-user-ID always and set-group-ID when the file is group-executable or
+/// the caller is outside its group, as the kernel does for a local file; root keeps them.
+fn setid_cleared_by_every_modification(opts: &str) {
+    let m = Mount::new(opts);
+    open_up(&m);
+    std::fs::write(m.path("from"), b"0123456789").unwrap();
+    let from = cpath(&m.path("from"));
+    let f = m.path("f");
+    let cf = cpath(&f);
+    use std::os::unix::fs::PermissionsExt;
+    // (mode, group of the file, mode afterwards); nobody is in group 65534 only.
+    let cases = [
+        (0o2666, 0, 0o666),
+        (0o4666, 0, 0o666),
+        (0o6676, 0, 0o676),
+        (0o2676, NOGROUP, 0o676),
+        (0o2666, NOGROUP, 0o2666),
+    ];
+    for how in [
+        Modify::Write,
+        Modify::Fallocate,
+        Modify::PunchHole,
+        Modify::ZeroRange,
+        Modify::CopyInto,
+    ] {
+        for (mode, gid, want) in cases {
+            std::fs::write(&f, vec![b'x'; 4096]).unwrap();
+            std::os::unix::fs::chown(&f, Some(0), Some(gid)).unwrap();
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+            let r = modify_as_nobody(how, &cf, &from);
+            assert_eq!(r, 0, "{how:?} as nobody on mode {mode:o}: errno {r}");
+            let seen = crate::posix::lstat(&f).st_mode & 0o7777;
+            assert_eq!(seen, want, "{how:?}: mode {mode:o} gid {gid} ({opts})");
+            let in_source = crate::posix::lstat(&m.src_path("f")).st_mode & 0o7777;
+            assert_eq!(
+                in_source, want,
+                "{how:?} in SOURCE: mode {mode:o} gid {gid}"
+            );
+        }
+        // Root (CAP_FSETID) keeps them.
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o6777)).unwrap();
+        let fd = unsafe { libc::open(cf.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+        assert!(fd >= 0);
+        assert_eq!(unsafe { libc::fallocate(fd, 0, 0, 16384) }, 0);
+        unsafe { libc::close(fd) };
+        assert_eq!(crate::posix::lstat(&f).st_mode & 0o7777, 0o6777);
+    }
+}
+
+const NOGROUP: u32 = 65534;
+
+#[test]
+fn setid_cleared_by_every_modification_pool() {
+    setid_cleared_by_every_modification("cache_size=16M,allow_other");
+}
+
+#[test]
+fn setid_cleared_by_every_modification_kernel() {
+    setid_cleared_by_every_modification("cache_size=16M,allow_other,cache=kernel");
+}

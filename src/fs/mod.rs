@@ -7,6 +7,7 @@
 //!
 //! Nothing outside this module knows about FUSE.
 
+pub mod caller;
 pub mod inodes;
 pub mod mount;
 pub mod path_fd;
@@ -18,6 +19,7 @@ use crate::cache::inode_cache::InodeCache;
 use crate::cache::{CacheContext, WriteKind};
 use crate::options::CacheMode;
 use crate::stats::Op;
+use caller::Caller;
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
@@ -395,6 +397,27 @@ impl ExtentFs {
         Ok(())
     }
 
+    /// A modification of `c`'s data by the caller of `req` (a write, fallocate in any mode, a
+    /// copy into it): drop set-user-ID and set-group-ID as the kernel does for a local file
+    /// (`setattr_should_drop_suidgid`), since the kernel leaves that to the daemon for direct
+    /// I/O, fallocate and copy_file_range, and the daemon acts with its own CAP_FSETID. Costs
+    /// an atomic load unless the file may have such a bit.
+    fn kill_setid_for(&self, req: &Request, ino: INodeNo, c: &InodeCache) -> R<()> {
+        if !c.may_have_setid.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let changed = c
+            .kill_setid(|mode, gid| Caller::of(req).setid_to_drop(mode, gid))
+            .map_err(err)?;
+        if changed {
+            if let Some(n) = self.notifier.get() {
+                // Attributes only (negative offset): the cached mode is stale.
+                let _ = n.inval_inode(ino, -1, 0);
+            }
+        }
+        Ok(())
+    }
+
     /// Tell the spinner who sends the data requests (`spin=auto` polls only for a client
     /// that cannot run on the daemon's CPUs).
     #[inline]
@@ -565,7 +588,14 @@ impl ExtentFs {
         }
     }
 
-    fn do_fallocate(&self, inode: &Inode, offset: u64, length: u64, mode: i32) -> R<()> {
+    fn do_fallocate(
+        &self,
+        req: &Request,
+        inode: &Inode,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    ) -> R<()> {
         self.check_writable()?;
         let c = self.cache_of(inode)?;
         if length == 0 {
@@ -576,6 +606,8 @@ impl ExtentFs {
         if end > c.file.max_size() {
             return Err(Errno::EFBIG);
         }
+        // Every mode modifies the file (file_modified() in a local filesystem's fallocate).
+        self.kill_setid_for(req, INodeNo(inode.id), &c)?;
         let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         let known =
             libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
@@ -805,7 +837,7 @@ impl Filesystem for ExtentFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -813,7 +845,7 @@ impl Filesystem for ExtentFs {
         size: Option<u64>,
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
+        ctime: Option<SystemTime>,
         _fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
@@ -823,9 +855,25 @@ impl Filesystem for ExtentFs {
     ) {
         let op = Op::Setattr;
         self.guard(op, move || {
-            let r = self
-                .inode(ino)
-                .and_then(|i| self.do_setattr(&i, mode, uid, gid, size, atime, mtime));
+            let r = self.inode(ino).and_then(|i| {
+                let nothing = mode.is_none()
+                    && uid.is_none()
+                    && gid.is_none()
+                    && size.is_none()
+                    && atime.is_none()
+                    && mtime.is_none()
+                    && ctime.is_none();
+                if nothing && i.is_file() {
+                    // The kernel's file_remove_privs() before a buffered write (cache=kernel):
+                    // its FUSE setattr drops only set-user-ID and group-executable
+                    // set-group-ID itself and sends what is left, nothing, when its rule
+                    // (setattr_should_drop_suidgid) wanted more: set-group-ID of a file whose
+                    // group the writer is not in. Decide it here by the writer's groups.
+                    let c = self.cache_of(&i)?;
+                    self.kill_setid_for(req, ino, &c)?;
+                }
+                self.do_setattr(&i, mode, uid, gid, size, atime, mtime)
+            });
             self.answer(op, reply, r, |reply, attr| reply.attr(&self.cfg.ttl, &attr))
         });
     }
@@ -1078,16 +1126,7 @@ impl Filesystem for ExtentFs {
             let r = (|| {
                 self.check_writable()?;
                 let c = self.inode(ino).and_then(|i| self.cache_of(&i))?;
-                if c.may_have_setid.load(Ordering::Relaxed) && req.uid() != 0 {
-                    // As on a local filesystem: a write by someone other than root drops
-                    // set-user-ID (and set-group-ID on group-executable files).
-                    if c.kill_setid().map_err(err)? {
-                        if let Some(n) = self.notifier.get() {
-                            // Attributes only (negative offset): the cached mode is stale.
-                            let _ = n.inval_inode(ino, -1, 0);
-                        }
-                    }
-                }
+                self.kill_setid_for(req, ino, &c)?;
                 let pool = self.cfg.cache == CacheMode::Pool;
                 if !pool && offset.saturating_add(data.len() as u64) > c.file.max_size() {
                     // Past SOURCE's limit: the kernel knows only its own (2^63 - 1), and its
@@ -1447,7 +1486,7 @@ impl Filesystem for ExtentFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -1459,7 +1498,7 @@ impl Filesystem for ExtentFs {
         self.guard(op, move || {
             match self
                 .inode(ino)
-                .and_then(|i| self.do_fallocate(&i, offset, length, mode))
+                .and_then(|i| self.do_fallocate(req, &i, offset, length, mode))
             {
                 Ok(()) => reply.ok(),
                 Err(e) => {
@@ -1503,7 +1542,7 @@ impl Filesystem for ExtentFs {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         ino_in: INodeNo,
         _fh_in: FileHandle,
         offset_in: u64,
@@ -1519,6 +1558,8 @@ impl Filesystem for ExtentFs {
             let r = (|| {
                 let a = self.inode(ino_in).and_then(|i| self.cache_of(&i))?;
                 let b = self.inode(ino_out).and_then(|i| self.cache_of(&i))?;
+                // The destination is modified as by write(2) (file_modified() on it).
+                self.kill_setid_for(req, ino_out, &b)?;
                 self.do_copy_range(&a, offset_in, &b, offset_out, len)
             })();
             self.answer(op, reply, r, |reply, n| {

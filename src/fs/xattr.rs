@@ -7,6 +7,7 @@
 //!
 //! Our names are never listed, never stored in SOURCE, and cannot be set except `ctl`.
 
+use super::caller::{Caller, CAP_SYS_ADMIN};
 use super::{err, inodes, source, ExtentFs, R};
 use crate::cache::inode_cache::InodeCache;
 use fuser::{Errno, INodeNo, ReplyXattr, Request};
@@ -296,7 +297,7 @@ impl ExtentFs {
             // drop it for a caller outside the file's group without CAP_FSETID (fuser cannot
             // receive the kernel's FUSE_SETXATTR_ACL_KILL_SGID, so we decide it here).
             let st = source::fstat(fd.as_fd()).map_err(err)?;
-            if st.st_mode & libc::S_ISGID != 0 && !in_group_or_capable(req, st.st_gid) {
+            if st.st_mode & libc::S_ISGID != 0 && !Caller::of(req).in_group_or_capable(st.st_gid) {
                 source::chmod(fd.as_fd(), st.st_mode & 0o7777 & !libc::S_ISGID).map_err(err)?;
             }
         }
@@ -339,43 +340,13 @@ impl ExtentFs {
     }
 }
 
-/// The caller's /proc/PID/status (the request's pid is the calling thread's id), if it can
-/// still be read.
-fn caller_status(req: &Request) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{}/status", req.pid())).ok()
-}
-
-/// Whether the caller of `req` is in group `gid` (fsgid or supplementary) or holds
-/// CAP_FSETID, read from /proc/PID/status; without it, only its uid 0 or gid counts.
-fn in_group_or_capable(req: &Request, gid: u32) -> bool {
-    match caller_status(req) {
-        Some(status) => status_in_group_or_capable(&status, gid),
-        None => req.uid() == 0 || req.gid() == gid,
-    }
-}
-
 /// Whether the caller may see `trusted.*` names: it holds CAP_SYS_ADMIN in its effective set
-/// (what a local filesystem asks of listxattr and getxattr); when its status cannot be read
-/// (it exited), uid 0 counts as privileged.
+/// (what a local filesystem asks of listxattr and getxattr).
 fn may_see_trusted(req: &Request) -> bool {
-    match caller_status(req) {
-        Some(status) => status_has_cap(&status, CAP_SYS_ADMIN),
-        None => req.uid() == 0,
-    }
+    Caller::of(req).has_cap(CAP_SYS_ADMIN)
 }
 
-const CAP_SYS_ADMIN: u32 = 21;
 const TRUSTED: &[u8] = b"trusted.";
-
-/// The `CapEff:` set of a /proc/PID/status text has capability `cap`.
-fn status_has_cap(status: &str, cap: u32) -> bool {
-    let eff = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
-    eff & (1 << cap) != 0
-}
 
 /// Keep the names of a listxattr result (NUL-terminated names) that the caller may see: never
 /// ours, and `trusted.*` only when `trusted` says so.
@@ -391,50 +362,12 @@ fn visible_names(list: &[u8], trusted: bool) -> Vec<u8> {
     out
 }
 
-fn status_in_group_or_capable(status: &str, gid: u32) -> bool {
-    const CAP_FSETID: u32 = 4;
-    let field = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .unwrap_or("")
-            .split_whitespace()
-    };
-    let cap_eff = u64::from_str_radix(field("CapEff:").next().unwrap_or("0"), 16).unwrap_or(0);
-    let fsgid = field("Gid:").nth(3).and_then(|g| g.parse::<u32>().ok());
-    cap_eff & (1 << CAP_FSETID) != 0
-        || fsgid == Some(gid)
-        || field("Groups:").any(|g| g.parse::<u32>() == Ok(gid))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn group_membership_from_proc_status() {
-        let st = "Name:\tx\nGid:\t100\t100\t100\t101\nGroups:\t5 7 \nCapEff:\t0000000000000000\n";
-        assert!(status_in_group_or_capable(st, 101), "fsgid");
-        assert!(
-            !status_in_group_or_capable(st, 100),
-            "only the fsgid counts"
-        );
-        assert!(status_in_group_or_capable(st, 7), "supplementary");
-        assert!(!status_in_group_or_capable(st, 8));
-        let root = st.replace("CapEff:\t0000000000000000", "CapEff:\t000001ffffffffff");
-        assert!(status_in_group_or_capable(&root, 8), "CAP_FSETID");
-    }
-
-    #[test]
-    fn trusted_names_need_cap_sys_admin() {
-        let st = |caps: &str| format!("Name:\tx\nUid:\t0\t0\t0\t0\nCapEff:\t{caps}\n");
-        assert!(status_has_cap(&st("000001ffffffffff"), CAP_SYS_ADMIN));
-        assert!(status_has_cap(&st("0000000000200000"), CAP_SYS_ADMIN));
-        assert!(!status_has_cap(&st("00000000001fffff"), CAP_SYS_ADMIN));
-        assert!(
-            !status_has_cap("Name:\tx\n", CAP_SYS_ADMIN),
-            "no CapEff line"
-        );
+    fn trusted_names_filtered() {
         let list = b"user.a\0trusted.hidden\0user.extentfs.stats\0security.selinux\0";
         assert_eq!(
             visible_names(list, true),
