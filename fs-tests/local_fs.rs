@@ -342,3 +342,113 @@ fn setid_cleared_by_every_modification_pool() {
 fn setid_cleared_by_every_modification_kernel() {
     setid_cleared_by_every_modification("cache_size=16M,allow_other,cache=kernel");
 }
+
+/// lgetxattr's errno (0 when the attribute exists).
+fn lgetxattr_errno(p: &Path, name: &CString) -> i32 {
+    let c = cpath(p);
+    let mut buf = [0u8; 256];
+    let r = unsafe {
+        libc::lgetxattr(
+            c.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr() as *mut _,
+            buf.len(),
+        )
+    };
+    if r < 0 {
+        std::io::Error::last_os_error().raw_os_error().unwrap()
+    } else {
+        0
+    }
+}
+
+/// What `ls -lR` does to every entry: lstat, its SELinux label, its ACLs.
+fn ls_l_walk(dir: &Path) -> usize {
+    let names = [
+        CString::new("security.selinux").unwrap(),
+        CString::new("system.posix_acl_access").unwrap(),
+        CString::new("system.posix_acl_default").unwrap(),
+    ];
+    let mut asked = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let is_dir = std::fs::symlink_metadata(&p).unwrap().is_dir();
+        for n in &names[..if is_dir { 3 } else { 2 }] {
+            assert_eq!(lgetxattr_errno(&p, n), libc::ENODATA, "{}", p.display());
+            asked += 1;
+        }
+        if is_dir {
+            asked += ls_l_walk(&p);
+        }
+    }
+    asked
+}
+
+fn mount_stats(m: &Mount) -> String {
+    getxattr(&m.mnt, "user.extentfs.stats").expect("stats")
+}
+
+/// Absent xattrs are answers, not errors, and a second walk over 200 files is answered from
+/// what the first one learnt, without asking SOURCE; a change through the mount, or in
+/// SOURCE once the daemon stats the inode again, is seen.
+#[test]
+fn absent_xattrs_are_remembered_not_errors() {
+    let m = Mount::with_source("cache_size=16M", |src| {
+        for d in 0..10 {
+            let dir = src.join(format!("d{d}"));
+            std::fs::create_dir(&dir).unwrap();
+            for f in 0..20 {
+                std::fs::write(dir.join(format!("f{f}")), b"x").unwrap();
+            }
+        }
+    });
+    let s0 = mount_stats(&m);
+    let first = ls_l_walk(&m.mnt);
+    assert_eq!(first, 10 * 3 + 200 * 2);
+    let s1 = mount_stats(&m);
+    let second = ls_l_walk(&m.mnt);
+    let s2 = mount_stats(&m);
+    let d = |a: &str, b: &str, k: &str| stat(b, k) - stat(a, k);
+    // Every answer was ENODATA, none an error.
+    assert_eq!(stat(&s2, "fuse_getxattr_errors"), 0, "{s2}");
+    // (Two of the getxattr requests were the stats reads of s1 and s2.)
+    assert_eq!(
+        d(&s0, &s2, "xattr_absent"),
+        d(&s0, &s2, "fuse_getxattr_requests") - 2
+    );
+    // The kernel asks again each walk (it keeps no xattr answers across listings), but the
+    // second walk's answers come from memory: no SOURCE call.
+    let asked = d(&s1, &s2, "xattr_absent");
+    assert!(asked > 0, "the kernel sent no getxattr at all:\n{s2}");
+    assert_eq!(
+        d(&s1, &s2, "xattr_absent_remembered"),
+        asked,
+        "second walk of {second} lookups"
+    );
+    assert!(d(&s0, &s1, "xattr_absent_remembered") < d(&s0, &s1, "xattr_absent"));
+
+    // Set through the mount: seen at once.
+    let label = CString::new("security.selinux").unwrap();
+    let f0 = m.path("d0/f0");
+    setxattr(&f0, "security.selinux", b"mine").unwrap();
+    assert_eq!(lgetxattr_errno(&f0, &label), 0);
+    assert_eq!(getxattr_raw(&f0, "security.selinux").unwrap(), b"mine");
+    // Set in SOURCE behind the mount's back: seen once the daemon stats the inode again
+    // (when the kernel's attribute timeout, 1 s, has passed).
+    let f1 = m.path("d0/f1");
+    set_in_source(&m.src_path("d0/f1"), "security.selinux", b"theirs");
+    let t0 = std::time::Instant::now();
+    while lgetxattr_errno(&f1, &label) != 0 {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(20),
+            "a label set in SOURCE never became visible"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let _ = std::fs::symlink_metadata(&f1);
+    }
+    assert_eq!(getxattr_raw(&f1, "security.selinux").unwrap(), b"theirs");
+    // Removed through the mount: absent again.
+    let c = cpath(&f0);
+    assert_eq!(unsafe { libc::removexattr(c.as_ptr(), label.as_ptr()) }, 0);
+    assert_eq!(lgetxattr_errno(&f0, &label), libc::ENODATA);
+}

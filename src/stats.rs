@@ -37,6 +37,8 @@ counters!(
     evicted_extents,
     evicted_bytes,
     backpressure_waits,
+    xattr_absent,
+    xattr_absent_remembered,
 );
 
 macro_rules! ops {

@@ -56,6 +56,8 @@ pub struct Inode {
     pub generation: u64,
     /// The data cache of a regular file, once opened (also kept in the cache registry).
     pub cache: OnceLock<Arc<InodeCache>>,
+    /// xattr names known absent in SOURCE (see [`super::xattr::AbsentXattrs`]).
+    pub xattr_absent: super::xattr::AbsentXattrs,
 }
 
 impl Inode {
@@ -124,6 +126,7 @@ impl InodeTable {
             lookups: AtomicU64::new(1),
             generation: 0,
             cache: OnceLock::new(),
+            xattr_absent: Default::default(),
         });
         path_fd::set_budget(fd_budget());
         let mut by_id = HashMap::new();
@@ -378,6 +381,7 @@ fn insert(
         lookups: AtomicU64::new(1),
         generation,
         cache: OnceLock::new(),
+        xattr_absent: Default::default(),
     });
     t.by_id.insert(id, ino.clone());
     t.by_key.insert(key, id);

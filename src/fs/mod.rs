@@ -276,6 +276,9 @@ impl ExtentFs {
         let mut blocks = st.st_blocks as u64;
         let mut mtime = systime(st.st_mtime, st.st_mtime_nsec);
         let mut ctime = systime(st.st_ctime, st.st_ctime_nsec);
+        inode
+            .xattr_absent
+            .note_ctime(xattr::ctime_stamp(st.st_ctime, st.st_ctime_nsec));
         if inode.is_file() {
             if let Some(c) = inode
                 .cache
@@ -1419,13 +1422,13 @@ impl Filesystem for ExtentFs {
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let op = Op::Getxattr;
-        self.guard(op, move || {
-            self.answer(
-                op,
-                reply,
-                self.do_getxattr(req, ino, name, size),
-                |reply, v| xattr::reply_value(reply, &v, size),
-            )
+        self.guard(op, move || match self.do_getxattr(req, ino, name, size) {
+            // An absent attribute is an answer, not a failure.
+            Err(Errno::NO_XATTR) => {
+                crate::stats::add(&self.ctx.stats.xattr_absent, 1);
+                reply.error(Errno::NO_XATTR)
+            }
+            r => self.answer(op, reply, r, |reply, v| xattr::reply_value(reply, &v, size)),
         });
     }
 

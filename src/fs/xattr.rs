@@ -10,18 +10,91 @@
 use super::caller::{Caller, CAP_SYS_ADMIN};
 use super::{err, inodes, source, ExtentFs, R};
 use crate::cache::inode_cache::InodeCache;
+use crate::stats;
 use fuser::{Errno, INodeNo, ReplyXattr, Request};
 use std::ffi::{CString, OsStr};
 use std::fmt::Write as _;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub const NAMESPACE: &str = "user.extentfs.";
 pub const STATS: &str = "user.extentfs.stats";
 pub const STATS_JSON: &str = "user.extentfs.stats.json";
 pub const EXTENTS: &str = "user.extentfs.extents";
 pub const CTL: &str = "user.extentfs.ctl";
+
+/// Names asked of nearly every inode without anyone setting them: `ls -l` asks each entry
+/// for its SELinux label and access ACL (and directories for their default ACL), the kernel
+/// asks for file capabilities before writes. With FUSE the kernel keeps none of these answers
+/// for long (it forgets cached ACLs whenever an entry is looked up again or listed by
+/// READDIRPLUS, and caches no other xattr), so each walk asks again.
+const REMEMBERED: [&[u8]; 4] = [
+    b"security.capability",
+    b"security.selinux",
+    b"system.posix_acl_access",
+    b"system.posix_acl_default",
+];
+
+/// "No such attribute" for the [`REMEMBERED`] names of one inode, answered without asking
+/// SOURCE again while SOURCE's ctime of the inode is the one the absence was seen under (any
+/// xattr or ACL change moves ctime; every stat the daemon makes of the inode, at lookup,
+/// getattr, readdirplus, after setattr, updates the ctime it knows). Lock-free: two atomics.
+#[derive(Debug, Default)]
+pub struct AbsentXattrs {
+    /// The inode's ctime as last seen, as a [`ctime_stamp`].
+    ctime: AtomicU64,
+    /// `stamp << 4 | bits`: the names (bit i = `REMEMBERED[i]`) seen absent under `stamp`.
+    absent: AtomicU64,
+}
+
+/// A ctime in ns, in 60 bits (two ctimes 2^60 ns, 36 years, apart compare equal).
+pub fn ctime_stamp(sec: i64, nsec: i64) -> u64 {
+    (sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(nsec as u64)
+        & ((1 << 60) - 1)
+}
+
+impl AbsentXattrs {
+    /// Which remembered name `name` is, if any.
+    pub fn index(name: &[u8]) -> Option<u32> {
+        REMEMBERED.iter().position(|n| *n == name).map(|i| i as u32)
+    }
+
+    /// A stat of the inode showed this ctime.
+    pub fn note_ctime(&self, stamp: u64) {
+        self.ctime.store(stamp, Ordering::Release);
+    }
+
+    /// The ctime known now; take it before asking SOURCE and pass it to `record_absent`.
+    pub fn seen(&self) -> u64 {
+        self.ctime.load(Ordering::Acquire)
+    }
+
+    pub fn is_absent(&self, bit: u32) -> bool {
+        let v = self.absent.load(Ordering::Acquire);
+        v >> 4 == self.seen() && v & (1 << bit) != 0
+    }
+
+    /// SOURCE said name `bit` is absent, asked when the known ctime was `seen_before`.
+    pub fn record_absent(&self, bit: u32, seen_before: u64) {
+        let _ = self
+            .absent
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(if v >> 4 == seen_before {
+                    v | 1 << bit
+                } else {
+                    seen_before << 4 | 1 << bit
+                })
+            });
+    }
+
+    /// An xattr of the inode was set or removed through the mount.
+    pub fn forget(&self) {
+        self.absent.store(0, Ordering::Release);
+    }
+}
 
 /// A figure in a stats rendering.
 pub enum Figure {
@@ -232,17 +305,31 @@ impl ExtentFs {
             // daemon's privilege is never lent to a caller should that change.
             return Err(Errno::NO_XATTR);
         }
+        let remembered = AbsentXattrs::index(n);
+        if let Some(bit) = remembered {
+            if inode.xattr_absent.is_absent(bit) {
+                stats::add(&self.ctx.stats.xattr_absent_remembered, 1);
+                return Err(Errno::NO_XATTR);
+            }
+        }
+        let seen = inode.xattr_absent.seen();
         let cname = CString::new(n).map_err(|_| Errno::EINVAL)?;
         // Ask SOURCE with the caller's size, so a value that changes in between yields
         // ERANGE (as on a local filesystem) rather than a failed second read.
-        if size == 0 {
-            let len = source::getxattr(inode.fd()?.as_fd(), &cname, &mut []).map_err(err)?;
-            return Ok(vec![0u8; len]);
-        }
         let mut buf = vec![0u8; size as usize];
-        let got = source::getxattr(inode.fd()?.as_fd(), &cname, &mut buf).map_err(err)?;
-        buf.truncate(got);
-        Ok(buf)
+        match source::getxattr(inode.fd()?.as_fd(), &cname, &mut buf) {
+            Ok(got) if size == 0 => Ok(vec![0u8; got]),
+            Ok(got) => {
+                buf.truncate(got);
+                Ok(buf)
+            }
+            Err(e) => {
+                if let (Some(bit), Some(libc::ENODATA)) = (remembered, e.raw_os_error()) {
+                    inode.xattr_absent.record_absent(bit, seen);
+                }
+                Err(err(e))
+            }
+        }
     }
 
     pub(crate) fn do_setxattr(
@@ -291,7 +378,9 @@ impl ExtentFs {
         self.check_writable()?;
         let cname = CString::new(n).map_err(|_| Errno::EINVAL)?;
         let fd = inode.fd()?;
-        source::setxattr(fd.as_fd(), &cname, value, flags).map_err(err)?;
+        let r = source::setxattr(fd.as_fd(), &cname, value, flags);
+        self.xattrs_changed(&inode, fd.as_fd());
+        r.map_err(err)?;
         if n == b"system.posix_acl_access" {
             // SOURCE applied the ACL as the daemon, which may keep S_ISGID; the kernel would
             // drop it for a caller outside the file's group without CAP_FSETID (fuser cannot
@@ -336,7 +425,23 @@ impl ExtentFs {
         }
         self.check_writable()?;
         let cname = CString::new(n).map_err(|_| Errno::EINVAL)?;
-        source::removexattr(inode.fd()?.as_fd(), &cname).map_err(err)
+        let fd = inode.fd()?;
+        let r = source::removexattr(fd.as_fd(), &cname);
+        self.xattrs_changed(&inode, fd.as_fd());
+        r.map_err(err)
+    }
+
+    /// After a setxattr or removexattr through the mount (even a failed one: it may have
+    /// raced with a change): what was remembered absent is no longer known to be, and a
+    /// getxattr that asked SOURCE before the change must not record its answer as current,
+    /// so the new ctime is taken now.
+    fn xattrs_changed(&self, inode: &inodes::Inode, fd: std::os::fd::BorrowedFd<'_>) {
+        if let Ok(st) = source::fstat(fd) {
+            inode
+                .xattr_absent
+                .note_ctime(ctime_stamp(st.st_ctime, st.st_ctime_nsec));
+        }
+        inode.xattr_absent.forget();
     }
 }
 
@@ -375,6 +480,35 @@ mod tests {
         );
         assert_eq!(visible_names(list, false), b"user.a\0security.selinux\0");
         assert_eq!(visible_names(b"", false), b"");
+    }
+
+    #[test]
+    fn absence_is_remembered_while_ctime_holds() {
+        let a = AbsentXattrs::default();
+        let acl = AbsentXattrs::index(b"system.posix_acl_access").unwrap();
+        let cap = AbsentXattrs::index(b"security.capability").unwrap();
+        assert_eq!(AbsentXattrs::index(b"user.x"), None);
+        let t1 = ctime_stamp(100, 5);
+        a.note_ctime(t1);
+        assert!(!a.is_absent(acl));
+        a.record_absent(acl, a.seen());
+        a.record_absent(cap, a.seen());
+        assert!(a.is_absent(acl) && a.is_absent(cap));
+        // ctime moved (seen by a stat): nothing is known any more.
+        a.note_ctime(ctime_stamp(100, 6));
+        assert!(!a.is_absent(acl) && !a.is_absent(cap));
+        // An answer asked under the old ctime does not count under the new one.
+        a.record_absent(acl, t1);
+        assert!(!a.is_absent(acl));
+        a.record_absent(cap, a.seen());
+        assert!(
+            a.is_absent(cap) && !a.is_absent(acl),
+            "a new stamp starts afresh"
+        );
+        a.forget();
+        assert!(!a.is_absent(cap));
+        assert_ne!(ctime_stamp(1, 0), ctime_stamp(0, 999_999_999));
+        assert_eq!(ctime_stamp(-1, 0) >> 60, 0);
     }
 
     #[test]
