@@ -452,3 +452,59 @@ fn absent_xattrs_are_remembered_not_errors() {
     assert_eq!(unsafe { libc::removexattr(c.as_ptr(), label.as_ptr()) }, 0);
     assert_eq!(lgetxattr_errno(&f0, &label), libc::ENODATA);
 }
+
+/// An unprivileged mount where /dev/fuse is mode 0600: extentfs falls back to fusermount3 (as
+/// for EPERM from mount(2)); that helper opens /dev/fuse with the user's rights too, so the
+/// mount fails, and the reason is printed once. The 0600 device is a private copy bound over
+/// /dev/fuse in a mount namespace of its own (`unshare -m`), so nothing else sees it.
+#[test]
+fn unprivileged_mount_with_0600_dev_fuse_says_why_once() {
+    require_root();
+    let d = tempfile::Builder::new()
+        .prefix("posix-devfuse-")
+        .tempdir()
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (s, mnt, node) = (
+        d.path().join("s"),
+        d.path().join("m"),
+        d.path().join("fuse"),
+    );
+    for p in [&s, &mnt] {
+        std::fs::create_dir(p).unwrap();
+        std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
+    }
+    let n = cpath(&node);
+    let r = unsafe { libc::mknod(n.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(10, 229)) };
+    assert_eq!(r, 0, "mknod: {}", std::io::Error::last_os_error());
+    let script = format!(
+        "mount --bind '{}' /dev/fuse && exec setpriv --reuid=65534 --regid=65534 \
+         --clear-groups '{BIN}' '{}' '{}' -o cache_size=16M",
+        node.display(),
+        s.display(),
+        mnt.display()
+    );
+    for foreground in [false, true] {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["-m", "--propagation", "private", "sh", "-c"]);
+        cmd.arg(if foreground {
+            format!("{script} -f")
+        } else {
+            script.clone()
+        });
+        let out = cmd.stdin(Stdio::null()).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "foreground {foreground}: {err}");
+        assert_eq!(err.matches("cannot mount").count(), 1, "said once: {err}");
+        assert!(
+            err.contains("fusermount3"),
+            "fell back to fusermount3: {err}"
+        );
+        assert!(
+            !err.contains("/etc/mtab"),
+            "no unmount of what was never mounted: {err}"
+        );
+        assert!(!is_mounted(&mnt));
+    }
+}
