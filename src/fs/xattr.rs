@@ -178,6 +178,8 @@ impl ExtentFs {
             ),
             ("dirty_bytes".into(), Int(ctx.dirty_bytes())),
             ("writeback_bytes".into(), Int(wb)),
+            ("pool_resident_bytes".into(), Int(pool.resident_bytes())),
+            ("pool_released_bytes".into(), Int(pool.released_bytes())),
             ("pool_backing".into(), Text(pool.backing().as_str().into())),
             ("huge_page_bytes".into(), Int(pool.huge_bytes())),
         ];
@@ -370,6 +372,9 @@ impl ExtentFs {
                     for c in &caches {
                         self.ctx.drop_clean(c);
                     }
+                    // What is free now need not stay resident.
+                    let given = self.ctx.pool.release_free();
+                    tracing::debug!("ctl drop: {given} bytes of the pool given back");
                     Ok(())
                 }
                 _ => Err(Errno::EINVAL),
