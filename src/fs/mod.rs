@@ -1129,14 +1129,7 @@ impl Filesystem for ExtentFs {
             let r = (|| {
                 self.check_writable()?;
                 let c = self.inode(ino).and_then(|i| self.cache_of(&i))?;
-                self.kill_setid_for(req, ino, &c)?;
                 let pool = self.cfg.cache == CacheMode::Pool;
-                if !pool && offset.saturating_add(data.len() as u64) > c.file.max_size() {
-                    // Past SOURCE's limit: the kernel knows only its own (2^63 - 1), and its
-                    // asynchronous direct I/O turns a short write into EIO, so refuse it
-                    // whole (under cache=pool it is cut short at the limit, as on SOURCE).
-                    return Err(Errno::EFBIG);
-                }
                 let kind = if pool && write_flags.contains(WriteFlags::FUSE_WRITE_CACHE) {
                     WriteKind::PageCache
                 } else if pool && flags.0 & libc::O_APPEND != 0 {
@@ -1144,6 +1137,23 @@ impl Filesystem for ExtentFs {
                 } else {
                     WriteKind::At
                 };
+                // The size limit is checked before the write changes anything, set-ID bits
+                // included (as generic_write_checks comes before file_remove_privs).
+                let max = c.file.max_size();
+                let at = if kind == WriteKind::Append {
+                    c.size()
+                } else {
+                    offset
+                };
+                let end = at.saturating_add(data.len() as u64);
+                if !data.is_empty() && (at >= max || (!pool && end > max)) {
+                    // Past SOURCE's limit. Under cache=kernel a write crossing it is refused
+                    // whole: the kernel knows only its own limit (2^63 - 1), and its
+                    // asynchronous direct I/O turns a short write into EIO (under cache=pool
+                    // it is cut short at the limit, as on SOURCE).
+                    return Err(Errno::EFBIG);
+                }
+                self.kill_setid_for(req, ino, &c)?;
                 self.ctx.write(&c, offset, data, kind).map_err(err)
             })();
             self.answer(op, reply, r, |reply, (_, n)| reply.written(n as u32))
@@ -1561,7 +1571,11 @@ impl Filesystem for ExtentFs {
             let r = (|| {
                 let a = self.inode(ino_in).and_then(|i| self.cache_of(&i))?;
                 let b = self.inode(ino_out).and_then(|i| self.cache_of(&i))?;
-                // The destination is modified as by write(2) (file_modified() on it).
+                // The destination is modified as by write(2) (file_modified() on it, after
+                // the size checks).
+                if offset_out >= b.file.max_size() {
+                    return Err(Errno::EFBIG);
+                }
                 self.kill_setid_for(req, ino_out, &b)?;
                 self.do_copy_range(&a, offset_in, &b, offset_out, len)
             })();
