@@ -6,6 +6,7 @@ mod coherence;
 mod data;
 mod handles;
 mod harness;
+mod local_fs;
 mod posix;
 mod reliability;
 mod smoke;

@@ -202,11 +202,24 @@ fn mount_main(args: MountArgs) -> ExitCode {
             Err(code) => return code,
         }
     };
-    let result = serve(&cfg, &source, &mountpoint, pool, reporter, args.foreground);
+    let mut live = false;
+    let result = serve(
+        &cfg,
+        &source,
+        &mountpoint,
+        pool,
+        reporter,
+        args.foreground,
+        &mut live,
+    );
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
-            tracing::error!("{msg}");
+            // Before the mount was live, a daemonized child has sent the message to the
+            // waiting parent, which prints it: printing it here too would say it twice.
+            if args.foreground || live {
+                tracing::error!("{msg}");
+            }
             ExitCode::from(1)
         }
     }
@@ -355,6 +368,7 @@ fn serve(
     pool: Arc<PagePool>,
     mut reporter: Option<std::fs::File>,
     foreground: bool,
+    live: &mut bool,
 ) -> Result<(), String> {
     unsafe { libc::umask(0) };
     set_fd_limit(cfg.rlimit_nofile);
@@ -400,23 +414,38 @@ fn serve(
     };
     fcfg.acl = acl;
     let notifier_slot = fs.notifier_slot();
-    let session = match mount::mount_fuse(source, mountpoint, cfg) {
-        Ok(fd) => fuser::Session::from_fd(fs, fd, acl, fcfg),
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-            // Unprivileged: fusermount3 mounts for us.
-            let mut opts = vec![
-                fuser::MountOption::FSName(source.to_string_lossy().into_owned()),
-                fuser::MountOption::Subtype("extentfs".into()),
-                fuser::MountOption::DefaultPermissions,
-            ];
-            if cfg.read_only {
-                opts.push(fuser::MountOption::RO);
-            }
-            fcfg.mount_options = opts;
-            fuser::Session::new(fs, mountpoint, &fcfg)
+    let fd = match mount::mount_fuse(source, mountpoint, cfg) {
+        Err(e) if mount::use_fusermount(&e) => {
+            // Unprivileged (mount(2) refused, or /dev/fuse is 0600): the setuid helper
+            // mounts for us and hands over the descriptor.
+            tracing::debug!(
+                "mounting directly failed ({e}); asking {}",
+                mount::FUSERMOUNT
+            );
+            let opts = mount::fusermount_options(source, cfg);
+            mount::mount_with_helper(mount::FUSERMOUNT, &opts, mountpoint).map_err(|e2| {
+                std::io::Error::new(
+                    e2.kind(),
+                    format!("{e}, and through {e2}{}", mount::dev_fuse_hint()),
+                )
+            })
         }
-        Err(e) => Err(e),
+        r => r,
     };
+    let fd = match fd {
+        Ok(fd) => fd,
+        Err(e) => {
+            // Nothing was mounted: nothing to unmount.
+            let m = format!(
+                "cannot mount {} at {}: {e}",
+                source.display(),
+                mountpoint.display()
+            );
+            report(&mut reporter, &m);
+            return Err(m);
+        }
+    };
+    let session = fuser::Session::from_fd(fs, fd, acl, fcfg);
     let session = match session {
         Ok(s) => s,
         Err(e) => {
@@ -459,10 +488,16 @@ fn serve(
                     tracing::error!("unmount of {} failed: {e}", mp.display());
                 }
             })
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| {
+                let m = format!("cannot start the signal thread: {e}");
+                report(&mut reporter, &m);
+                let _ = mount::unmount(mountpoint);
+                m
+            })?;
     }
     tracing::info!("mounted {} at {}", source.display(), mountpoint.display());
     report(&mut reporter, "OK");
+    *live = true;
     if !foreground {
         detach_stdio();
     }

@@ -41,6 +41,8 @@ counters!(
     source_changes,
     coherence_dropped_bytes,
     coherence_conflicts,
+    xattr_absent,
+    xattr_absent_remembered,
 );
 
 macro_rules! ops {

@@ -240,7 +240,7 @@ fn apply(f: &Fixture, model: &mut Vec<u8>, op: &Op) {
             } else {
                 WriteKind::At
             };
-            let at = ctx.write(c, off, &data, kind).unwrap();
+            let (at, _) = ctx.write(c, off, &data, kind).unwrap();
             let want_at = if append { model.len() as u64 } else { off };
             assert_eq!(at, want_at, "write offset");
             let end = at as usize + len;
@@ -638,4 +638,38 @@ fn punch_dirty_tail_past_source_eof() {
         f.check_quiescent();
     }
     f.check_source(&m);
+}
+
+#[test]
+fn writes_stop_at_sources_maximum_file_size() {
+    // SOURCE is the temp dir's filesystem; whatever its limit, the cache holds to it.
+    let f = Fixture::new(POOL, false);
+    let max = f.c.file.max_size();
+    let data = bytes(7, 3 * P as usize);
+    let err = |r: std::io::Result<(u64, usize)>| r.unwrap_err().raw_os_error();
+    assert_eq!(
+        err(f.ctx.write(&f.c, max, &data, WriteKind::At)),
+        Some(libc::EFBIG)
+    );
+    assert_eq!(
+        err(f.ctx.write(&f.c, u64::MAX - 10, &data, WriteKind::At)),
+        Some(libc::EFBIG)
+    );
+    assert_eq!(f.c.size(), 0);
+    assert_eq!(
+        f.ctx.truncate(&f.c, max + 1).unwrap_err().raw_os_error(),
+        Some(libc::EFBIG)
+    );
+    // Crossing the limit: cut short there.
+    let (at, n) = f.ctx.write(&f.c, max - 100, &data, WriteKind::At).unwrap();
+    assert_eq!((at, n), (max - 100, 100));
+    assert_eq!(f.c.size(), max);
+    assert_eq!(f.read(max - 100, 4096), data[..100].to_vec());
+    // At the limit, even appending is refused.
+    assert_eq!(
+        err(f.ctx.write(&f.c, 0, &data, WriteKind::Append)),
+        Some(libc::EFBIG)
+    );
+    f.ctx.truncate(&f.c, 0).unwrap();
+    f.check_quiescent();
 }

@@ -308,22 +308,24 @@ impl InodeCache {
         *self.wb_error.lock().unwrap()
     }
 
-    /// Drop set-user-ID, and set-group-ID when group-executable, from SOURCE's file (a write
-    /// by an unprivileged caller). True if the mode changed.
-    pub fn kill_setid(&self) -> io::Result<bool> {
+    /// Drop the set-ID bits that `to_drop(st_mode, st_gid)` names (the caller's rule, asked
+    /// only when SOURCE's file has one) from SOURCE's file: a modification by a caller without
+    /// CAP_FSETID. True if the mode changed.
+    pub fn kill_setid(&self, to_drop: impl FnOnce(u32, u32) -> u32) -> io::Result<bool> {
         let st = self.file.stat()?;
-        let mut mode = st.st_mode & 0o7777;
-        mode &= !libc::S_ISUID;
-        if mode & libc::S_IXGRP != 0 {
-            mode &= !libc::S_ISGID;
-        }
-        let changed = mode != st.st_mode & 0o7777;
-        if changed {
-            self.file.chmod(mode)?;
+        let mode = st.st_mode & 0o7777;
+        let setid = libc::S_ISUID | libc::S_ISGID;
+        let kill = if mode & setid != 0 {
+            to_drop(st.st_mode, st.st_gid) & setid
+        } else {
+            0
+        };
+        if kill != 0 {
+            self.file.chmod(mode & !kill)?;
         }
         self.may_have_setid
-            .store(mode & libc::S_ISGID != 0, Ordering::Relaxed);
-        Ok(changed)
+            .store(mode & !kill & setid != 0, Ordering::Relaxed);
+        Ok(kill != 0)
     }
 
     /// Is `off` where the previous read ended (a sequential reader)?

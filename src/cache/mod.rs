@@ -319,23 +319,34 @@ impl CacheContext {
     // ---- writes ----
 
     /// Write `data` at `off` (at EOF for [`WriteKind::Append`]) into the pool; mark it DIRTY.
-    /// Returns the offset written at. SOURCE is not touched except to read partial edge pages.
-    pub fn write(&self, c: &InodeCache, off: u64, data: &[u8], kind: WriteKind) -> io::Result<u64> {
+    /// Returns the offset written at and the bytes written: as on SOURCE, a write starting at
+    /// or past SOURCE's maximum file size fails with EFBIG and one crossing it is cut short
+    /// there. SOURCE is not touched except to read partial edge pages.
+    pub fn write(
+        &self,
+        c: &InodeCache,
+        off: u64,
+        data: &[u8],
+        kind: WriteKind,
+    ) -> io::Result<(u64, usize)> {
         let append = kind == WriteKind::Append;
         stats::add(&self.stats.write_requests, 1);
         if self.cfg.read_only || !c.file.writable() {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
         }
         if data.is_empty() {
-            return Ok(off);
+            return Ok((off, 0));
         }
         self.throttle()?;
+        let max = c.file.max_size();
+        let all = data;
         loop {
             let off = if append { c.size() } else { off };
-            let end = off
-                .checked_add(data.len() as u64)
-                .filter(|&e| e <= MAX_FILE_SIZE)
-                .ok_or_else(|| io::Error::from_raw_os_error(libc::EFBIG))?;
+            if off >= max {
+                return Err(io::Error::from_raw_os_error(libc::EFBIG));
+            }
+            let data = &all[..(all.len() as u64).min(max - off) as usize];
+            let end = off + data.len() as u64;
             let a = floor_page(off);
             let b = ceil_page(end);
             let guard = RangeGuard::lock(&c.tree, a, b - 1, Bits::WRITEBACK);
@@ -385,7 +396,7 @@ impl CacheContext {
                 drop(guard);
             }
             stats::add(&self.stats.write_bytes, data.len() as u64);
-            return Ok(off);
+            return Ok((off, data.len()));
         }
     }
 
@@ -447,7 +458,7 @@ impl CacheContext {
 
     /// Set the file size to `new_size`, in the cache and in SOURCE.
     pub fn truncate(&self, c: &InodeCache, new_size: u64) -> io::Result<()> {
-        if new_size > MAX_FILE_SIZE {
+        if new_size > c.file.max_size() {
             return Err(io::Error::from_raw_os_error(libc::EFBIG));
         }
         let a = floor_page(new_size);

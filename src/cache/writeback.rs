@@ -20,7 +20,7 @@ use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Wakes the flusher thread.
 pub(crate) struct Flusher {
@@ -101,8 +101,13 @@ impl CacheContext {
     fn flusher_loop(&self, tx: Sender<Arc<InodeCache>>) {
         let tick = (self.cfg.dirty_expire / 4)
             .clamp(Duration::from_millis(10), Duration::from_millis(500));
+        let mut idle = IdleRelease::new(self.pool.free_pages(), Instant::now());
         while !self.shutting_down.load(Ordering::Relaxed) {
             let all = self.flusher.wait(tick);
+            if idle.due(self.pool.free_pages(), Instant::now()) {
+                let given = self.pool.release_free();
+                tracing::debug!("page pool idle: {given} free bytes given back to the kernel");
+            }
             // A bug in one pass must not end writeback for good (writers would then wait on
             // the dirty limit forever): log it and go on with the next pass.
             let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -391,5 +396,66 @@ impl WritebackThreads {
         for h in self.handles {
             let _ = h.join();
         }
+    }
+}
+
+/// How long the pool's free page count must stay the same before its free memory is given
+/// back to the kernel.
+pub const POOL_IDLE_RELEASE: Duration = Duration::from_secs(30);
+
+/// Decides when the flusher gives free pool memory back: once per idle spell, when the free
+/// page count has not changed for [`POOL_IDLE_RELEASE`] (no allocation or free in between,
+/// as far as the count shows).
+#[derive(Debug)]
+pub(crate) struct IdleRelease {
+    free: usize,
+    since: Instant,
+    done: bool,
+}
+
+impl IdleRelease {
+    pub(crate) fn new(free: usize, now: Instant) -> IdleRelease {
+        IdleRelease {
+            free,
+            since: now,
+            done: false,
+        }
+    }
+
+    /// The pool has `free` pages at `now`: true once when it has been idle long enough.
+    pub(crate) fn due(&mut self, free: usize, now: Instant) -> bool {
+        if free != self.free {
+            *self = IdleRelease::new(free, now);
+            return false;
+        }
+        if self.done || now.duration_since(self.since) < POOL_IDLE_RELEASE {
+            return false;
+        }
+        self.done = true;
+        true
+    }
+}
+
+#[cfg(test)]
+mod idle_tests {
+    use super::*;
+
+    #[test]
+    fn idle_release_once_per_idle_spell() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut i = IdleRelease::new(100, t0);
+        assert!(!i.due(100, at(1)));
+        assert!(!i.due(100, at(29)));
+        assert!(i.due(100, at(30)), "idle for 30 s");
+        assert!(!i.due(100, at(31)), "once");
+        assert!(!i.due(100, at(300)));
+        // Activity starts a new spell.
+        assert!(!i.due(90, at(301)));
+        assert!(!i.due(90, at(330)));
+        assert!(i.due(90, at(331)));
+        assert!(!i.due(95, at(400)));
+        assert!(!i.due(95, at(429)));
+        assert!(i.due(95, at(430)));
     }
 }

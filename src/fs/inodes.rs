@@ -59,6 +59,8 @@ pub struct Inode {
     /// A name of it was removed through the mount (unlink, rename over): an open that finds
     /// it with no link left is not a sign that someone else replaced or deleted it.
     pub unlinked_via_mount: AtomicBool,
+    /// xattr names known absent in SOURCE (see [`super::xattr::AbsentXattrs`]).
+    pub xattr_absent: super::xattr::AbsentXattrs,
 }
 
 impl Inode {
@@ -128,6 +130,7 @@ impl InodeTable {
             generation: 0,
             cache: OnceLock::new(),
             unlinked_via_mount: AtomicBool::new(false),
+            xattr_absent: Default::default(),
         });
         path_fd::set_budget(fd_budget());
         let mut by_id = HashMap::new();
@@ -383,6 +386,7 @@ fn insert(
         generation,
         cache: OnceLock::new(),
         unlinked_via_mount: AtomicBool::new(false),
+        xattr_absent: Default::default(),
     });
     t.by_id.insert(id, ino.clone());
     t.by_key.insert(key, id);

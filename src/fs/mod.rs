@@ -7,6 +7,7 @@
 //!
 //! Nothing outside this module knows about FUSE.
 
+pub mod caller;
 pub mod inodes;
 pub mod mount;
 pub mod path_fd;
@@ -19,6 +20,7 @@ use crate::cache::inode_cache::InodeCache;
 use crate::cache::{CacheContext, WriteKind};
 use crate::options::{CacheMode, Coherence};
 use crate::stats::Op;
+use caller::Caller;
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
@@ -339,6 +341,9 @@ impl ExtentFs {
         let mut blocks = st.st_blocks as u64;
         let mut mtime = systime(st.st_mtime, st.st_mtime_nsec);
         let mut ctime = systime(st.st_ctime, st.st_ctime_nsec);
+        inode
+            .xattr_absent
+            .note_ctime(xattr::ctime_stamp(st.st_ctime, st.st_ctime_nsec));
         if inode.is_file() {
             if let Some(c) = inode
                 .cache
@@ -471,6 +476,27 @@ impl ExtentFs {
         let kind = st.st_mode & libc::S_IFMT;
         if kind != libc::S_IFLNK && kind != libc::S_IFDIR && mode & 0o6000 != 0 {
             let _ = source::chmod(fd.as_fd(), mode & 0o7777);
+        }
+        Ok(())
+    }
+
+    /// A modification of `c`'s data by the caller of `req` (a write, fallocate in any mode, a
+    /// copy into it): drop set-user-ID and set-group-ID as the kernel does for a local file
+    /// (`setattr_should_drop_suidgid`), since the kernel leaves that to the daemon for direct
+    /// I/O, fallocate and copy_file_range, and the daemon acts with its own CAP_FSETID. Costs
+    /// an atomic load unless the file may have such a bit.
+    fn kill_setid_for(&self, req: &Request, ino: INodeNo, c: &InodeCache) -> R<()> {
+        if !c.may_have_setid.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let changed = c
+            .kill_setid(|mode, gid| Caller::of(req).setid_to_drop(mode, gid))
+            .map_err(err)?;
+        if changed {
+            if let Some(n) = self.notifier.get() {
+                // Attributes only (negative offset): the cached mode is stale.
+                let _ = n.inval_inode(ino, -1, 0);
+            }
         }
         Ok(())
     }
@@ -688,16 +714,26 @@ impl ExtentFs {
         }
     }
 
-    fn do_fallocate(&self, inode: &Inode, offset: u64, length: u64, mode: i32) -> R<()> {
+    fn do_fallocate(
+        &self,
+        req: &Request,
+        inode: &Inode,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    ) -> R<()> {
         self.check_writable()?;
         let c = self.cache_of(inode)?;
         if length == 0 {
             return Err(Errno::EINVAL);
         }
+        // As vfs_fallocate checks against SOURCE's limit, whatever the mode.
         let end = offset.checked_add(length).ok_or(Errno::EFBIG)?;
-        if end > crate::cache::inode_cache::MAX_FILE_SIZE {
+        if end > c.file.max_size() {
             return Err(Errno::EFBIG);
         }
+        // Every mode modifies the file (file_modified() in a local filesystem's fallocate).
+        self.kill_setid_for(req, INodeNo(inode.id), &c)?;
         let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         let known =
             libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
@@ -745,12 +781,15 @@ impl ExtentFs {
         len: u64,
     ) -> R<u64> {
         self.check_writable()?;
-        // Only what the source file holds is copied; the copy must fit below the size limit.
-        let len = len.min(src.size().saturating_sub(off_in));
-        let max = crate::cache::inode_cache::MAX_FILE_SIZE;
-        if len > 0 && off_out.checked_add(len).is_none_or(|e| e > max) {
+        // Only what the source file holds is copied, and only up to the destination's size
+        // limit on SOURCE; starting at or past that limit is EFBIG (generic_copy_file_checks).
+        let max = dst.file.max_size();
+        if off_out >= max {
             return Err(Errno::EFBIG);
         }
+        let len = len
+            .min(src.size().saturating_sub(off_in))
+            .min(max - off_out);
         let mut done = 0u64;
         let mut buf: Vec<u8> = Vec::new();
         while done < len {
@@ -762,12 +801,16 @@ impl ExtentFs {
             if buf.is_empty() {
                 break;
             }
-            self.ctx
+            let (_, n) = self
+                .ctx
                 .write(dst, off_out, &buf, WriteKind::At)
                 .map_err(err)?;
-            done += buf.len() as u64;
-            off_in += buf.len() as u64;
-            off_out += buf.len() as u64;
+            done += n as u64;
+            off_in += n as u64;
+            off_out += n as u64;
+            if n < buf.len() {
+                break;
+            }
         }
         Ok(done)
     }
@@ -924,7 +967,7 @@ impl Filesystem for ExtentFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -932,7 +975,7 @@ impl Filesystem for ExtentFs {
         size: Option<u64>,
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
+        ctime: Option<SystemTime>,
         _fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
@@ -942,9 +985,25 @@ impl Filesystem for ExtentFs {
     ) {
         let op = Op::Setattr;
         self.guard(op, move || {
-            let r = self
-                .inode(ino)
-                .and_then(|i| self.do_setattr(&i, mode, uid, gid, size, atime, mtime));
+            let r = self.inode(ino).and_then(|i| {
+                let nothing = mode.is_none()
+                    && uid.is_none()
+                    && gid.is_none()
+                    && size.is_none()
+                    && atime.is_none()
+                    && mtime.is_none()
+                    && ctime.is_none();
+                if nothing && i.is_file() {
+                    // The kernel's file_remove_privs() before a buffered write (cache=kernel):
+                    // its FUSE setattr drops only set-user-ID and group-executable
+                    // set-group-ID itself and sends what is left, nothing, when its rule
+                    // (setattr_should_drop_suidgid) wanted more: set-group-ID of a file whose
+                    // group the writer is not in. Decide it here by the writer's groups.
+                    let c = self.cache_of(&i)?;
+                    self.kill_setid_for(req, ino, &c)?;
+                }
+                self.do_setattr(&i, mode, uid, gid, size, atime, mtime)
+            });
             self.answer(op, reply, r, |reply, attr| reply.attr(&self.cfg.ttl, &attr))
         });
     }
@@ -1212,16 +1271,6 @@ impl Filesystem for ExtentFs {
             let r = (|| {
                 self.check_writable()?;
                 let c = self.inode(ino).and_then(|i| self.cache_of(&i))?;
-                if c.may_have_setid.load(Ordering::Relaxed) && req.uid() != 0 {
-                    // As on a local filesystem: a write by someone other than root drops
-                    // set-user-ID (and set-group-ID on group-executable files).
-                    if c.kill_setid().map_err(err)? {
-                        if let Some(n) = self.notifier.get() {
-                            // Attributes only (negative offset): the cached mode is stale.
-                            let _ = n.inval_inode(ino, -1, 0);
-                        }
-                    }
-                }
                 let pool = self.cfg.cache == CacheMode::Pool;
                 let append = flags.0 & libc::O_APPEND != 0;
                 let kind = if pool && write_flags.contains(WriteFlags::FUSE_WRITE_CACHE) {
@@ -1239,14 +1288,31 @@ impl Filesystem for ExtentFs {
                 if self.coherent() && kind != WriteKind::PageCache && (append || extends) {
                     self.revalidate(ino, &c, true)?;
                 }
-                let at = self.ctx.write(&c, offset, data, kind).map_err(err)?;
+                // The size limit is checked before the write changes anything, set-ID bits
+                // included (as generic_write_checks comes before file_remove_privs).
+                let max = c.file.max_size();
+                let at = if kind == WriteKind::Append {
+                    c.size()
+                } else {
+                    offset
+                };
+                let end = at.saturating_add(data.len() as u64);
+                if !data.is_empty() && (at >= max || (!pool && end > max)) {
+                    // Past SOURCE's limit. Under cache=kernel a write crossing it is refused
+                    // whole: the kernel knows only its own limit (2^63 - 1), and its
+                    // asynchronous direct I/O turns a short write into EIO (under cache=pool
+                    // it is cut short at the limit, as on SOURCE).
+                    return Err(Errno::EFBIG);
+                }
+                self.kill_setid_for(req, ino, &c)?;
+                let (at, n) = self.ctx.write(&c, offset, data, kind).map_err(err)?;
                 if at != offset && !pool {
                     // The kernel's pages hold the data where it thought the end was.
                     self.tell_kernel_changed(ino, true);
                 }
-                Ok(at)
+                Ok((at, n))
             })();
-            self.answer(op, reply, r, |reply, _| reply.written(data.len() as u32))
+            self.answer(op, reply, r, |reply, (_, n)| reply.written(n as u32))
         });
     }
 
@@ -1526,20 +1592,20 @@ impl Filesystem for ExtentFs {
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let op = Op::Getxattr;
-        self.guard(op, move || {
-            self.answer(
-                op,
-                reply,
-                self.do_getxattr(req, ino, name, size),
-                |reply, v| xattr::reply_value(reply, &v, size),
-            )
+        self.guard(op, move || match self.do_getxattr(req, ino, name, size) {
+            // An absent attribute is an answer, not a failure.
+            Err(Errno::NO_XATTR) => {
+                crate::stats::add(&self.ctx.stats.xattr_absent, 1);
+                reply.error(Errno::NO_XATTR)
+            }
+            r => self.answer(op, reply, r, |reply, v| xattr::reply_value(reply, &v, size)),
         });
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let op = Op::Listxattr;
         self.guard(op, move || {
-            self.answer(op, reply, self.do_listxattr(ino), |reply, v| {
+            self.answer(op, reply, self.do_listxattr(req, ino), |reply, v| {
                 xattr::reply_value(reply, &v, size)
             })
         });
@@ -1593,7 +1659,7 @@ impl Filesystem for ExtentFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -1605,7 +1671,7 @@ impl Filesystem for ExtentFs {
         self.guard(op, move || {
             match self
                 .inode(ino)
-                .and_then(|i| self.do_fallocate(&i, offset, length, mode))
+                .and_then(|i| self.do_fallocate(req, &i, offset, length, mode))
             {
                 Ok(()) => reply.ok(),
                 Err(e) => {
@@ -1649,7 +1715,7 @@ impl Filesystem for ExtentFs {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         ino_in: INodeNo,
         _fh_in: FileHandle,
         offset_in: u64,
@@ -1665,6 +1731,12 @@ impl Filesystem for ExtentFs {
             let r = (|| {
                 let a = self.inode(ino_in).and_then(|i| self.cache_of(&i))?;
                 let b = self.inode(ino_out).and_then(|i| self.cache_of(&i))?;
+                // The destination is modified as by write(2) (file_modified() on it, after
+                // the size checks).
+                if offset_out >= b.file.max_size() {
+                    return Err(Errno::EFBIG);
+                }
+                self.kill_setid_for(req, ino_out, &b)?;
                 self.do_copy_range(&a, offset_in, &b, offset_out, len)
             })();
             self.answer(op, reply, r, |reply, n| {

@@ -103,7 +103,165 @@ pub fn clean_stale(path: &Path) -> io::Result<()> {
     Err(io::Error::last_os_error())
 }
 
+/// Mounting ourselves failed with `e`: should the setuid `fusermount3` mount instead? It
+/// should for an unprivileged user, whom mount(2) answers EPERM and a `/dev/fuse` of mode
+/// 0600 (as some distributions ship it) EACCES.
+pub fn use_fusermount(e: &io::Error) -> bool {
+    // Both map to PermissionDenied, which [`mount_fuse`]'s errors keep with their context.
+    matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES))
+        || e.kind() == io::ErrorKind::PermissionDenied
+}
+
+/// A hint when `/dev/fuse` admits only its owner: fusermount3 opens it with the user's own
+/// rights too, so no unprivileged mount can succeed (empty otherwise).
+pub fn dev_fuse_hint() -> &'static str {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: getuid cannot fail and touches no memory.
+    let uid = unsafe { libc::getuid() };
+    match std::fs::metadata("/dev/fuse") {
+        Ok(m) if uid != m.uid() && m.mode() & 0o006 == 0 => {
+            " (/dev/fuse does not let other users open it, and fusermount3 opens it with the \
+             user's own rights: only its owner may mount FUSE filesystems here; most systems \
+             make it mode 0666)"
+        }
+        _ => "",
+    }
+}
+
+/// The helper that mounts for unprivileged users.
+pub const FUSERMOUNT: &str = "fusermount3";
+
+/// The `-o` options for fusermount3 (it adds `fd`, `rootmode`, `user_id`, `group_id`, and
+/// `nosuid,nodev` for a user who is not root). A comma or backslash in SOURCE's name is
+/// escaped with a backslash, as fusermount3 expects.
+pub fn fusermount_options(source: &Path, cfg: &MountConfig) -> String {
+    let mut fsname = String::new();
+    for ch in source.to_string_lossy().chars() {
+        if ch == ',' || ch == '\\' {
+            fsname.push('\\');
+        }
+        fsname.push(ch);
+    }
+    let mut o = format!("fsname={fsname},subtype=extentfs,default_permissions");
+    let pairs = [
+        (cfg.allow_other, "allow_other"),
+        (cfg.read_only, "ro"),
+        (cfg.nosuid, "nosuid"),
+        (cfg.nodev, "nodev"),
+        (cfg.noexec, "noexec"),
+        (cfg.noatime, "noatime"),
+        (cfg.nodiratime, "nodiratime"),
+        (cfg.sync, "sync"),
+        (cfg.dirsync, "dirsync"),
+        (cfg.relatime, "relatime"),
+        (cfg.strictatime, "strictatime"),
+    ];
+    for (on, name) in pairs {
+        if on {
+            o.push(',');
+            o.push_str(name);
+        }
+    }
+    o
+}
+
+/// Have `helper` (fusermount3, setuid root) mount at `mountpoint` with `-o opts` and hand
+/// back the /dev/fuse descriptor over the `_FUSE_COMMFD` socket, as libfuse does. The error
+/// says what the helper printed.
+pub fn mount_with_helper(helper: &str, opts: &str, mountpoint: &Path) -> io::Result<OwnedFd> {
+    use std::os::unix::net::UnixStream;
+    use std::os::unix::process::CommandExt;
+    let (ours, theirs) = UnixStream::pair()?;
+    let theirs_fd = theirs.as_raw_fd();
+    let mut cmd = std::process::Command::new(helper);
+    cmd.arg("-o")
+        .arg(opts)
+        .arg("--")
+        .arg(mountpoint)
+        .env("_FUSE_COMMFD", theirs_fd.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: runs in the forked child before exec and only calls fcntl, which is
+    // async-signal-safe; it makes the helper inherit its end of the socket.
+    unsafe {
+        cmd.pre_exec(move || {
+            let flags = libc::fcntl(theirs_fd, libc::F_GETFD);
+            if flags < 0 || libc::fcntl(theirs_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot run {helper}: {e}")))?;
+    drop(theirs);
+    let received = receive_fd(&ours);
+    drop(ours);
+    let out = child.wait_with_output()?;
+    match received {
+        Ok(fd) if out.status.success() => Ok(fd),
+        Ok(_) | Err(_) => {
+            let said = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            let why = match (&received, said.is_empty()) {
+                (_, false) => said,
+                (Err(e), true) => format!("{e} ({})", out.status),
+                (Ok(_), true) => out.status.to_string(),
+            };
+            Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{helper}: {why}"),
+            ))
+        }
+    }
+}
+
+/// One descriptor sent as SCM_RIGHTS over `sock` (with at least one byte of data).
+fn receive_fd(sock: &std::os::unix::net::UnixStream) -> io::Result<OwnedFd> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr() as *mut libc::c_void,
+        iov_len: 1,
+    };
+    // Room for one descriptor's control message, aligned for cmsghdr.
+    let mut space = [0u64; 8];
+    // SAFETY: CMSG_SPACE only computes a size.
+    let cmsg_len = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+    assert!(cmsg_len <= std::mem::size_of_val(&space));
+    // SAFETY: a zeroed msghdr is a valid empty one; its pointers are set just below to
+    // buffers that outlive the recvmsg call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = space.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = cmsg_len;
+    // SAFETY: msg describes valid, writable buffers of the stated sizes.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: msg was filled in by recvmsg; CMSG_FIRSTHDR/CMSG_DATA stay within
+    // msg_control as long as msg_controllen says a header is there, which CMSG_FIRSTHDR checks.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        if n == 0
+            || c.is_null()
+            || (*c).cmsg_level != libc::SOL_SOCKET
+            || (*c).cmsg_type != libc::SCM_RIGHTS
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no descriptor received from the mount helper",
+            ));
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::c_int);
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
 /// Open /dev/fuse and mount it at `mountpoint` with type `fuse.extentfs`. Returns the fd.
+/// Errors say which step failed and keep their kind (see [`use_fusermount`]).
 pub fn mount_fuse(source: &Path, mountpoint: &Path, cfg: &MountConfig) -> io::Result<OwnedFd> {
     let dev = CString::new("/dev/fuse").unwrap();
     let fd = unsafe { libc::open(dev.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
@@ -156,7 +314,8 @@ pub fn mount_fuse(source: &Path, mountpoint: &Path, cfg: &MountConfig) -> io::Re
         )
     };
     if r != 0 {
-        return Err(io::Error::last_os_error());
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("mount(2): {e}")));
     }
     Ok(fd)
 }
@@ -184,6 +343,134 @@ pub fn unmount(mountpoint: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unprivileged_errors_go_to_fusermount() {
+        // mount(2) as a user: EPERM; open of a /dev/fuse with mode 0600: EACCES.
+        for e in [libc::EPERM, libc::EACCES] {
+            assert!(use_fusermount(&io::Error::from_raw_os_error(e)), "{e}");
+        }
+        for e in [libc::ENOENT, libc::ENODEV, libc::EBUSY, libc::EINVAL] {
+            assert!(!use_fusermount(&io::Error::from_raw_os_error(e)), "{e}");
+        }
+        assert!(!use_fusermount(&io::Error::other("x")));
+        let opened = io::Error::from_raw_os_error(libc::EACCES);
+        let with_context =
+            io::Error::new(opened.kind(), format!("cannot open /dev/fuse: {opened}"));
+        assert!(use_fusermount(&with_context));
+        let busy = io::Error::from_raw_os_error(libc::EBUSY);
+        assert!(!use_fusermount(&io::Error::new(
+            busy.kind(),
+            "mount(2): busy"
+        )));
+    }
+
+    #[test]
+    fn fusermount_options_escape_the_source() {
+        let mut cfg = MountConfig::defaults(1 << 30, 1);
+        assert_eq!(
+            fusermount_options(Path::new("/srv/a,b\\c"), &cfg),
+            "fsname=/srv/a\\,b\\\\c,subtype=extentfs,default_permissions"
+        );
+        cfg.allow_other = true;
+        cfg.read_only = true;
+        cfg.noatime = true;
+        assert_eq!(
+            fusermount_options(Path::new("/s"), &cfg),
+            "fsname=/s,subtype=extentfs,default_permissions,allow_other,ro,noatime"
+        );
+    }
+
+    /// Run as the fake helper by `helper_hands_over_the_descriptor` (the test binary started
+    /// again through a script): send /dev/null over `_FUSE_COMMFD` as fusermount3 sends
+    /// /dev/fuse, write the arguments it got next to the script, and exit.
+    #[test]
+    #[ignore = "the helper process of helper_hands_over_the_descriptor, not a test"]
+    fn fake_fusermount_child() {
+        let out = std::env::var("EXTENTFS_FAKE_FUSERMOUNT_ARGS").unwrap();
+        let fd: i32 = std::env::var("_FUSE_COMMFD").unwrap().parse().unwrap();
+        let args = std::env::var("EXTENTFS_FAKE_FUSERMOUNT_GOT").unwrap_or_default();
+        std::fs::write(out, args).unwrap();
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let mut byte = [0u8; 1];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr() as *mut libc::c_void,
+            iov_len: 1,
+        };
+        let mut space = [0u64; 8];
+        // SAFETY: a test's own buffers, sized by CMSG_SPACE for one descriptor.
+        unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = space.as_mut_ptr() as *mut libc::c_void;
+            msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut i32, null.as_raw_fd());
+            assert_eq!(libc::sendmsg(fd, &msg, 0), 1);
+        }
+        std::process::exit(0);
+    }
+
+    #[test]
+    fn helper_hands_over_the_descriptor() {
+        let d = tempfile::Builder::new()
+            .prefix("posix-helper")
+            .tempdir()
+            .unwrap();
+        let got = d.path().join("args");
+        let script = d.path().join("fusermount3");
+        let exe = std::env::current_exe().unwrap();
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nEXTENTFS_FAKE_FUSERMOUNT_ARGS='{}' EXTENTFS_FAKE_FUSERMOUNT_GOT=\"$*\" \
+                 exec '{}' --exact fs::mount::tests::fake_fusermount_child --ignored --quiet \
+                 --test-threads=1 >/dev/null\n",
+                got.display(),
+                exe.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let helper = script.to_str().unwrap();
+        let fd =
+            mount_with_helper(helper, "fsname=/s,subtype=extentfs", Path::new("/mnt/x")).unwrap();
+        // What came back is the helper's descriptor (here /dev/null), close-on-exec.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) }, 0);
+        let null = std::fs::metadata("/dev/null").unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(st.st_rdev, null.rdev());
+        let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
+        assert_ne!(flags & libc::FD_CLOEXEC, 0);
+        assert_eq!(
+            std::fs::read_to_string(&got).unwrap(),
+            "-o fsname=/s,subtype=extentfs -- /mnt/x"
+        );
+
+        // A helper that fails says why; a missing one says so.
+        let failing = d.path().join("failing");
+        std::fs::write(
+            &failing,
+            "#!/bin/sh\necho 'fusermount3: mount failed: Operation not permitted' >&2\nexit 1\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&failing, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = mount_with_helper(failing.to_str().unwrap(), "x", Path::new("/mnt/x")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("mount failed: Operation not permitted"),
+            "{e}"
+        );
+        let e =
+            mount_with_helper("/nonexistent/fusermount3", "x", Path::new("/mnt/x")).unwrap_err();
+        assert!(e.to_string().contains("cannot run"), "{e}");
+    }
 
     #[test]
     fn unescapes_mountinfo() {

@@ -13,6 +13,7 @@ use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// Run `f` (a create/mkdir/mknod) with the caller's umask, as the kernel would: SOURCE's
@@ -499,6 +500,8 @@ pub struct DataFile {
     seen: Mutex<Seen>,
     /// Signalled when the last own change in flight ends.
     seen_idle: std::sync::Condvar,
+    /// The largest size SOURCE's filesystem allows this file (see [`max_file_size`]).
+    max_size: u64,
 }
 
 /// An own change of the file in progress (see [`DataFile::own_change`]); ends on drop.
@@ -508,6 +511,40 @@ impl Drop for OwnChange<'_> {
     fn drop(&mut self) {
         self.0.end_own();
     }
+}
+
+/// The last answer of [`max_file_size`]: the next file is most likely on the same filesystem.
+static LAST_MAX_SIZE: AtomicU64 = AtomicU64::new(0);
+
+/// The largest size a file may have on the filesystem of `fd` (the kernel's `s_maxbytes`:
+/// ext4 with 4 KiB blocks 16 TiB - 4 KiB, with 1 KiB blocks 4 TiB - 1 KiB; tmpfs, xfs,
+/// btrfs 2^63 - 1). There is no system call that says; lseek(SEEK_SET) to an offset past it
+/// fails with EINVAL on every filesystem using the generic llseek, and never moves data, so
+/// the limit is found by bisection. `hint` (an earlier answer) is checked first: two calls
+/// when it is right. A descriptor that cannot seek at all gets 2^63 - 1.
+pub fn max_file_size(fd: BorrowedFd<'_>, hint: u64) -> u64 {
+    const TOP: u64 = i64::MAX as u64;
+    // SAFETY: lseek on a descriptor we hold only moves its file position, which nobody uses
+    // (all I/O is positioned: preadv/pwritev).
+    let ok =
+        |off: u64| unsafe { libc::lseek(fd.as_raw_fd(), off as libc::off_t, libc::SEEK_SET) } >= 0;
+    if hint > 0 && hint <= TOP && ok(hint) && (hint == TOP || !ok(hint + 1)) {
+        return hint;
+    }
+    if ok(TOP) || !ok(0) {
+        return TOP;
+    }
+    // ok(lo) and !ok(hi) throughout.
+    let (mut lo, mut hi) = (0u64, TOP);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if ok(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
 }
 
 /// Open the inode held by `path_fd` for data I/O: read-write when possible. Returns the
@@ -557,6 +594,8 @@ impl DataFile {
     pub fn open(path: Arc<PathFd>, read_only: bool) -> io::Result<DataFile> {
         let (fd, writable) = open_io(path.get()?.as_fd(), read_only)?;
         let st = fstat(fd.as_fd())?;
+        let max_size = max_file_size(fd.as_fd(), LAST_MAX_SIZE.load(Ordering::Relaxed));
+        LAST_MAX_SIZE.store(max_size, Ordering::Relaxed);
         path.note_io(true);
         Ok(DataFile {
             path,
@@ -564,6 +603,7 @@ impl DataFile {
             writable,
             seen: Mutex::new(Seen::new(Validator::of(&st))),
             seen_idle: std::sync::Condvar::new(),
+            max_size,
         })
     }
 
@@ -626,6 +666,12 @@ impl DataFile {
 
     pub fn writable(&self) -> bool {
         self.writable
+    }
+
+    /// The largest size SOURCE's filesystem allows this file: a write, truncate, fallocate or
+    /// copy past it answers EFBIG, as SOURCE itself would.
+    pub fn max_size(&self) -> u64 {
+        self.max_size
     }
 
     /// Run `f` on the I/O descriptor, reopening it if `close_io` gave it back.
@@ -811,6 +857,36 @@ fn advance(iov: &mut [libc::iovec], first: &mut usize, mut n: usize) {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn max_file_size_is_what_the_filesystem_enforces() {
+        let d = tempfile::tempdir().unwrap();
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(d.path().join("f"))
+            .unwrap();
+        let max = max_file_size(f.as_fd(), 0);
+        assert!(max > 1 << 31, "{max}");
+        // Whatever the hint, the same answer.
+        for hint in [1, max / 2, max - 1, max + 1, i64::MAX as u64, u64::MAX] {
+            assert_eq!(max_file_size(f.as_fd(), hint), max, "hint {hint}");
+        }
+        if max < i64::MAX as u64 {
+            // SOURCE's own limit: a write at it is refused as too large.
+            let r =
+                unsafe { libc::pwrite(f.as_raw_fd(), b"x".as_ptr() as *const _, 1, max as i64) };
+            assert_eq!(r, -1);
+            assert_eq!(io::Error::last_os_error().raw_os_error(), Some(libc::EFBIG));
+        }
+        // tmpfs (a memfd) has no limit below the kernel's.
+        let m = unsafe { libc::memfd_create(c"posix-max".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(m >= 0);
+        let m = unsafe { OwnedFd::from_raw_fd(m) };
+        assert_eq!(max_file_size(m.as_fd(), max), i64::MAX as u64);
+    }
 
     #[test]
     fn names_are_single_components() {

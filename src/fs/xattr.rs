@@ -7,20 +7,94 @@
 //!
 //! Our names are never listed, never stored in SOURCE, and cannot be set except `ctl`.
 
+use super::caller::{Caller, CAP_SYS_ADMIN};
 use super::{err, inodes, source, ExtentFs, R};
 use crate::cache::inode_cache::InodeCache;
+use crate::stats;
 use fuser::{Errno, INodeNo, ReplyXattr, Request};
 use std::ffi::{CString, OsStr};
 use std::fmt::Write as _;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub const NAMESPACE: &str = "user.extentfs.";
 pub const STATS: &str = "user.extentfs.stats";
 pub const STATS_JSON: &str = "user.extentfs.stats.json";
 pub const EXTENTS: &str = "user.extentfs.extents";
 pub const CTL: &str = "user.extentfs.ctl";
+
+/// Names asked of nearly every inode without anyone setting them: `ls -l` asks each entry
+/// for its SELinux label and access ACL (and directories for their default ACL), the kernel
+/// asks for file capabilities before writes. With FUSE the kernel keeps none of these answers
+/// for long (it forgets cached ACLs whenever an entry is looked up again or listed by
+/// READDIRPLUS, and caches no other xattr), so each walk asks again.
+const REMEMBERED: [&[u8]; 4] = [
+    b"security.capability",
+    b"security.selinux",
+    b"system.posix_acl_access",
+    b"system.posix_acl_default",
+];
+
+/// "No such attribute" for the [`REMEMBERED`] names of one inode, answered without asking
+/// SOURCE again while SOURCE's ctime of the inode is the one the absence was seen under (any
+/// xattr or ACL change moves ctime; every stat the daemon makes of the inode, at lookup,
+/// getattr, readdirplus, after setattr, updates the ctime it knows). Lock-free: two atomics.
+#[derive(Debug, Default)]
+pub struct AbsentXattrs {
+    /// The inode's ctime as last seen, as a [`ctime_stamp`].
+    ctime: AtomicU64,
+    /// `stamp << 4 | bits`: the names (bit i = `REMEMBERED[i]`) seen absent under `stamp`.
+    absent: AtomicU64,
+}
+
+/// A ctime in ns, in 60 bits (two ctimes 2^60 ns, 36 years, apart compare equal).
+pub fn ctime_stamp(sec: i64, nsec: i64) -> u64 {
+    (sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(nsec as u64)
+        & ((1 << 60) - 1)
+}
+
+impl AbsentXattrs {
+    /// Which remembered name `name` is, if any.
+    pub fn index(name: &[u8]) -> Option<u32> {
+        REMEMBERED.iter().position(|n| *n == name).map(|i| i as u32)
+    }
+
+    /// A stat of the inode showed this ctime.
+    pub fn note_ctime(&self, stamp: u64) {
+        self.ctime.store(stamp, Ordering::Release);
+    }
+
+    /// The ctime known now; take it before asking SOURCE and pass it to `record_absent`.
+    pub fn seen(&self) -> u64 {
+        self.ctime.load(Ordering::Acquire)
+    }
+
+    pub fn is_absent(&self, bit: u32) -> bool {
+        let v = self.absent.load(Ordering::Acquire);
+        v >> 4 == self.seen() && v & (1 << bit) != 0
+    }
+
+    /// SOURCE said name `bit` is absent, asked when the known ctime was `seen_before`.
+    pub fn record_absent(&self, bit: u32, seen_before: u64) {
+        let _ = self
+            .absent
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(if v >> 4 == seen_before {
+                    v | 1 << bit
+                } else {
+                    seen_before << 4 | 1 << bit
+                })
+            });
+    }
+
+    /// An xattr of the inode was set or removed through the mount.
+    pub fn forget(&self) {
+        self.absent.store(0, Ordering::Release);
+    }
+}
 
 /// A figure in a stats rendering.
 pub enum Figure {
@@ -104,6 +178,8 @@ impl ExtentFs {
             ),
             ("dirty_bytes".into(), Int(ctx.dirty_bytes())),
             ("writeback_bytes".into(), Int(wb)),
+            ("pool_resident_bytes".into(), Int(pool.resident_bytes())),
+            ("pool_released_bytes".into(), Int(pool.released_bytes())),
             ("pool_backing".into(), Text(pool.backing().as_str().into())),
             ("huge_page_bytes".into(), Int(pool.huge_bytes())),
         ];
@@ -190,7 +266,7 @@ impl ExtentFs {
     /// the size).
     pub(crate) fn do_getxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         size: u32,
@@ -227,17 +303,36 @@ impl ExtentFs {
                 _ => Err(Errno::NO_XATTR),
             };
         }
+        if n.starts_with(TRUSTED) && !may_see_trusted(req) {
+            // The kernel refuses this before asking us (xattr_permission); kept here so the
+            // daemon's privilege is never lent to a caller should that change.
+            return Err(Errno::NO_XATTR);
+        }
+        let remembered = AbsentXattrs::index(n);
+        if let Some(bit) = remembered {
+            if inode.xattr_absent.is_absent(bit) {
+                stats::add(&self.ctx.stats.xattr_absent_remembered, 1);
+                return Err(Errno::NO_XATTR);
+            }
+        }
+        let seen = inode.xattr_absent.seen();
         let cname = CString::new(n).map_err(|_| Errno::EINVAL)?;
         // Ask SOURCE with the caller's size, so a value that changes in between yields
         // ERANGE (as on a local filesystem) rather than a failed second read.
-        if size == 0 {
-            let len = source::getxattr(inode.fd()?.as_fd(), &cname, &mut []).map_err(err)?;
-            return Ok(vec![0u8; len]);
-        }
         let mut buf = vec![0u8; size as usize];
-        let got = source::getxattr(inode.fd()?.as_fd(), &cname, &mut buf).map_err(err)?;
-        buf.truncate(got);
-        Ok(buf)
+        match source::getxattr(inode.fd()?.as_fd(), &cname, &mut buf) {
+            Ok(got) if size == 0 => Ok(vec![0u8; got]),
+            Ok(got) => {
+                buf.truncate(got);
+                Ok(buf)
+            }
+            Err(e) => {
+                if let (Some(bit), Some(libc::ENODATA)) = (remembered, e.raw_os_error()) {
+                    inode.xattr_absent.record_absent(bit, seen);
+                }
+                Err(err(e))
+            }
+        }
     }
 
     pub(crate) fn do_setxattr(
@@ -291,6 +386,9 @@ impl ExtentFs {
                     for c in &caches {
                         self.ctx.drop_clean(c);
                     }
+                    // What is free now need not stay resident.
+                    let given = self.ctx.pool.release_free();
+                    tracing::debug!("ctl drop: {given} bytes of the pool given back");
                     Ok(())
                 }
                 _ => Err(Errno::EINVAL),
@@ -300,21 +398,24 @@ impl ExtentFs {
         let cname = CString::new(n).map_err(|_| Errno::EINVAL)?;
         let fd = inode.fd()?;
         let cache = inode.cache.get();
+        // Held to the end: the ACL case below may chmod too.
         let _own = cache.map(|c| c.file.own_change());
-        source::setxattr(fd.as_fd(), &cname, value, flags).map_err(err)?;
+        let r = source::setxattr(fd.as_fd(), &cname, value, flags);
+        self.xattrs_changed(&inode, fd.as_fd());
+        r.map_err(err)?;
         if n == b"system.posix_acl_access" {
             // SOURCE applied the ACL as the daemon, which may keep S_ISGID; the kernel would
             // drop it for a caller outside the file's group without CAP_FSETID (fuser cannot
             // receive the kernel's FUSE_SETXATTR_ACL_KILL_SGID, so we decide it here).
             let st = source::fstat(fd.as_fd()).map_err(err)?;
-            if st.st_mode & libc::S_ISGID != 0 && !in_group_or_capable(req, st.st_gid) {
+            if st.st_mode & libc::S_ISGID != 0 && !Caller::of(req).in_group_or_capable(st.st_gid) {
                 source::chmod(fd.as_fd(), st.st_mode & 0o7777 & !libc::S_ISGID).map_err(err)?;
             }
         }
         Ok(())
     }
 
-    pub(crate) fn do_listxattr(&self, ino: INodeNo) -> R<Vec<u8>> {
+    pub(crate) fn do_listxattr(&self, req: &Request, ino: INodeNo) -> R<Vec<u8>> {
         let inode = self.inode(ino)?;
         // Read the whole list (our names must be filtered out before sizing the reply).
         let fd = inode.fd()?;
@@ -330,15 +431,12 @@ impl ExtentFs {
             }
         };
         buf.truncate(got);
-        // Hide our namespace, should SOURCE ever carry such names.
-        let mut out = Vec::with_capacity(buf.len());
-        for name in buf.split(|&b| b == 0).filter(|s| !s.is_empty()) {
-            if !name.starts_with(NAMESPACE.as_bytes()) {
-                out.extend_from_slice(name);
-                out.push(0);
-            }
-        }
-        Ok(out)
+        // Hide our namespace, should SOURCE ever carry such names, and trusted names from a
+        // caller without CAP_SYS_ADMIN (the daemon reads them with its own privilege; a
+        // local filesystem lists them only to such callers). The caller's capabilities are
+        // read only when there is a trusted name to hide.
+        let has_trusted = buf.split(|&b| b == 0).any(|name| name.starts_with(TRUSTED));
+        Ok(visible_names(&buf, has_trusted && may_see_trusted(req)))
     }
 
     pub(crate) fn do_removexattr(&self, ino: INodeNo, name: &OsStr) -> R<()> {
@@ -349,34 +447,48 @@ impl ExtentFs {
         }
         self.check_writable()?;
         let cname = CString::new(n).map_err(|_| Errno::EINVAL)?;
-        let _own = inode.cache.get().map(|c| c.file.own_change());
-        source::removexattr(inode.fd()?.as_fd(), &cname).map_err(err)
+        let fd = inode.fd()?;
+        let own = inode.cache.get().map(|c| c.file.own_change());
+        let r = source::removexattr(fd.as_fd(), &cname);
+        drop(own);
+        self.xattrs_changed(&inode, fd.as_fd());
+        r.map_err(err)
+    }
+
+    /// After a setxattr or removexattr through the mount (even a failed one: it may have
+    /// raced with a change): what was remembered absent is no longer known to be, and a
+    /// getxattr that asked SOURCE before the change must not record its answer as current,
+    /// so the new ctime is taken now.
+    fn xattrs_changed(&self, inode: &inodes::Inode, fd: std::os::fd::BorrowedFd<'_>) {
+        if let Ok(st) = source::fstat(fd) {
+            inode
+                .xattr_absent
+                .note_ctime(ctime_stamp(st.st_ctime, st.st_ctime_nsec));
+        }
+        inode.xattr_absent.forget();
     }
 }
 
-/// Whether the caller of `req` is in group `gid` (fsgid or supplementary) or holds
-/// CAP_FSETID, read from /proc/PID/status; without it, only its uid 0 or gid counts.
-fn in_group_or_capable(req: &Request, gid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{}/status", req.pid())) {
-        Ok(status) => status_in_group_or_capable(&status, gid),
-        Err(_) => req.uid() == 0 || req.gid() == gid,
-    }
+/// Whether the caller may see `trusted.*` names: it holds CAP_SYS_ADMIN in its effective set
+/// (what a local filesystem asks of listxattr and getxattr).
+fn may_see_trusted(req: &Request) -> bool {
+    Caller::of(req).has_cap(CAP_SYS_ADMIN)
 }
 
-fn status_in_group_or_capable(status: &str, gid: u32) -> bool {
-    const CAP_FSETID: u32 = 4;
-    let field = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .unwrap_or("")
-            .split_whitespace()
-    };
-    let cap_eff = u64::from_str_radix(field("CapEff:").next().unwrap_or("0"), 16).unwrap_or(0);
-    let fsgid = field("Gid:").nth(3).and_then(|g| g.parse::<u32>().ok());
-    cap_eff & (1 << CAP_FSETID) != 0
-        || fsgid == Some(gid)
-        || field("Groups:").any(|g| g.parse::<u32>() == Ok(gid))
+const TRUSTED: &[u8] = b"trusted.";
+
+/// Keep the names of a listxattr result (NUL-terminated names) that the caller may see: never
+/// ours, and `trusted.*` only when `trusted` says so.
+fn visible_names(list: &[u8], trusted: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(list.len());
+    for name in list.split(|&b| b == 0).filter(|s| !s.is_empty()) {
+        if name.starts_with(NAMESPACE.as_bytes()) || (!trusted && name.starts_with(TRUSTED)) {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.push(0);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -384,17 +496,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn group_membership_from_proc_status() {
-        let st = "Name:\tx\nGid:\t100\t100\t100\t101\nGroups:\t5 7 \nCapEff:\t0000000000000000\n";
-        assert!(status_in_group_or_capable(st, 101), "fsgid");
-        assert!(
-            !status_in_group_or_capable(st, 100),
-            "only the fsgid counts"
+    fn trusted_names_filtered() {
+        let list = b"user.a\0trusted.hidden\0user.extentfs.stats\0security.selinux\0";
+        assert_eq!(
+            visible_names(list, true),
+            b"user.a\0trusted.hidden\0security.selinux\0"
         );
-        assert!(status_in_group_or_capable(st, 7), "supplementary");
-        assert!(!status_in_group_or_capable(st, 8));
-        let root = st.replace("CapEff:\t0000000000000000", "CapEff:\t000001ffffffffff");
-        assert!(status_in_group_or_capable(&root, 8), "CAP_FSETID");
+        assert_eq!(visible_names(list, false), b"user.a\0security.selinux\0");
+        assert_eq!(visible_names(b"", false), b"");
+    }
+
+    #[test]
+    fn absence_is_remembered_while_ctime_holds() {
+        let a = AbsentXattrs::default();
+        let acl = AbsentXattrs::index(b"system.posix_acl_access").unwrap();
+        let cap = AbsentXattrs::index(b"security.capability").unwrap();
+        assert_eq!(AbsentXattrs::index(b"user.x"), None);
+        let t1 = ctime_stamp(100, 5);
+        a.note_ctime(t1);
+        assert!(!a.is_absent(acl));
+        a.record_absent(acl, a.seen());
+        a.record_absent(cap, a.seen());
+        assert!(a.is_absent(acl) && a.is_absent(cap));
+        // ctime moved (seen by a stat): nothing is known any more.
+        a.note_ctime(ctime_stamp(100, 6));
+        assert!(!a.is_absent(acl) && !a.is_absent(cap));
+        // An answer asked under the old ctime does not count under the new one.
+        a.record_absent(acl, t1);
+        assert!(!a.is_absent(acl));
+        a.record_absent(cap, a.seen());
+        assert!(
+            a.is_absent(cap) && !a.is_absent(acl),
+            "a new stamp starts afresh"
+        );
+        a.forget();
+        assert!(!a.is_absent(cap));
+        assert_ne!(ctime_stamp(1, 0), ctime_stamp(0, 999_999_999));
+        assert_eq!(ctime_stamp(-1, 0) >> 60, 0);
     }
 
     #[test]

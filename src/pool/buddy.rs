@@ -100,6 +100,31 @@ impl HBitset {
         Some(idx)
     }
 
+    /// Lowest set bit at or after `i`, by a scan of the bottom level (meant for the sparse
+    /// sets of high orders, e.g. 2 MiB blocks: 512 bits per GiB).
+    pub(crate) fn next_from(&self, i: usize) -> Option<usize> {
+        let level0 = if self.levels > 1 {
+            self.off[1] as usize
+        } else {
+            self.words.len()
+        };
+        let mut w = i >> 6;
+        if w >= level0 {
+            return None;
+        }
+        let mut bits = self.words[w] & (u64::MAX << (i & 63));
+        loop {
+            if bits != 0 {
+                return Some((w << 6) | bits.trailing_zeros() as usize);
+            }
+            w += 1;
+            if w >= level0 {
+                return None;
+            }
+            bits = self.words[w];
+        }
+    }
+
     pub(crate) fn bytes(&self) -> usize {
         self.words.len() * 8
     }
@@ -348,6 +373,24 @@ impl Buddy {
         true
     }
 
+    /// The lowest-addressed free block of order `min_order` or more that ends after page
+    /// `from`, as (first page, order); it may start before `from`.
+    pub(crate) fn next_free_block(&self, from: u32, min_order: u32) -> Option<(u32, u32)> {
+        let mut best: Option<(u32, u32)> = None;
+        for o in min_order..=self.max_order {
+            if self.avail & (1 << o) == 0 {
+                continue;
+            }
+            if let Some(i) = self.free[o as usize].next_from((from >> o) as usize) {
+                let h = (i as u32) << o;
+                if best.is_none_or(|(bh, _)| h < bh) {
+                    best = Some((h, o));
+                }
+            }
+        }
+        best
+    }
+
     /// Full consistency check, O(pages). Panics on violation.
     #[cfg(test)]
     pub(crate) fn check_invariants(&self) {
@@ -433,6 +476,35 @@ mod tests {
         let b = Buddy::new(7);
         b.check_invariants();
         assert!(b.is_free_block(0, 2) && b.is_free_block(4, 1) && b.is_free_block(6, 0));
+    }
+
+    #[test]
+    fn free_blocks_found_from_a_cursor() {
+        let mut b = Buddy::new(4096);
+        assert_eq!(b.next_free_block(0, 9), Some((0, 12)));
+        let h = b.alloc(1).unwrap();
+        assert_eq!(h, 0);
+        // Splitting the 4096 block left 512-page blocks at 512 and up (and smaller below).
+        assert_eq!(b.next_free_block(0, 9), Some((512, 9)));
+        assert_eq!(
+            b.next_free_block(600, 9),
+            Some((512, 9)),
+            "the block holding 600"
+        );
+        assert_eq!(b.next_free_block(1024, 9), Some((1024, 10)));
+        assert_eq!(b.next_free_block(2048, 9), Some((2048, 11)));
+        assert_eq!(b.next_free_block(4096, 9), None);
+        assert_eq!(b.next_free_block(0, 12), None);
+        assert!(b.carve(512, 4096));
+        assert_eq!(b.next_free_block(0, 9), None);
+        let mut s = HBitset::new(300);
+        for i in [3, 64, 299] {
+            s.set(i);
+        }
+        assert_eq!(s.next_from(0), Some(3));
+        assert_eq!(s.next_from(4), Some(64));
+        assert_eq!(s.next_from(65), Some(299));
+        assert_eq!(s.next_from(300), None);
     }
 
     #[test]

@@ -18,7 +18,7 @@ mod buddy;
 
 use std::io;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use buddy::{ceil_log2, Buddy};
@@ -125,6 +125,8 @@ pub struct PagePool {
     free: AtomicUsize,
     max_run_pages: u32,
     metadata_bytes: usize,
+    /// Bytes given back to the kernel by [`PagePool::release_free`], in total.
+    released: AtomicU64,
 }
 
 // SAFETY: `base` points into the mapping owned by `_map`, which lives as long as the pool. The
@@ -285,7 +287,88 @@ impl PagePool {
             free: AtomicUsize::new(capacity_pages),
             max_run_pages,
             metadata_bytes,
+            released: AtomicU64::new(0),
         })
+    }
+
+    /// Give the memory of whole free 2 MiB blocks back to the kernel (`MADV_DONTNEED`), e.g.
+    /// after `ctl drop` or once the pool has been idle: the pool's resident size falls to
+    /// what is allocated, except partly used 2 MiB blocks, which are kept whole so that no
+    /// huge page is ever split. Each piece (at most 16 MiB) is claimed from its region's
+    /// allocator for the length of its madvise, so no lock is held across the system call
+    /// (an allocation meanwhile may find less free memory than there is). Given-back pages
+    /// read as zero and are allocated as before; THP and hugetlb fault in huge pages again.
+    /// Returns the bytes given back by this call.
+    pub fn release_free(&self) -> u64 {
+        const ORDER_2M: u32 = (HUGE_2M >> PAGE_SHIFT).trailing_zeros();
+        const PIECE: u32 = (16 << 20) >> PAGE_SHIFT;
+        let mut released = 0u64;
+        for r in &self.regions {
+            // Region bases and free blocks of order >= 9 are 2 MiB aligned (in page index
+            // and, for THP and hugetlb, in memory), so every piece is too.
+            let mut cursor = 0u32;
+            loop {
+                let mut b = r.lock();
+                let Some((h, o)) = b.next_free_block(cursor, ORDER_2M) else {
+                    break;
+                };
+                let a = h.max(cursor);
+                let end = (h + (1 << o)).min(a + PIECE);
+                if !b.carve(a, end) {
+                    debug_assert!(false, "free block {h}+2^{o} not carvable");
+                    break;
+                }
+                self.publish(r, &b);
+                drop(b);
+                let piece = Run {
+                    first: r.base + a,
+                    pages: end - a,
+                };
+                self.free.fetch_sub(piece.pages as usize, Ordering::Relaxed);
+                // SAFETY: the piece lies inside our mapping (run_ptr checks) and is claimed
+                // from the allocator right now, so no ExtentPtr or caller holds or touches
+                // it; MADV_DONTNEED on private anonymous (or hugetlb, 2 MiB aligned) memory
+                // only drops its contents, the mapping stays valid.
+                let rc = unsafe {
+                    libc::madvise(
+                        self.run_ptr(piece) as *mut libc::c_void,
+                        piece.bytes(),
+                        libc::MADV_DONTNEED,
+                    )
+                };
+                if rc == 0 {
+                    released += piece.bytes() as u64;
+                } else {
+                    tracing::debug!(
+                        "page pool: madvise(DONTNEED) of {piece:?}: {}",
+                        io::Error::last_os_error()
+                    );
+                }
+                let mut b = r.lock();
+                let ok = b.free(a, end);
+                self.publish(r, &b);
+                drop(b);
+                debug_assert!(ok);
+                self.free.fetch_add(piece.pages as usize, Ordering::Relaxed);
+                cursor = end;
+            }
+        }
+        self.released.fetch_add(released, Ordering::Relaxed);
+        released
+    }
+
+    /// Bytes given back to the kernel so far (by every [`PagePool::release_free`]).
+    pub fn released_bytes(&self) -> u64 {
+        self.released.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of the pool's mapping resident in memory now (`Rss` of its VMAs in
+    /// /proc/self/smaps). Reads and parses smaps: for stats and tests only.
+    pub fn resident_bytes(&self) -> u64 {
+        match std::fs::read_to_string("/proc/self/smaps") {
+            Ok(s) => smaps_bytes(&s, self.map_range, "Rss:"),
+            Err(_) => 0,
+        }
     }
 
     pub fn backing(&self) -> Backing {
@@ -534,7 +617,7 @@ impl PagePool {
             Backing::Hugetlb => cap,
             Backing::Small => 0,
             Backing::Thp => match std::fs::read_to_string("/proc/self/smaps") {
-                Ok(s) => anon_huge_bytes(&s, self.map_range).min(cap),
+                Ok(s) => smaps_bytes(&s, self.map_range, "AnonHugePages:").min(cap),
                 Err(e) => {
                     tracing::warn!("page pool: reading /proc/self/smaps: {e}");
                     0
@@ -561,8 +644,9 @@ impl PagePool {
     }
 }
 
-/// Sum of `AnonHugePages` (bytes) of smaps entries overlapping `[start, start + len)`.
-fn anon_huge_bytes(smaps: &str, (start, len): (usize, usize)) -> u64 {
+/// Sum of the `field` (e.g. `AnonHugePages:`, in kB) of smaps entries overlapping
+/// `[start, start + len)`, in bytes.
+fn smaps_bytes(smaps: &str, (start, len): (usize, usize), field: &str) -> u64 {
     let end = start + len;
     let mut inside = false;
     let mut total = 0u64;
@@ -575,7 +659,7 @@ fn anon_huge_bytes(smaps: &str, (start, len): (usize, usize)) -> u64 {
             }
         }
         if inside {
-            if let Some(rest) = line.strip_prefix("AnonHugePages:") {
+            if let Some(rest) = line.strip_prefix(field) {
                 let kb: u64 = rest
                     .trim()
                     .trim_end_matches("kB")

@@ -547,6 +547,67 @@ fn hugetlb_policy_errors_or_works_and_auto_falls_back() {
     assert_full(&p);
 }
 
+/// Fill the run with `byte` (a test owns its runs).
+fn fill(p: &PagePool, r: Run, byte: u8) {
+    // SAFETY: `r` is allocated to the test and inside the pool.
+    unsafe { std::ptr::write_bytes(p.run_ptr(r), byte, r.bytes()) };
+}
+
+fn all_bytes(p: &PagePool, r: Run, byte: u8) -> bool {
+    // SAFETY: as in `fill`.
+    unsafe { std::slice::from_raw_parts(p.run_ptr(r), r.bytes()) }
+        .iter()
+        .all(|&b| b == byte)
+}
+
+#[test]
+fn release_free_gives_back_whole_free_2m_blocks_only() {
+    for policy in [HugePagePolicy::Off, HugePagePolicy::Thp] {
+        let p = pool(32 * MIB, 16 * MIB, policy);
+        let pages = |bytes: usize| (bytes >> PAGE_SHIFT) as u32;
+        // Touch everything: 32 MiB resident.
+        let all = [
+            p.alloc_run(pages(16 * MIB)).unwrap(),
+            p.alloc_run(pages(16 * MIB)).unwrap(),
+        ];
+        for r in all {
+            fill(&p, r, 0xaa);
+        }
+        let before = p.resident_bytes();
+        assert!(before >= 32 * MIB as u64, "{policy:?}: resident {before}");
+        for r in all {
+            p.free_run(r);
+        }
+        // Keep one page in use: its 2 MiB block stays resident (never split a huge page).
+        let kept = p.alloc_run(1).unwrap();
+        assert_eq!(kept.first, 0);
+        fill(&p, kept, 0x55);
+        let released = p.release_free();
+        assert_eq!(released, 30 * MIB as u64, "{policy:?}");
+        assert_eq!(p.released_bytes(), released);
+        assert_eq!(p.free_pages(), p.capacity_pages() - 1);
+        p.check_invariants();
+        let after = p.resident_bytes();
+        assert!(
+            after <= 2 * MIB as u64 && after < before,
+            "{policy:?}: resident {before} -> {after}"
+        );
+        assert!(all_bytes(&p, kept, 0x55), "the page in use keeps its bytes");
+        // The rest of the kept page's block was not given back: its old bytes are there.
+        let neighbour = p.alloc_run(1).unwrap();
+        assert_eq!(neighbour.first, 1);
+        assert!(all_bytes(&p, neighbour, 0xaa));
+        // Given-back memory reads as zero and is usable again.
+        let again = p.alloc_run(pages(16 * MIB)).unwrap();
+        assert!(all_bytes(&p, again, 0));
+        fill(&p, again, 0x11);
+        assert!(all_bytes(&p, again, 0x11));
+        // Nothing free in whole 2 MiB blocks but the last 14 MiB: exactly that goes back.
+        assert_eq!(p.release_free(), 14 * MIB as u64);
+        p.check_invariants();
+    }
+}
+
 #[test]
 fn smaps_parser() {
     let s = "\
@@ -558,9 +619,18 @@ AnonHugePages:      2048 kB
 7f1000000000-7f1000200000 rw-p 00000000 00:00 0 [heap]
 AnonHugePages:      2048 kB
 ";
-    assert_eq!(anon_huge_bytes(s, (0x7f00_0000_0000, 0x60_0000)), 4 << 20);
-    assert_eq!(anon_huge_bytes(s, (0x7f00_0040_0000, 0x10_0000)), 2 << 20);
-    assert_eq!(anon_huge_bytes(s, (0x7e00_0000_0000, 0x1000)), 0);
+    assert_eq!(
+        smaps_bytes(s, (0x7f00_0000_0000, 0x60_0000), "AnonHugePages:"),
+        4 << 20
+    );
+    assert_eq!(
+        smaps_bytes(s, (0x7f00_0040_0000, 0x10_0000), "AnonHugePages:"),
+        2 << 20
+    );
+    assert_eq!(
+        smaps_bytes(s, (0x7e00_0000_0000, 0x1000), "AnonHugePages:"),
+        0
+    );
 }
 
 #[cfg(debug_assertions)]

@@ -1,0 +1,549 @@
+//! Behaviour a local filesystem has and a passthrough daemon, running with its own privilege,
+//! easily lacks: privileged xattr names, SOURCE's maximum file size, set-ID clearing by every
+//! kind of write, the cost of absent xattrs, giving pool memory back.
+
+use crate::harness::*;
+use crate::posix::{as_nobody, child_errno, cpath, getxattr_raw, listxattr, open_up};
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// lsetxattr in SOURCE (behind the mount).
+fn set_in_source(p: &Path, name: &str, value: &[u8]) {
+    let c = cpath(p);
+    let n = CString::new(name).unwrap();
+    let r = unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr() as *const _,
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(r, 0, "setxattr {name}: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn trusted_names_hidden_from_unprivileged_callers() {
+    // SOURCE is the test's temporary directory (tmpfs or ext4: both keep trusted.* names).
+    let m = Mount::with_source("cache_size=16M,allow_other", |src| {
+        std::fs::write(src.join("f"), b"x").unwrap();
+        set_in_source(&src.join("f"), "trusted.hidden", b"secret");
+        set_in_source(&src.join("f"), "user.visible", b"v");
+    });
+    open_up(&m);
+    let f = m.path("f");
+    // Root (CAP_SYS_ADMIN) sees both, as on a local filesystem.
+    let mut names = listxattr(&f);
+    names.sort();
+    assert_eq!(
+        names,
+        vec![b"trusted.hidden".to_vec(), b"user.visible".to_vec()]
+    );
+    assert_eq!(getxattr_raw(&f, "trusted.hidden").unwrap(), b"secret");
+
+    // uid 65534 without capabilities: only the user name, and its size probe agrees.
+    let path = cpath(&f);
+    let want: &[u8] = b"user.visible\0";
+    let mut buf = [0u8; 256];
+    let r = as_nobody(|| unsafe {
+        let n = libc::listxattr(path.as_ptr(), buf.as_mut_ptr() as *mut _, buf.len());
+        if n < 0 {
+            return child_errno(-1);
+        }
+        if n as usize != want.len() || buf[..want.len()] != *want {
+            return 200;
+        }
+        let probe = libc::listxattr(path.as_ptr(), std::ptr::null_mut(), 0);
+        if probe != n {
+            return 201;
+        }
+        0
+    });
+    assert_eq!(
+        r, 0,
+        "listxattr as nobody (200: trusted name listed; else errno)"
+    );
+    let name = c"trusted.hidden";
+    let r = as_nobody(|| unsafe {
+        let n = libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr() as *mut _,
+            buf.len(),
+        );
+        if n >= 0 {
+            return 202;
+        }
+        child_errno(-1)
+    });
+    assert_eq!(r, libc::ENODATA, "getxattr of a trusted name as nobody");
+    // Root's answers are unchanged afterwards (nothing is remembered per caller).
+    assert_eq!(listxattr(&f).len(), 2);
+}
+
+/// An ext4 filesystem with 1 KiB blocks, so a maximum file size of 4 TiB - 1 KiB, in an
+/// image file loop-mounted over a test's SOURCE; unmounted on drop (after the Mount).
+struct Ext4Image {
+    at: PathBuf,
+    _img: tempfile::TempDir,
+}
+
+/// ext4's maximum file size with 1 KiB blocks: (2^32 - 1) blocks.
+const EXT4_1K_MAX: u64 = ((1 << 32) - 1) * 1024;
+
+impl Ext4Image {
+    fn mount_over(at: &Path) -> Ext4Image {
+        let img = tempfile::Builder::new()
+            .prefix("posix-ext4-")
+            .tempdir()
+            .unwrap();
+        let file = img.path().join("img");
+        std::fs::File::create(&file)
+            .unwrap()
+            .set_len(64 * MIB)
+            .unwrap();
+        let ok = |c: &mut Command| c.status().map(|s| s.success()).unwrap_or(false);
+        assert!(ok(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-b", "1024"])
+            .arg(&file)
+            .stdout(Stdio::null())));
+        assert!(ok(Command::new("mount")
+            .arg("-o")
+            .arg("loop")
+            .arg(&file)
+            .arg(at)));
+        Ext4Image {
+            at: at.to_path_buf(),
+            _img: img,
+        }
+    }
+}
+
+impl Drop for Ext4Image {
+    fn drop(&mut self) {
+        if !umount(&self.at) {
+            umount_lazy(&self.at);
+        }
+        // The Mount's temporary directory could not remove its SOURCE while this was mounted.
+        if let Some(p) = self.at.parent() {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
+fn raw_errno(r: isize) -> Result<usize, i32> {
+    if r < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// Writes, copies, truncates and fallocates past SOURCE's maximum file size answer EFBIG as
+/// on SOURCE itself (ext4, 1 KiB blocks: 4 TiB - 1 KiB), and leave the size alone.
+fn efbig_past_source_limit(opts: &str) {
+    let mut image = None;
+    let m = Mount::with_source(opts, |src| {
+        image = Some(Ext4Image::mount_over(src));
+        std::fs::write(src.join("f"), vec![b'a'; 4096]).unwrap();
+    });
+    let kernel = opts.contains("cache=kernel");
+    // Under cache=kernel buffered writes stay in the kernel's page cache (it knows only its
+    // own limit, 2^63 - 1): O_DIRECT takes them to the daemon at once.
+    let direct = if kernel { libc::O_DIRECT } else { 0 };
+    let open = |rel: &str, flags: i32| {
+        let c = cpath(&m.path(rel));
+        let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC, 0o644) };
+        assert!(fd >= 0, "open {rel}: {}", std::io::Error::last_os_error());
+        fd
+    };
+    let f = open("f", libc::O_RDWR | direct);
+    let buf = AlignedBuf::new(64 * KIB as usize);
+    let pwrite = |fd: i32, len: usize, off: u64| {
+        raw_errno(unsafe { libc::pwrite(fd, buf.as_slice().as_ptr() as *const _, len, off as i64) })
+    };
+    // generic/564's write: 64 KiB at 8 EiB - 65537.
+    assert_eq!(
+        pwrite(f, 64 * KIB as usize, (1 << 63) - 65537),
+        Err(libc::EFBIG)
+    );
+    assert_eq!(pwrite(f, 4096, EXT4_1K_MAX), Err(libc::EFBIG));
+    assert_eq!(
+        raw_errno(unsafe { libc::ftruncate(f, (5u64 << 40) as i64) } as isize),
+        Err(libc::EFBIG)
+    );
+    assert_eq!(
+        raw_errno(unsafe { libc::fallocate(f, 0, 5 << 40, 4096) } as isize),
+        Err(libc::EFBIG)
+    );
+    assert_eq!(
+        raw_errno(unsafe {
+            libc::fallocate(
+                f,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                (EXT4_1K_MAX - 1024) as i64,
+                4096,
+            )
+        } as isize),
+        Err(libc::EFBIG)
+    );
+    // copy_file_range beyond 8 TiB (generic/564), and just at the limit.
+    let g = open("g", libc::O_RDWR | libc::O_CREAT | direct);
+    for dst in [8u64 << 40, EXT4_1K_MAX] {
+        let mut off_in: i64 = 0;
+        let mut off_out = dst as i64;
+        let r = unsafe { libc::copy_file_range(f, &mut off_in, g, &mut off_out, 4096, 0) };
+        assert_eq!(raw_errno(r as isize), Err(libc::EFBIG), "copy to {dst}");
+    }
+    // A write crossing the limit is cut short there, as on ext4; under cache=kernel refused
+    // (the kernel's asynchronous direct I/O would turn a short write into EIO).
+    let crossing = pwrite(g, 4096, EXT4_1K_MAX - 1024);
+    if kernel {
+        assert_eq!(crossing, Err(libc::EFBIG));
+        assert_eq!(pwrite(g, 1024, EXT4_1K_MAX - 1024), Ok(1024));
+    } else {
+        assert_eq!(crossing, Ok(1024));
+    }
+    unsafe {
+        libc::close(f);
+        libc::close(g);
+    }
+    crate::posix::sync_mount(&m);
+    assert_eq!(std::fs::metadata(m.path("f")).unwrap().len(), 4096);
+    assert_eq!(std::fs::metadata(m.src_path("f")).unwrap().len(), 4096);
+    assert_eq!(std::fs::read(m.src_path("f")).unwrap(), vec![b'a'; 4096]);
+    assert_eq!(std::fs::metadata(m.path("g")).unwrap().len(), EXT4_1K_MAX);
+    assert_eq!(
+        std::fs::metadata(m.src_path("g")).unwrap().len(),
+        EXT4_1K_MAX
+    );
+    drop(m);
+    drop(image);
+}
+
+#[test]
+fn efbig_past_source_limit_pool() {
+    efbig_past_source_limit("cache_size=16M");
+}
+
+#[test]
+fn efbig_past_source_limit_kernel() {
+    efbig_past_source_limit("cache_size=16M,cache=kernel");
+}
+
+/// What an unprivileged caller does to a file in `setid_cleared_by_every_modification`.
+#[derive(Clone, Copy, Debug)]
+enum Modify {
+    Write,
+    Fallocate,
+    PunchHole,
+    ZeroRange,
+    CopyInto,
+}
+
+/// Run `how` on `f` as uid/gid 65534 (copying from `from`); 0 or the errno.
+fn modify_as_nobody(how: Modify, f: &CString, from: &CString) -> i32 {
+    as_nobody(|| unsafe {
+        let fd = libc::open(f.as_ptr(), libc::O_RDWR);
+        if fd < 0 {
+            return child_errno(fd);
+        }
+        let r = match how {
+            Modify::Write => libc::pwrite(fd, b"y".as_ptr() as *const _, 1, 1) as i32 - 1,
+            Modify::Fallocate => libc::fallocate(fd, 0, 0, 8192),
+            Modify::PunchHole => libc::fallocate(
+                fd,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                0,
+                4096,
+            ),
+            Modify::ZeroRange => libc::fallocate(fd, libc::FALLOC_FL_ZERO_RANGE, 0, 4096),
+            Modify::CopyInto => {
+                let src = libc::open(from.as_ptr(), libc::O_RDONLY);
+                if src < 0 {
+                    return child_errno(src);
+                }
+                let (mut a, mut b) = (0i64, 0i64);
+                let n = libc::copy_file_range(src, &mut a, fd, &mut b, 10, 0);
+                libc::close(src);
+                if n == 10 {
+                    0
+                } else {
+                    -1
+                }
+            }
+        };
+        let e = child_errno(r);
+        libc::close(fd);
+        e
+    })
+}
+
+/// xfstests generic/683-685 and their write/copy siblings: a modification by a caller without
+/// CAP_FSETID drops set-user-ID always and set-group-ID when the file is group-executable or
+/// the caller is outside its group, as the kernel does for a local file; root keeps them.
+fn setid_cleared_by_every_modification(opts: &str) {
+    let m = Mount::new(opts);
+    open_up(&m);
+    std::fs::write(m.path("from"), b"0123456789").unwrap();
+    let from = cpath(&m.path("from"));
+    let f = m.path("f");
+    let cf = cpath(&f);
+    use std::os::unix::fs::PermissionsExt;
+    // (mode, group of the file, mode afterwards); nobody is in group 65534 only.
+    let cases = [
+        (0o2666, 0, 0o666),
+        (0o4666, 0, 0o666),
+        (0o6676, 0, 0o676),
+        (0o2676, NOGROUP, 0o676),
+        (0o2666, NOGROUP, 0o2666),
+    ];
+    for how in [
+        Modify::Write,
+        Modify::Fallocate,
+        Modify::PunchHole,
+        Modify::ZeroRange,
+        Modify::CopyInto,
+    ] {
+        for (mode, gid, want) in cases {
+            std::fs::write(&f, vec![b'x'; 4096]).unwrap();
+            std::os::unix::fs::chown(&f, Some(0), Some(gid)).unwrap();
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+            let r = modify_as_nobody(how, &cf, &from);
+            assert_eq!(r, 0, "{how:?} as nobody on mode {mode:o}: errno {r}");
+            let seen = crate::posix::lstat(&f).st_mode & 0o7777;
+            assert_eq!(seen, want, "{how:?}: mode {mode:o} gid {gid} ({opts})");
+            let in_source = crate::posix::lstat(&m.src_path("f")).st_mode & 0o7777;
+            assert_eq!(
+                in_source, want,
+                "{how:?} in SOURCE: mode {mode:o} gid {gid}"
+            );
+        }
+        // Root (CAP_FSETID) keeps them.
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o6777)).unwrap();
+        let fd = unsafe { libc::open(cf.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+        assert!(fd >= 0);
+        assert_eq!(unsafe { libc::fallocate(fd, 0, 0, 16384) }, 0);
+        unsafe { libc::close(fd) };
+        assert_eq!(crate::posix::lstat(&f).st_mode & 0o7777, 0o6777);
+    }
+}
+
+const NOGROUP: u32 = 65534;
+
+#[test]
+fn setid_cleared_by_every_modification_pool() {
+    setid_cleared_by_every_modification("cache_size=16M,allow_other");
+}
+
+#[test]
+fn setid_cleared_by_every_modification_kernel() {
+    setid_cleared_by_every_modification("cache_size=16M,allow_other,cache=kernel");
+}
+
+/// lgetxattr's errno (0 when the attribute exists).
+fn lgetxattr_errno(p: &Path, name: &CString) -> i32 {
+    let c = cpath(p);
+    let mut buf = [0u8; 256];
+    let r = unsafe {
+        libc::lgetxattr(
+            c.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr() as *mut _,
+            buf.len(),
+        )
+    };
+    if r < 0 {
+        std::io::Error::last_os_error().raw_os_error().unwrap()
+    } else {
+        0
+    }
+}
+
+/// What `ls -lR` does to every entry: lstat, its SELinux label, its ACLs.
+fn ls_l_walk(dir: &Path) -> usize {
+    let names = [
+        CString::new("security.selinux").unwrap(),
+        CString::new("system.posix_acl_access").unwrap(),
+        CString::new("system.posix_acl_default").unwrap(),
+    ];
+    let mut asked = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let is_dir = std::fs::symlink_metadata(&p).unwrap().is_dir();
+        for n in &names[..if is_dir { 3 } else { 2 }] {
+            assert_eq!(lgetxattr_errno(&p, n), libc::ENODATA, "{}", p.display());
+            asked += 1;
+        }
+        if is_dir {
+            asked += ls_l_walk(&p);
+        }
+    }
+    asked
+}
+
+fn mount_stats(m: &Mount) -> String {
+    getxattr(&m.mnt, "user.extentfs.stats").expect("stats")
+}
+
+/// Absent xattrs are answers, not errors, and a second walk over 200 files is answered from
+/// what the first one learnt, without asking SOURCE; a change through the mount, or in
+/// SOURCE once the daemon stats the inode again, is seen.
+#[test]
+fn absent_xattrs_are_remembered_not_errors() {
+    let m = Mount::with_source("cache_size=16M", |src| {
+        for d in 0..10 {
+            let dir = src.join(format!("d{d}"));
+            std::fs::create_dir(&dir).unwrap();
+            for f in 0..20 {
+                std::fs::write(dir.join(format!("f{f}")), b"x").unwrap();
+            }
+        }
+    });
+    let s0 = mount_stats(&m);
+    let first = ls_l_walk(&m.mnt);
+    assert_eq!(first, 10 * 3 + 200 * 2);
+    let s1 = mount_stats(&m);
+    let second = ls_l_walk(&m.mnt);
+    let s2 = mount_stats(&m);
+    let d = |a: &str, b: &str, k: &str| stat(b, k) - stat(a, k);
+    // Every answer was ENODATA, none an error.
+    assert_eq!(stat(&s2, "fuse_getxattr_errors"), 0, "{s2}");
+    // (Two of the getxattr requests were the stats reads of s1 and s2.)
+    assert_eq!(
+        d(&s0, &s2, "xattr_absent"),
+        d(&s0, &s2, "fuse_getxattr_requests") - 2
+    );
+    // The kernel asks again each walk (it keeps no xattr answers across listings), but the
+    // second walk's answers come from memory: no SOURCE call.
+    let asked = d(&s1, &s2, "xattr_absent");
+    assert!(asked > 0, "the kernel sent no getxattr at all:\n{s2}");
+    assert_eq!(
+        d(&s1, &s2, "xattr_absent_remembered"),
+        asked,
+        "second walk of {second} lookups"
+    );
+    assert!(d(&s0, &s1, "xattr_absent_remembered") < d(&s0, &s1, "xattr_absent"));
+
+    // Set through the mount: seen at once.
+    let label = CString::new("security.selinux").unwrap();
+    let f0 = m.path("d0/f0");
+    setxattr(&f0, "security.selinux", b"mine").unwrap();
+    assert_eq!(lgetxattr_errno(&f0, &label), 0);
+    assert_eq!(getxattr_raw(&f0, "security.selinux").unwrap(), b"mine");
+    // Set in SOURCE behind the mount's back: seen once the daemon stats the inode again
+    // (when the kernel's attribute timeout, 1 s, has passed).
+    let f1 = m.path("d0/f1");
+    set_in_source(&m.src_path("d0/f1"), "security.selinux", b"theirs");
+    let t0 = std::time::Instant::now();
+    while lgetxattr_errno(&f1, &label) != 0 {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(20),
+            "a label set in SOURCE never became visible"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let _ = std::fs::symlink_metadata(&f1);
+    }
+    assert_eq!(getxattr_raw(&f1, "security.selinux").unwrap(), b"theirs");
+    // Removed through the mount: absent again.
+    let c = cpath(&f0);
+    assert_eq!(unsafe { libc::removexattr(c.as_ptr(), label.as_ptr()) }, 0);
+    assert_eq!(lgetxattr_errno(&f0, &label), libc::ENODATA);
+}
+
+/// An unprivileged mount where /dev/fuse is mode 0600: extentfs falls back to fusermount3 (as
+/// for EPERM from mount(2)); that helper opens /dev/fuse with the user's rights too, so the
+/// mount fails, and the reason is printed once. The 0600 device is a private copy bound over
+/// /dev/fuse in a mount namespace of its own (`unshare -m`), so nothing else sees it.
+#[test]
+fn unprivileged_mount_with_0600_dev_fuse_says_why_once() {
+    require_root();
+    let d = tempfile::Builder::new()
+        .prefix("posix-devfuse-")
+        .tempdir()
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (s, mnt, node) = (
+        d.path().join("s"),
+        d.path().join("m"),
+        d.path().join("fuse"),
+    );
+    for p in [&s, &mnt] {
+        std::fs::create_dir(p).unwrap();
+        std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
+    }
+    let n = cpath(&node);
+    let r = unsafe { libc::mknod(n.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(10, 229)) };
+    assert_eq!(r, 0, "mknod: {}", std::io::Error::last_os_error());
+    let script = format!(
+        "mount --bind '{}' /dev/fuse && exec setpriv --reuid=65534 --regid=65534 \
+         --clear-groups '{BIN}' '{}' '{}' -o cache_size=16M",
+        node.display(),
+        s.display(),
+        mnt.display()
+    );
+    for foreground in [false, true] {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["-m", "--propagation", "private", "sh", "-c"]);
+        cmd.arg(if foreground {
+            format!("{script} -f")
+        } else {
+            script.clone()
+        });
+        let out = cmd.stdin(Stdio::null()).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "foreground {foreground}: {err}");
+        assert_eq!(err.matches("cannot mount").count(), 1, "said once: {err}");
+        assert!(
+            err.contains("fusermount3"),
+            "fell back to fusermount3: {err}"
+        );
+        assert!(
+            !err.contains("/etc/mtab"),
+            "no unmount of what was never mounted: {err}"
+        );
+        assert!(!is_mounted(&mnt));
+    }
+}
+
+/// Resident bytes of process `pid` (`Rss` of /proc/PID/smaps_rollup).
+fn rss_of(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    let kb: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("Rss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("Rss in smaps_rollup");
+    kb * 1024
+}
+
+/// After `ctl drop` the pool's free memory goes back to the kernel: the daemon's resident
+/// size falls by about what was cached, and the pool works as before.
+#[test]
+fn ctl_drop_gives_pool_memory_back() {
+    let m = Mount::new("cache_size=64M");
+    let pid = m.pid().unwrap();
+    let data: Vec<u8> = (0..48 * MIB as usize).map(|i| (i % 251) as u8).collect();
+    std::fs::write(m.path("f"), &data).unwrap();
+    crate::posix::sync_mount(&m);
+    let s = mount_stats(&m);
+    assert!(stat(&s, "pool_used_bytes") >= 48 * MIB, "{s}");
+    let before = rss_of(pid);
+    assert!(before >= 48 * MIB, "daemon resident {before}");
+    setxattr(&m.mnt, "user.extentfs.ctl", b"drop").unwrap();
+    let s = mount_stats(&m);
+    assert_eq!(stat(&s, "pool_used_bytes"), 0, "{s}");
+    assert!(stat(&s, "pool_released_bytes") >= 48 * MIB, "{s}");
+    assert!(stat(&s, "pool_resident_bytes") < 4 * MIB, "{s}");
+    let after = rss_of(pid);
+    assert!(
+        after + 40 * MIB <= before,
+        "daemon resident {before} -> {after} after ctl drop"
+    );
+    // The data is read back from SOURCE into the given-back memory.
+    check_bytes("after drop", &std::fs::read(m.path("f")).unwrap(), &data);
+    assert!(stat(&mount_stats(&m), "pool_used_bytes") > 0);
+}
