@@ -464,9 +464,9 @@ fn serve(
         tracing::warn!("session ended: {e}");
     }
     // Unmounted: let go of SOURCE's files at once where nothing is left to write (a program
-    // may delete them in SOURCE right after umount returns), then write back the rest.
+    // may delete them in SOURCE right after umount returns), then write back the rest; what
+    // cannot be written goes to the recovery directory (never dropped silently).
     ctx.release_clean();
-    let r = ctx.sync_all();
     wb.stop(&ctx);
-    r.map_err(|e| format!("final writeback failed, some data was not written to SOURCE: {e}"))
+    ctx.finish(Path::new(&cfg.recovery_dir), source)
 }

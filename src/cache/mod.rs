@@ -11,6 +11,7 @@
 pub mod evict;
 pub mod inode_cache;
 pub mod mapped;
+pub mod report;
 pub mod writeback;
 
 use crate::extent::state::Bits;
@@ -614,8 +615,8 @@ impl CacheContext {
             });
             if let Err(e) = r {
                 tracing::error!(
-                    "writeback of inode {:?} failed: {e}; its dirty data stays in the cache",
-                    c.key
+                    "writeback of {} failed: {e}; its dirty data stays in the cache",
+                    report::file_name(&c)
                 );
                 first.get_or_insert(e);
             }
