@@ -10,3 +10,4 @@ mod reliability;
 mod smoke;
 mod stats;
 mod suites;
+mod writeback;

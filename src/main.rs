@@ -39,18 +39,28 @@ MOUNT OPTIONS (-o opt[,opt...]):
   default_permissions     accepted; always in effect
   ro / rw                 read-only / read-write mount
   debug                   verbose logging (same as RUST_LOG=debug)
-  log_file=PATH           where the detached daemon logs (default: nowhere; -f logs to stderr)
+  log_file=PATH           where the detached daemon logs (default: syslog when /dev/log
+                          exists, else /var/log/extentfs/extentfs.log; -f logs to stderr)
   nonempty                allow mounting over a non-empty directory
   generic mount options   dev, nodev, suid, nosuid, exec, noexec, atime, noatime, diratime,
                           nodiratime, relatime, strictatime, sync, async, dirsync, defaults,
                           auto, noauto, user, users, nofail, _netdev, x-*: as mount(8)
 
+  recovery_dir=PATH       where data that cannot be written to SOURCE is saved at exit
+                          (default /var/lib/extentfs/recovery)
+
 OTHER COMMANDS:
   extentfs stats MOUNTPOINT [FILE...] [--json] [--watch SECS]
   extentfs extents FILE
+  extentfs sync MOUNTPOINT [FILE...]   write back and fsync (plain sync(1) does not reach
+                                       the daemon); exit 1 naming files not written
+  extentfs umount MOUNTPOINT           write back, unmount, wait for the daemon; exit 0 only
+                                       when every byte is in SOURCE (1: data not written,
+                                       saved to recovery_dir; 2: not an extentfs mount;
+                                       3: busy)
 
-Unmount with `umount MOUNTPOINT` or `fusermount3 -u MOUNTPOINT`; SIGTERM/SIGINT also unmount.
-Dirty data is written back to SOURCE before the daemon exits.";
+Plain `umount MOUNTPOINT` returns at once; the daemon writes back afterwards (wait for it
+before reading SOURCE). SIGTERM/SIGINT write back, then unmount.";
 
 /// Mount SOURCE at MOUNTPOINT with an extent-mapped page cache in front of it.
 #[derive(Parser, Debug)]
@@ -72,6 +82,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("stats") | Some("extents") => extentfs::cli::main(&args[1..]),
+        Some("sync") | Some("umount") => extentfs::control::main(&args[1..]),
         _ => mount_main(MountArgs::parse()),
     }
 }

@@ -37,7 +37,7 @@ pub struct Unwritten {
     pub name: String,
     pub raw_name: Option<Vec<u8>>,
     pub dirty_bytes: u64,
-    /// errno of its last failed writeback not yet reported, if any.
+    /// errno of its last failed writeback, if any.
     pub errno: Option<i32>,
 }
 
@@ -77,7 +77,10 @@ impl CacheContext {
                 name: file_name(c),
                 raw_name: c.file.name(),
                 dirty_bytes: c.tree.dirty_bytes() + c.tree.writeback_bytes(),
-                errno: c.peek_wb_error(),
+                errno: c.peek_wb_error().or_else(|| {
+                    let e = c.last_wb_error.load(std::sync::atomic::Ordering::Relaxed);
+                    (e != 0).then_some(e as i32)
+                }),
             })
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));

@@ -842,7 +842,11 @@ mod tests {
         assert_eq!(name_under(f.as_fd(), &canon, false).unwrap(), b"d/f");
         assert_eq!(name_under(root.as_fd(), &canon, false).unwrap(), b".");
         std::fs::rename(dir.path().join("d/f"), dir.path().join("g")).unwrap();
-        assert_eq!(name_under(f.as_fd(), &canon, false).unwrap(), b"g", "follows renames");
+        assert_eq!(
+            name_under(f.as_fd(), &canon, false).unwrap(),
+            b"g",
+            "follows renames"
+        );
     }
 
     #[test]

@@ -1,0 +1,385 @@
+//! The write-back contract, mounted for real with detached daemons: `extentfs umount` and
+//! `extentfs sync` (every byte in SOURCE when they return 0, files named when not), the
+//! recovery directory for data that cannot be written at exit, and log lines that name files
+//! by their path in SOURCE.
+
+use crate::harness::*;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A detached daemon (started without `-f`) on `src` at `mnt`; dropping it unmounts (lazily
+/// if need be) and waits for that daemon's PID to be gone, killing only it after a minute.
+struct Detached {
+    mnt: PathBuf,
+    pid: u32,
+}
+
+impl Detached {
+    fn start(src: &Path, mnt: &Path, opts: &str, env: &[(&str, &str)]) -> Detached {
+        require_root();
+        let mut cmd = Command::new(BIN);
+        cmd.arg(src).arg(mnt).arg("-o").arg(opts);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.stdin(Stdio::null()).output().unwrap();
+        assert!(
+            out.status.success(),
+            "mount failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pid = getxattr(mnt, "user.extentfs.pid")
+            .expect("user.extentfs.pid")
+            .trim()
+            .parse()
+            .unwrap();
+        Detached {
+            mnt: mnt.to_path_buf(),
+            pid,
+        }
+    }
+}
+
+/// The process is gone (or a zombie nobody reaped yet: it has exited).
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => s
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        if is_mounted(&self.mnt) && !umount(&self.mnt) {
+            umount_lazy(&self.mnt);
+        }
+        let t0 = Instant::now();
+        while !gone(self.pid) {
+            if t0.elapsed() > Duration::from_secs(60) {
+                unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A tmpfs the test mounted; unmounted on drop (declare it before the `Detached` on it).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs");
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) && !umount(&self.0) {
+            umount_lazy(&self.0);
+        }
+    }
+}
+
+fn dirs(tag: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let d = tempfile::Builder::new()
+        .prefix(&format!("extentfs-wb-{tag}-"))
+        .tempdir()
+        .unwrap();
+    let (src, mnt) = (d.path().join("src"), d.path().join("mnt"));
+    std::fs::create_dir(&src).unwrap();
+    std::fs::create_dir(&mnt).unwrap();
+    (d, src, mnt)
+}
+
+fn extentfs(args: &[&std::ffi::OsStr]) -> (i32, String) {
+    let (code, _out, err) = run_bin_out(args);
+    (code, err)
+}
+
+fn os(s: &str) -> &std::ffi::OsStr {
+    std::ffi::OsStr::new(s)
+}
+
+/// Chunk `i` of the data of file `seed`.
+fn chunk(seed: u64, i: u64, len: usize) -> Vec<u8> {
+    random_bytes(&mut Rng(seed * 1_000_003 + i + 1), len)
+}
+
+/// Compare `path` with chunks `chunk(seed, 0..)` of `len` bytes each, `total` bytes in all.
+fn check_file(path: &Path, seed: u64, len: usize, total: u64) {
+    let f = File::open(path).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), total, "{}", path.display());
+    let mut off = 0;
+    let mut i = 0;
+    while off < total {
+        let n = (total - off).min(len as u64) as usize;
+        let got = read_at_full(&f, off, n);
+        check_bytes(
+            &format!("{} at {off}", path.display()),
+            &got,
+            &chunk(seed, i, len)[..n],
+        );
+        off += n as u64;
+        i += 1;
+    }
+}
+
+fn dirty_bytes(mnt: &Path) -> u64 {
+    stat(
+        &getxattr(mnt, "user.extentfs.stats").unwrap(),
+        "dirty_bytes",
+    )
+}
+
+#[test]
+fn extentfs_umount_writes_hundreds_of_mib_back_before_it_returns() {
+    let (_d, src, mnt) = dirs("umount");
+    let daemon = Detached::start(&src, &mnt, "cache_size=2G,dirty_expire=60s", &[]);
+    // One 280 MiB file, still open (so its close cannot start writeback early), and 20 files
+    // of 1 MiB + 7 bytes, closed.
+    let big = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(mnt.join("big"))
+        .unwrap();
+    for i in 0..280 {
+        big.write_all_at(&chunk(1, i, MIB as usize), i * MIB)
+            .unwrap();
+    }
+    std::fs::create_dir(mnt.join("dir")).unwrap();
+    for k in 0..20u64 {
+        let mut f = File::create(mnt.join(format!("dir/f{k}"))).unwrap();
+        f.write_all(&chunk(100 + k, 0, MIB as usize + 7)).unwrap();
+    }
+    drop(big);
+    // (Its close queued a writeback: some of it may be under way already.)
+    let dirty = dirty_bytes(&mnt);
+    let t0 = Instant::now();
+    let (code, err) = extentfs(&[os("umount"), mnt.as_os_str()]);
+    eprintln!(
+        "\n{} MiB dirty; extentfs umount took {:.2} s, stderr: {err}",
+        dirty >> 20,
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(code, 0, "extentfs umount: {err}");
+    // Right after it returned: unmounted, the daemon gone, every byte in SOURCE.
+    assert!(!is_mounted(&mnt));
+    assert!(gone(daemon.pid), "daemon {} still running", daemon.pid);
+    check_file(&src.join("big"), 1, MIB as usize, 280 * MIB);
+    for k in 0..20u64 {
+        check_file(
+            &src.join(format!("dir/f{k}")),
+            100 + k,
+            MIB as usize + 7,
+            MIB + 7,
+        );
+    }
+}
+
+#[test]
+fn extentfs_umount_of_a_busy_mount_keeps_it_mounted() {
+    let (_d, src, mnt) = dirs("busy");
+    let daemon = Detached::start(&src, &mnt, "cache_size=64M,dirty_expire=60s", &[]);
+    let f = File::create(mnt.join("open")).unwrap();
+    f.write_all_at(&chunk(8, 0, MIB as usize), 0).unwrap();
+    let (code, err) = extentfs(&[os("umount"), mnt.as_os_str()]);
+    assert_eq!(code, 3, "busy: {err}");
+    assert!(
+        err.contains("is busy") && err.contains("everything written so far is in SOURCE"),
+        "{err}"
+    );
+    assert!(is_mounted(&mnt) && !gone(daemon.pid));
+    check_file(&src.join("open"), 8, MIB as usize, MIB);
+    // Once closed, it unmounts.
+    drop(f);
+    let (code, err) = extentfs(&[os("umount"), mnt.as_os_str()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(gone(daemon.pid));
+}
+
+#[test]
+fn extentfs_sync_writes_back_while_mounted() {
+    let (_d, src, mnt) = dirs("sync");
+    let _daemon = Detached::start(&src, &mnt, "cache_size=64M,dirty_expire=60s", &[]);
+    let name = "p";
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(mnt.join(name))
+        .unwrap();
+    f.write_all_at(&chunk(7, 0, 3 * MIB as usize), 0).unwrap();
+    assert!(dirty_bytes(&mnt) > 0);
+    // Open, so its close did not queue a writeback: only the command writes it back.
+    let (code, err) = extentfs(&[os("sync"), mnt.as_os_str()]);
+    assert_eq!(code, 0, "extentfs sync: {err}");
+    assert_eq!(dirty_bytes(&mnt), 0);
+    check_file(&src.join(name), 7, 3 * MIB as usize, 3 * MIB);
+    // And one FILE.
+    f.write_all_at(b"tail", 3 * MIB).unwrap();
+    let file = mnt.join(name);
+    let (code, err) = extentfs(&[os("sync"), mnt.as_os_str(), file.as_os_str()]);
+    assert_eq!(code, 0, "extentfs sync FILE: {err}");
+    assert_eq!(
+        read_at_full(&File::open(src.join(name)).unwrap(), 3 * MIB, 8),
+        b"tail"
+    );
+}
+
+#[test]
+fn extentfs_sync_kernel_cache_pushes_the_page_cache_first() {
+    let (_d, src, mnt) = dirs("synck");
+    let _daemon = Detached::start(
+        &src,
+        &mnt,
+        "cache_size=64M,dirty_expire=60s,cache=kernel",
+        &[],
+    );
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(mnt.join("k"))
+        .unwrap();
+    f.write_all_at(&chunk(9, 0, 2 * MIB as usize), 0).unwrap();
+    let (code, err) = extentfs(&[os("sync"), mnt.as_os_str()]);
+    assert_eq!(code, 0, "extentfs sync: {err}");
+    check_file(&src.join("k"), 9, 2 * MIB as usize, 2 * MIB);
+    drop(f);
+}
+
+#[test]
+fn sync_and_umount_refuse_what_is_not_a_live_extentfs_mount() {
+    require_root();
+    let (d, _src, _mnt) = dirs("refuse");
+    // Not a mount point.
+    let plain = d.path().join("src");
+    for cmd in ["umount", "sync"] {
+        let (code, err) = extentfs(&[os(cmd), plain.as_os_str()]);
+        assert_eq!(code, 2, "{cmd}: {err}");
+        assert!(err.contains("is not a mount point"), "{cmd}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    // Another filesystem's mount point.
+    let t = d.path().join("tmpfs");
+    let _tmpfs = Tmpfs::mount(&t, "1m");
+    let (code, err) = extentfs(&[os("umount"), t.as_os_str()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not extentfs"), "{err}");
+    assert!(is_mounted(&t), "left mounted");
+    // Missing arguments, unknown flags, missing paths.
+    assert_eq!(extentfs(&[os("umount")]).0, 2);
+    assert_eq!(extentfs(&[os("sync"), os("--bogus"), t.as_os_str()]).0, 2);
+    let (code, err) = extentfs(&[os("umount"), os("/nonexistent/wb-nothing")]);
+    assert_eq!(code, 2);
+    assert!(err.contains("No such file"), "{err}");
+}
+
+/// SOURCE is an 8 MiB tmpfs. `a` has 2 MiB in SOURCE (fsynced); then, through the mount,
+/// 100 bytes at 1000 are overwritten and 3 MiB appended at 2 MiB while another writer fills
+/// SOURCE. `extentfs umount` must fail, naming `a`; the overwrite (no new space needed) is in
+/// SOURCE; the recovery directory holds exactly the 3 MiB that SOURCE could not take, the
+/// manifest says where they belong, and restore.sh puts them back once there is room. The
+/// detached daemon's log names `a`, never an inode.
+#[test]
+fn unwritable_data_at_exit_goes_to_the_recovery_dir() {
+    let (d, src, mnt) = dirs("recovery");
+    let _tmpfs = Tmpfs::mount(&src, "8m");
+    let rdir = d.path().join("recovery");
+    let log = d.path().join("daemon.log");
+    let opts = format!(
+        "cache_size=64M,dirty_expire=60s,recovery_dir={},log_file={}",
+        rdir.display(),
+        log.display()
+    );
+    let daemon = Detached::start(&src, &mnt, &opts, &[]);
+    let base = chunk(3, 0, 2 * MIB as usize);
+    let patch = chunk(4, 0, 100);
+    let tail = chunk(5, 0, 3 * MIB as usize);
+    {
+        let mut f = File::create(mnt.join("a")).unwrap();
+        f.write_all(&base).unwrap();
+        f.sync_all().unwrap();
+    }
+    let f = OpenOptions::new().write(true).open(mnt.join("a")).unwrap();
+    f.write_all_at(&patch, 1000).unwrap();
+    f.write_all_at(&tail, 2 * MIB).unwrap();
+    // Another writer fills SOURCE (4 KiB at a time, to the last page).
+    {
+        let mut filler = File::create(src.join("filler")).unwrap();
+        let page = vec![0x55u8; 4096];
+        while filler.write_all(&page).is_ok() {}
+    }
+    drop(f);
+    let (code, err) = extentfs(&[os("umount"), mnt.as_os_str()]);
+    eprintln!("extentfs umount stderr:\n{err}");
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.contains("a: 3.0 MiB could not be written") && l.contains("saved to")),
+        "names the file and where its bytes went: {err}"
+    );
+    assert!(!is_mounted(&mnt));
+    assert!(gone(daemon.pid));
+    // The overwrite needed no new space and landed.
+    let mut want = base.clone();
+    want[1000..1100].copy_from_slice(&patch);
+    check_bytes(
+        "a in SOURCE",
+        &read_at_full(&File::open(src.join("a")).unwrap(), 0, 8 << 20),
+        &want,
+    );
+    // Exactly the lost bytes, and a manifest saying where they belong.
+    let saves: Vec<PathBuf> = std::fs::read_dir(&rdir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(saves.len(), 1, "{saves:?}");
+    let save = &saves[0];
+    check_bytes(
+        "1.data",
+        &std::fs::read(save.join("1.data")).unwrap(),
+        &tail,
+    );
+    let manifest = std::fs::read_to_string(save.join("MANIFEST")).unwrap();
+    let ranges: Vec<&str> = manifest.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(
+        ranges,
+        vec![format!("1.data\t0\t{}\t{}\ta", 2 * MIB, 3 * MIB)],
+        "{manifest}"
+    );
+    // The log names the path, never an inode number.
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.lines().any(|l| l.contains("ERROR")
+            && l.contains("a: 3145728 bytes")
+            && l.contains(&save.display().to_string())),
+        "log:\n{text}"
+    );
+    assert!(!text.contains("inode ("), "log:\n{text}");
+    // Room again: restore.sh puts the bytes back.
+    std::fs::remove_file(src.join("filler")).unwrap();
+    let st = Command::new(save.join("restore.sh")).status().unwrap();
+    assert!(st.success());
+    want.extend_from_slice(&tail);
+    check_bytes(
+        "a after restore.sh",
+        &std::fs::read(src.join("a")).unwrap(),
+        &want,
+    );
+}
