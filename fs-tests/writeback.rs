@@ -383,3 +383,48 @@ fn unwritable_data_at_exit_goes_to_the_recovery_dir() {
         &want,
     );
 }
+
+/// A detached daemon with no `log_file` logs to syslog (here a socket the test binds,
+/// through `EXTENTFS_SYSLOG_SOCKET`): a writeback that SOURCE (a full 4 MiB tmpfs) refuses
+/// is an error datagram (facility daemon, severity err) naming the file's path in SOURCE.
+#[test]
+fn detached_daemon_logs_errors_to_syslog_by_path() {
+    let (d, src, mnt) = dirs("syslog");
+    let _tmpfs = Tmpfs::mount(&src, "4m");
+    let sock_path = d.path().join("log.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let _daemon = Detached::start(
+        &src,
+        &mnt,
+        "cache_size=64M,dirty_expire=60s",
+        &[("EXTENTFS_SYSLOG_SOCKET", sock_path.to_str().unwrap())],
+    );
+    std::fs::create_dir(mnt.join("sub")).unwrap();
+    let f = File::create(mnt.join("sub/x")).unwrap();
+    f.write_all_at(&chunk(11, 0, 6 * MIB as usize), 0).unwrap();
+    let e = f.sync_all().unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    let mut buf = vec![0u8; 8192];
+    let mut seen = Vec::new();
+    let line = loop {
+        let n = sock
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no error datagram naming sub/x ({e}); got {seen:?}"));
+        let l = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if l.starts_with("<27>") && l.contains(" of sub/x failed") {
+            break l;
+        }
+        seen.push(l);
+    };
+    eprintln!("syslog datagram: {line}");
+    assert!(line.contains("extentfs["), "{line}");
+    assert!(line.contains("No space left on device"), "{line}");
+    assert!(!line.contains("inode"), "{line}");
+    // Deleted through the mount, its data is gone for good: nothing is left to write.
+    drop(f);
+    std::fs::remove_file(mnt.join("sub/x")).unwrap();
+    let (code, err) = extentfs(&[os("umount"), mnt.as_os_str()]);
+    assert_eq!(code, 0, "{err}");
+}

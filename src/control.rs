@@ -384,8 +384,8 @@ fn wait_exit(pid: u32, pidfd: Option<&OwnedFd>) {
             // SAFETY: one valid pollfd for the call.
             while unsafe { libc::poll(&mut p, 1, -1) } < 0 {}
         }
-        // SAFETY: kill with signal 0 only checks that the process exists.
         None => {
+            // SAFETY: kill with signal 0 only checks that the process exists.
             while unsafe { libc::kill(pid as libc::pid_t, 0) } == 0 {
                 std::thread::sleep(Duration::from_millis(20));
             }

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod control;
 pub mod extent;
 pub mod fs;
+pub mod logging;
 pub mod options;
 pub mod pool;
 pub mod stats;

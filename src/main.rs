@@ -219,30 +219,7 @@ fn mount_main(args: MountArgs) -> ExitCode {
 }
 
 fn init_logging(cfg: &MountConfig, foreground: bool) {
-    use tracing_subscriber::EnvFilter;
-    let default = if cfg.debug { "debug" } else { "warn" };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let writer: Box<dyn Fn() -> Box<dyn Write> + Send + Sync> = match (&cfg.log_file, foreground) {
-        (Some(path), _) => {
-            let path = path.clone();
-            Box::new(move || -> Box<dyn Write> {
-                match std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                {
-                    Ok(f) => Box::new(f),
-                    Err(_) => Box::new(std::io::sink()),
-                }
-            })
-        }
-        _ => Box::new(|| -> Box<dyn Write> { Box::new(std::io::stderr()) }),
-    };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer)
-        .with_target(false)
-        .try_init();
+    extentfs::logging::init(cfg.log_file.as_deref(), foreground, cfg.debug);
 }
 
 /// Fork: the parent waits until the child says the mount is live (or why not) and exits;
