@@ -103,6 +103,16 @@ impl CacheContext {
                 }
             }
             if c.tree.dirty_bytes() > 0 {
+                // A file deleted while open (SIGTERM with the file still open): nobody can
+                // reach its data again, so there is nothing to save.
+                if matches!(c.file.stat(), Ok(st) if st.st_nlink == 0) {
+                    tracing::info!(
+                        "{}: deleted, {} unwritten bytes dropped",
+                        file_name(&c),
+                        c.tree.dirty_bytes()
+                    );
+                    continue;
+                }
                 left.push(c);
             }
         }
