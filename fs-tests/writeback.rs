@@ -428,3 +428,78 @@ fn detached_daemon_logs_errors_to_syslog_by_path() {
     let (code, err) = extentfs(&[os("umount"), mnt.as_os_str()]);
     assert_eq!(code, 0, "{err}");
 }
+
+/// SOURCE is a 20 MiB tmpfs. Writing 30 MiB into one file through the mount (cache=pool)
+/// fails with ENOSPC at `write()` once SOURCE cannot hold more; so does filling many files.
+/// Everything acknowledged is in SOURCE after `extentfs umount`, which exits 0 (nothing was
+/// accepted that SOURCE could not take).
+#[test]
+fn write_fails_with_enospc_when_source_cannot_hold_it() {
+    let (_d, src, mnt) = dirs("space");
+    let _tmpfs = Tmpfs::mount(&src, "20m");
+    let daemon = Detached::start(&src, &mnt, "cache_size=128M,dirty_expire=60s", &[]);
+    // One file in 1 MiB writes.
+    let f = File::create(mnt.join("one")).unwrap();
+    let mut acked = 0u64;
+    let mut failed = None;
+    for i in 0..30u64 {
+        match f.write_at(&chunk(21, i, MIB as usize), i * MIB) {
+            Ok(n) => {
+                assert_eq!(n as u64, MIB, "short write at {i} MiB");
+                acked += MIB;
+            }
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    let e = failed.expect("30 MiB into a 20 MiB SOURCE: some write() must fail");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    eprintln!("one file: {} MiB acknowledged, then {e}", acked >> 20);
+    assert!(acked >= 16 * MIB && acked <= 20 * MIB, "{acked}");
+    f.sync_all().unwrap();
+    drop(f);
+    check_file(&src.join("one"), 21, MIB as usize, acked);
+    // Room for more once the file shrinks (the reservation follows the data).
+    let f = OpenOptions::new()
+        .write(true)
+        .open(mnt.join("one"))
+        .unwrap();
+    f.set_len(4 * MIB).unwrap();
+    drop(f);
+    // Many files of 256 KiB until SOURCE is full; the last one may be short.
+    let mut files = Vec::new();
+    let mut failed = None;
+    'outer: for k in 0..200u64 {
+        let name = format!("m{k}");
+        let f = File::create(mnt.join(&name)).unwrap();
+        let mut len = 0;
+        for j in 0..4u64 {
+            let piece = chunk(300 + k, j, 64 << 10);
+            match f.write_at(&piece, j * (64 << 10)) {
+                Ok(n) => {
+                    assert_eq!(n, 64 << 10);
+                    len += 64 << 10;
+                }
+                Err(e) => {
+                    files.push((name, k, len));
+                    failed = Some(e);
+                    break 'outer;
+                }
+            }
+        }
+        files.push((name, k, len));
+    }
+    let e = failed.expect("200 x 256 KiB into 16 MiB: some write() must fail");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    eprintln!("many files: {} files written, then {e}", files.len());
+    assert!(files.len() > 40, "{}", files.len());
+    let (code, err) = extentfs(&[os("umount"), mnt.as_os_str()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(gone(daemon.pid));
+    check_file(&src.join("one"), 21, MIB as usize, 4 * MIB);
+    for (name, k, len) in files {
+        check_file(&src.join(&name), 300 + k, 64 << 10, len);
+    }
+}

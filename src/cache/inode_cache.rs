@@ -153,6 +153,8 @@ pub struct InodeCache {
     mapped: Mutex<MappedPages>,
     /// `mapped` is not empty: the data paths look at it only then.
     mapped_any: AtomicBool,
+    /// SOURCE space reserved for this file's dirty pages (see [`super::space`]).
+    pub(crate) space: super::space::FileSpace,
 }
 
 impl InodeCache {
@@ -180,6 +182,7 @@ impl InodeCache {
             atime_touched: AtomicU64::new(0),
             mapped: Mutex::new(MappedPages::default()),
             mapped_any: AtomicBool::new(false),
+            space: Default::default(),
         })
     }
 

@@ -12,6 +12,7 @@ pub mod evict;
 pub mod inode_cache;
 pub mod mapped;
 pub mod report;
+pub mod space;
 pub mod writeback;
 
 use crate::extent::state::Bits;
@@ -342,6 +343,11 @@ impl CacheContext {
             if append && c.size() != off {
                 continue;
             }
+            // ENOSPC here, at write(), rather than at writeback.
+            if let Err(e) = self.reserve_space(c, a, b) {
+                drop(guard);
+                return Err(e);
+            }
             // A direct write onto pages a mapping read keeps the bytes it replaces (see
             // [`mapped`]), so it needs them all, not just the edge pages. (Our range is
             // locked: whether it was faulted cannot change until we unlock.)
@@ -360,7 +366,10 @@ impl CacheContext {
                     self.reclaim(pages)?;
                     continue;
                 }
-                Err(Again::Io(e)) => return Err(e),
+                Err(Again::Io(e)) => {
+                    self.unreserve_clean(c, a, b);
+                    return Err(e);
+                }
             }
             match c.mapped_pages() {
                 Some(mut m) if save => {
@@ -463,6 +472,7 @@ impl CacheContext {
             }
             self.clear_dirty(c, new_size, u64::MAX, Bits::NONE);
             c.tree.clear_bits(new_size, u64::MAX, Bits::UNSTABLE);
+            self.space_dropped_from(c, new_size);
             c.map.unmap(tail, !(P - 1));
             c.tree.clear_bits(tail, u64::MAX, Bits::UPTODATE);
             c.set_size(new_size);
@@ -505,6 +515,7 @@ impl CacheContext {
             }
             self.clear_dirty(c, off, end - 1, Bits::NONE);
             c.tree.clear_bits(off, end - 1, Bits::UNSTABLE);
+            self.space_punched(c, off, end);
             // Dirty bytes past SOURCE's end were what would have extended SOURCE to the
             // file's size; the hole punched over them must not shorten the file.
             let keep = end.min(c.size());
@@ -548,6 +559,7 @@ impl CacheContext {
 
     /// After SOURCE's size changed under an invalidated (empty) cache: adopt it.
     pub fn truncate_cache_to(&self, c: &InodeCache, size: u64) {
+        self.space_relayout(c);
         c.set_size(size);
     }
 
@@ -563,6 +575,7 @@ impl CacheContext {
         c.map.unmap(0, !(P - 1));
         c.tree
             .clear_bits(0, u64::MAX, Bits::UPTODATE | Bits::UNSTABLE);
+        self.space_dropped_from(c, 0);
         c.set_pending_mtime(None);
         let _ = c.take_wb_error();
         drop(guard);

@@ -290,6 +290,7 @@ impl CacheContext {
             Ok(()) => {
                 // In SOURCE's page cache, not yet durable: UNSTABLE until SOURCE's fsync.
                 c.tree.set_clear_bits(s, e, Bits::UNSTABLE, Bits::WRITEBACK);
+                self.space_landed(c, s, end);
                 stats::add(&self.stats.writeback_ops, 1);
                 stats::add(&self.stats.writeback_bytes, end - s);
                 self.last_wb_errno.store(0, Ordering::Relaxed);

@@ -612,6 +612,11 @@ impl DataFile {
         self.writable
     }
 
+    /// statvfs of the filesystem holding the file.
+    pub fn statvfs(&self) -> io::Result<libc::statvfs> {
+        statvfs(self.path.get()?.as_fd())
+    }
+
     /// The file's path relative to SOURCE, for messages (see [`name_in_source`]).
     pub fn name(&self) -> Option<Vec<u8>> {
         name_in_source(self.path.get().ok()?.as_fd())
