@@ -245,7 +245,7 @@ impl CacheContext {
         let dev = c.key.0;
         reserve(dev, need, || {
             let st = c.file.statvfs()?;
-            Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+            Ok(st.f_bavail.saturating_mul(st.f_frsize))
         })?;
         // Under the caller's lock the tree says exactly what became RESERVED (a writeback
         // may have released an edge page in between): account that.
