@@ -457,7 +457,7 @@ fn write_fails_with_enospc_when_source_cannot_hold_it() {
     let e = failed.expect("30 MiB into a 20 MiB SOURCE: some write() must fail");
     assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
     eprintln!("one file: {} MiB acknowledged, then {e}", acked >> 20);
-    assert!(acked >= 16 * MIB && acked <= 20 * MIB, "{acked}");
+    assert!((16 * MIB..=20 * MIB).contains(&acked), "{acked}");
     f.sync_all().unwrap();
     drop(f);
     check_file(&src.join("one"), 21, MIB as usize, acked);
