@@ -385,8 +385,8 @@ fn unwritable_data_at_exit_goes_to_the_recovery_dir() {
 }
 
 /// A detached daemon with no `log_file` logs to syslog (here a socket the test binds,
-/// through `EXTENTFS_SYSLOG_SOCKET`): a writeback that SOURCE (a full 4 MiB tmpfs) refuses
-/// is an error datagram (facility daemon, severity err) naming the file's path in SOURCE.
+/// through `EXTENTFS_SYSLOG_SOCKET`): a writeback that SOURCE (a 4 MiB tmpfs filled by
+/// another writer) refuses is an error datagram (facility daemon, severity err) naming the file's path in SOURCE.
 #[test]
 fn detached_daemon_logs_errors_to_syslog_by_path() {
     let (d, src, mnt) = dirs("syslog");
@@ -403,7 +403,13 @@ fn detached_daemon_logs_errors_to_syslog_by_path() {
     );
     std::fs::create_dir(mnt.join("sub")).unwrap();
     let f = File::create(mnt.join("sub/x")).unwrap();
-    f.write_all_at(&chunk(11, 0, 6 * MIB as usize), 0).unwrap();
+    f.write_all_at(&chunk(11, 0, 2 * MIB as usize), 0).unwrap();
+    // Another writer fills SOURCE after extentfs accepted the data.
+    {
+        let mut filler = File::create(src.join("filler")).unwrap();
+        let page = vec![0x55u8; 4096];
+        while filler.write_all(&page).is_ok() {}
+    }
     let e = f.sync_all().unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
     let mut buf = vec![0u8; 8192];
@@ -458,7 +464,19 @@ fn write_fails_with_enospc_when_source_cannot_hold_it() {
     assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
     eprintln!("one file: {} MiB acknowledged, then {e}", acked >> 20);
     assert!((16 * MIB..=20 * MIB).contains(&acked), "{acked}");
+    let reserved = |mnt: &Path| {
+        stat(
+            &getxattr(mnt, "user.extentfs.stats").unwrap(),
+            "source_reserved_bytes",
+        )
+    };
+    assert_eq!(
+        reserved(&mnt),
+        acked,
+        "every acknowledged page past EOF reserved"
+    );
     f.sync_all().unwrap();
+    assert_eq!(reserved(&mnt), 0, "released once written back");
     drop(f);
     check_file(&src.join("one"), 21, MIB as usize, acked);
     // Room for more once the file shrinks (the reservation follows the data).

@@ -35,7 +35,6 @@ pub fn file_name(c: &InodeCache) -> String {
 pub struct Unwritten {
     /// Path relative to SOURCE, for people (see [`file_name`]).
     pub name: String,
-    pub raw_name: Option<Vec<u8>>,
     pub dirty_bytes: u64,
     /// errno of its last failed writeback, if any.
     pub errno: Option<i32>,
@@ -75,7 +74,6 @@ impl CacheContext {
             .filter(|c| c.tree.dirty_bytes() + c.tree.writeback_bytes() > 0)
             .map(|c| Unwritten {
                 name: file_name(c),
-                raw_name: c.file.name(),
                 dirty_bytes: c.tree.dirty_bytes() + c.tree.writeback_bytes(),
                 errno: c.peek_wb_error().or_else(|| {
                     let e = c.last_wb_error.load(std::sync::atomic::Ordering::Relaxed);
@@ -471,7 +469,6 @@ mod tests {
     fn unwritten_lines_round_trip() {
         let u = Unwritten {
             name: "d/f x".into(),
-            raw_name: None,
             dirty_bytes: 4096,
             errno: Some(libc::ENOSPC),
         };

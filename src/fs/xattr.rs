@@ -111,6 +111,10 @@ impl ExtentFs {
             ),
             ("dirty_bytes".into(), Int(ctx.dirty_bytes())),
             ("writeback_bytes".into(), Int(wb)),
+            (
+                "source_reserved_bytes".into(),
+                Int(crate::cache::space::reserved_total()),
+            ),
             ("pool_backing".into(), Text(pool.backing().as_str().into())),
             ("huge_page_bytes".into(), Int(pool.huge_bytes())),
         ];
