@@ -92,9 +92,21 @@ pub fn init(log_file: Option<&str>, foreground: bool, debug: bool) -> Target {
     use tracing_subscriber::EnvFilter;
     let default = if debug { "debug" } else { "warn" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let target = choose(log_file, foreground, &syslog_socket(), |s| {
+    let mut target = choose(log_file, foreground, &syslog_socket(), |s| {
         connect(s).is_ok()
     });
+    if let Target::File(p) = &target {
+        if let Err(e) = open_append(p) {
+            // Said while stderr is still the caller's; the lines go where a user looks anyway.
+            let fallback = default_file();
+            eprintln!(
+                "extentfs: log file {}: {e}; logging to {} instead",
+                p.display(),
+                fallback.display()
+            );
+            target = Target::File(fallback);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false);
@@ -110,13 +122,14 @@ pub fn init(log_file: Option<&str>, foreground: bool, debug: bool) -> Target {
     target
 }
 
-/// Appends each line to a file, opened per line.
+/// Appends each line to a file, opened per line (so rotation works); the default file when
+/// it cannot be opened any more.
 struct FileWriter(PathBuf);
 
 impl<'a> MakeWriter<'a> for FileWriter {
     type Writer = Box<dyn Write>;
     fn make_writer(&'a self) -> Self::Writer {
-        match open_append(&self.0) {
+        match open_append(&self.0).or_else(|_| open_append(&default_file())) {
             Ok(f) => Box::new(f),
             Err(_) => Box::new(io::sink()),
         }
