@@ -348,6 +348,7 @@ fn serve(
     ccfg.dirty_expire = cfg.dirty_expire;
     ccfg.writeback_threads = cfg.writeback_threads;
     ccfg.read_only = cfg.read_only;
+    ccfg.reserve_space = cfg.cache == extentfs::options::CacheMode::Pool;
     let ctx = CacheContext::new(pool, ccfg);
     let fscfg = FsConfig {
         cache: cfg.cache,

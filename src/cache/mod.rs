@@ -51,6 +51,11 @@ pub struct CacheConfig {
     /// Largest single write to SOURCE.
     pub max_writeback: u64,
     pub read_only: bool,
+    /// Writes reserve SOURCE space (ENOSPC at write(), see [`space`]). Off under
+    /// cache=kernel, where writes come from the kernel's page cache: a failed page writeback
+    /// is not retried by the kernel, whereas data accepted into the pool is kept until it is
+    /// written.
+    pub reserve_space: bool,
 }
 
 impl CacheConfig {
@@ -62,6 +67,7 @@ impl CacheConfig {
             readahead: (2u64 << 20).min(pool_bytes / 16),
             max_writeback: 16 << 20,
             read_only: false,
+            reserve_space: true,
         }
     }
 }
@@ -343,10 +349,13 @@ impl CacheContext {
             if append && c.size() != off {
                 continue;
             }
-            // ENOSPC here, at write(), rather than at writeback.
-            if let Err(e) = self.reserve_space(c, a, b) {
-                drop(guard);
-                return Err(e);
+            // ENOSPC here, at write(), rather than at writeback. Not for the kernel's page
+            // writeback (a mapping's pages): it would drop the page on an error.
+            if self.cfg.reserve_space && kind != WriteKind::PageCache {
+                if let Err(e) = self.reserve_space(c, a, b) {
+                    drop(guard);
+                    return Err(e);
+                }
             }
             // A direct write onto pages a mapping read keeps the bytes it replaces (see
             // [`mapped`]), so it needs them all, not just the edge pages. (Our range is
@@ -367,7 +376,9 @@ impl CacheContext {
                     continue;
                 }
                 Err(Again::Io(e)) => {
-                    self.unreserve_clean(c, a, b);
+                    if self.cfg.reserve_space {
+                        self.unreserve_clean(c, a, b);
+                    }
                     return Err(e);
                 }
             }

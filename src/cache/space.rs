@@ -1,5 +1,7 @@
 //! SOURCE space for dirty data: a write that SOURCE cannot hold fails with ENOSPC at
-//! `write()`, as on a local filesystem, instead of at a later writeback.
+//! `write()`, as on a local filesystem, instead of at a later writeback (under cache=pool
+//! and for `write()`s only: the kernel's page writeback is never refused, see
+//! `CacheConfig::reserve_space`).
 //!
 //! A write reserves SOURCE space for the pages it dirties that will need new blocks in
 //! SOURCE, marking them RESERVED in the file's state tree; the reservation is released when
