@@ -521,3 +521,58 @@ fn write_fails_with_enospc_when_source_cannot_hold_it() {
         check_file(&src.join(&name), 300 + k, 64 << 10, len);
     }
 }
+
+/// Under cache=kernel, writes land in the kernel's page cache and reach the daemon as page
+/// writeback, which is never refused (the kernel would drop a refused page): 6 MiB into a
+/// 4 MiB tmpfs SOURCE are all accepted, `extentfs umount` exits 1 naming the file, the
+/// recovery directory holds all 6 MiB (the range whose write failed part-way is saved whole),
+/// and once SOURCE is larger restore.sh makes the file whole.
+#[test]
+fn cache_kernel_keeps_what_a_full_source_refuses_and_saves_it() {
+    let (d, src, mnt) = dirs("kernel-full");
+    let _tmpfs = Tmpfs::mount(&src, "4m");
+    let rdir = d.path().join("recovery");
+    let opts = format!(
+        "cache=kernel,cache_size=64M,dirty_expire=60s,recovery_dir={}",
+        rdir.display()
+    );
+    let daemon = Detached::start(&src, &mnt, &opts, &[]);
+    let data = chunk(41, 0, 6 * MIB as usize);
+    {
+        let mut f = File::create(mnt.join("k")).unwrap();
+        f.write_all(&data).unwrap();
+        // close may report the failed writeback; the data is kept either way.
+    }
+    let (code, err) = extentfs(&[os("umount"), mnt.as_os_str()]);
+    eprintln!("extentfs umount stderr:\n{err}");
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.contains("k: 6.0 MiB could not be written")),
+        "{err}"
+    );
+    assert!(gone(daemon.pid));
+    let saves: Vec<PathBuf> = std::fs::read_dir(&rdir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(saves.len(), 1, "{saves:?}");
+    check_bytes(
+        "1.data",
+        &std::fs::read(saves[0].join("1.data")).unwrap(),
+        &data,
+    );
+    let st = Command::new("mount")
+        .args(["-o", "remount,size=16m"])
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let st = Command::new(saves[0].join("restore.sh")).status().unwrap();
+    assert!(st.success());
+    check_bytes(
+        "k after restore.sh",
+        &std::fs::read(src.join("k")).unwrap(),
+        &data,
+    );
+}
