@@ -62,6 +62,7 @@ impl Drop for Detached {
         let t0 = Instant::now();
         while !gone(self.pid) {
             if t0.elapsed() > Duration::from_secs(60) {
+                // SAFETY: a signal to the one daemon this guard started.
                 unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
                 break;
             }
@@ -575,4 +576,90 @@ fn cache_kernel_keeps_what_a_full_source_refuses_and_saves_it() {
         &std::fs::read(src.join("k")).unwrap(),
         &data,
     );
+}
+
+/// Reservations follow the data: truncating dirty data, punching it out, or deleting its
+/// file gives the SOURCE space back at once (before any writeback), so the space can be
+/// written again; `source_reserved_bytes` ends at 0.
+#[test]
+fn space_reservations_are_released_with_the_data() {
+    let (_d, src, mnt) = dirs("space-release");
+    let _tmpfs = Tmpfs::mount(&src, "20m");
+    let _daemon = Detached::start(&src, &mnt, "cache_size=128M,dirty_expire=60s", &[]);
+    let reserved = || {
+        stat(
+            &getxattr(&mnt, "user.extentfs.stats").unwrap(),
+            "source_reserved_bytes",
+        )
+    };
+    let fill = |f: &File, seed: u64, mib: u64| {
+        for i in 0..mib {
+            f.write_all_at(&chunk(seed, i, MIB as usize), i * MIB)
+                .unwrap_or_else(|e| panic!("write {i} MiB (seed {seed}): {e}"));
+        }
+    };
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(mnt.join("t"))
+        .unwrap();
+    fill(&f, 51, 16);
+    assert_eq!(reserved(), 16 * MIB);
+    let e = f.write_all_at(&chunk(52, 0, 8 * MIB as usize), 16 * MIB);
+    assert_eq!(e.unwrap_err().raw_os_error(), Some(libc::ENOSPC));
+    // Truncate (nothing written back yet): the 16 MiB are free again.
+    f.set_len(0).unwrap();
+    assert_eq!(reserved(), 0);
+    // Extended by truncate, SOURCE's file is all hole (and as long as the cache says, so
+    // punching needs no writeback first): writing it reserves every page.
+    f.set_len(16 * MIB).unwrap();
+    fill(&f, 53, 16);
+    assert_eq!(reserved(), 16 * MIB);
+    // Punch out 8 MiB in the middle (whole pages) and 1 MiB + 100 bytes at the start.
+    let punch = |off: u64, len: u64| {
+        // SAFETY: fallocate on a descriptor `f` holds open.
+        let r = unsafe {
+            libc::fallocate(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                off as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        assert_eq!(r, 0, "punch: {}", std::io::Error::last_os_error());
+    };
+    punch(4 * MIB, 8 * MIB);
+    punch(0, MIB + 100);
+    assert_eq!(
+        reserved(),
+        16 * MIB - 8 * MIB - MIB,
+        "the page with byte 1 MiB + 99 stays"
+    );
+    // A second file may now use what was given back.
+    let g = File::create(mnt.join("g")).unwrap();
+    fill(&g, 54, 8);
+    // Deleting a file with dirty data releases its part.
+    drop(g);
+    std::fs::remove_file(mnt.join("g")).unwrap();
+    let t0 = Instant::now();
+    while reserved() != 7 * MIB {
+        assert!(t0.elapsed() < Duration::from_secs(10), "{}", reserved());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f.sync_all().unwrap();
+    assert_eq!(reserved(), 0);
+    // What SOURCE has: zeros where punched, the data elsewhere.
+    let mut want = Vec::new();
+    for i in 0..16 {
+        want.extend_from_slice(&chunk(53, i, MIB as usize));
+    }
+    want[..(MIB + 100) as usize].fill(0);
+    want[(4 * MIB) as usize..(12 * MIB) as usize].fill(0);
+    drop(f);
+    let (code, err) = extentfs(&[os("umount"), mnt.as_os_str()]);
+    assert_eq!(code, 0, "{err}");
+    check_bytes("t in SOURCE", &std::fs::read(src.join("t")).unwrap(), &want);
+    assert!(!src.join("g").exists());
 }
