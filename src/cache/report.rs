@@ -92,13 +92,12 @@ impl CacheContext {
     pub fn final_writeback(&self) -> Vec<Arc<InodeCache>> {
         let mut left = Vec::new();
         for c in self.all_caches() {
-            for _attempt in 0..2 {
+            self.write_each_range(&c);
+            c.apply_pending_mtime();
+            if self.commit(&c, false, false, false).is_err() {
+                // The fsync failed: what it covered is dirty again; write it once more.
                 self.write_each_range(&c);
-                c.apply_pending_mtime();
                 let _ = self.commit(&c, false, false, false);
-                if c.tree.dirty_bytes() == 0 {
-                    break;
-                }
             }
             if c.tree.dirty_bytes() > 0 {
                 // A file deleted while open (SIGTERM with the file still open): nobody can
@@ -180,24 +179,13 @@ impl CacheContext {
                     l.name
                 );
             }
-            match &saved {
-                Ok(dir) => tracing::error!(
-                    "{total} bytes of {} files are not in SOURCE; they are in {} (MANIFEST, \
-                     restore.sh)",
-                    lost.len(),
-                    dir.display()
-                ),
-                Err(e) => tracing::error!(
-                    "{total} bytes of {} files are not in SOURCE and could not be saved: {e}",
-                    lost.len()
-                ),
-            }
+            // The caller logs this one as the daemon's exit error.
             Err(format!(
                 "{total} bytes of {} files could not be written to SOURCE{}",
                 lost.len(),
                 match &saved {
-                    Ok(dir) => format!("; saved in {}", dir.display()),
-                    Err(_) => "; they could not be saved either".into(),
+                    Ok(dir) => format!("; saved in {} (MANIFEST, restore.sh)", dir.display()),
+                    Err(e) => format!("; they could not be saved either: {e}"),
                 }
             ))
         };
