@@ -648,6 +648,7 @@ fn help_mentions_every_option() {
         "nonempty",
         "threads=",
         "log_file=",
+        "recovery_dir=",
     ] {
         assert!(
             out.stdout.lines().any(|l| l.trim_start().starts_with(opt)),
@@ -657,6 +658,8 @@ fn help_mentions_every_option() {
     }
     assert!(out.stdout.contains("extentfs stats MOUNTPOINT"));
     assert!(out.stdout.contains("extentfs extents FILE"));
+    assert!(out.stdout.contains("extentfs sync MOUNTPOINT [FILE...]"));
+    assert!(out.stdout.contains("extentfs umount MOUNTPOINT"));
     let out = run(bin().arg("--version"), Duration::from_secs(10));
     assert_eq!(out.code, 0);
     assert!(out.stdout.starts_with("extentfs "), "{}", out.stdout);

@@ -12,3 +12,4 @@ mod reliability;
 mod smoke;
 mod stats;
 mod suites;
+mod writeback;

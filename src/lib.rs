@@ -6,11 +6,14 @@
 //! - [`cache`]: per-inode caches, the read/write paths, writeback and eviction.
 //! - [`fs`]: the FUSE adapter and all access to SOURCE.
 //! - [`options`], [`stats`]: mount options and counters.
+//! - [`cli`], [`control`]: the `stats`/`extents` and `sync`/`umount` commands.
 
 pub mod cache;
 pub mod cli;
+pub mod control;
 pub mod extent;
 pub mod fs;
+pub mod logging;
 pub mod options;
 pub mod pool;
 pub mod stats;

@@ -44,18 +44,28 @@ MOUNT OPTIONS (-o opt[,opt...]):
   default_permissions     accepted; always in effect
   ro / rw                 read-only / read-write mount
   debug                   verbose logging (same as RUST_LOG=debug)
-  log_file=PATH           where the detached daemon logs (default: nowhere; -f logs to stderr)
+  log_file=PATH           where the detached daemon logs (default: syslog when /dev/log
+                          exists, else /var/log/extentfs/extentfs.log; -f logs to stderr)
   nonempty                allow mounting over a non-empty directory
   generic mount options   dev, nodev, suid, nosuid, exec, noexec, atime, noatime, diratime,
                           nodiratime, relatime, strictatime, sync, async, dirsync, defaults,
                           auto, noauto, user, users, nofail, _netdev, x-*: as mount(8)
 
+  recovery_dir=PATH       where data that cannot be written to SOURCE is saved at exit
+                          (default /var/lib/extentfs/recovery)
+
 OTHER COMMANDS:
   extentfs stats MOUNTPOINT [FILE...] [--json] [--watch SECS]
   extentfs extents FILE
+  extentfs sync MOUNTPOINT [FILE...]   write back and fsync (plain sync(1) does not reach
+                                       the daemon); exit 1 naming files not written
+  extentfs umount MOUNTPOINT           write back, unmount, wait for the daemon; exit 0 only
+                                       when every byte is in SOURCE (1: data not written,
+                                       saved to recovery_dir; 2: not an extentfs mount;
+                                       3: busy)
 
-Unmount with `umount MOUNTPOINT` or `fusermount3 -u MOUNTPOINT`; SIGTERM/SIGINT also unmount.
-Dirty data is written back to SOURCE before the daemon exits.";
+Plain `umount MOUNTPOINT` returns at once; the daemon writes back afterwards (wait for it
+before reading SOURCE). SIGTERM/SIGINT write back, then unmount.";
 
 /// Mount SOURCE at MOUNTPOINT with an extent-mapped page cache in front of it.
 #[derive(Parser, Debug)]
@@ -77,6 +87,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("stats") | Some("extents") => extentfs::cli::main(&args[1..]),
+        Some("sync") | Some("umount") => extentfs::control::main(&args[1..]),
         _ => mount_main(MountArgs::parse()),
     }
 }
@@ -226,30 +237,7 @@ fn mount_main(args: MountArgs) -> ExitCode {
 }
 
 fn init_logging(cfg: &MountConfig, foreground: bool) {
-    use tracing_subscriber::EnvFilter;
-    let default = if cfg.debug { "debug" } else { "warn" };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let writer: Box<dyn Fn() -> Box<dyn Write> + Send + Sync> = match (&cfg.log_file, foreground) {
-        (Some(path), _) => {
-            let path = path.clone();
-            Box::new(move || -> Box<dyn Write> {
-                match std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                {
-                    Ok(f) => Box::new(f),
-                    Err(_) => Box::new(std::io::sink()),
-                }
-            })
-        }
-        _ => Box::new(|| -> Box<dyn Write> { Box::new(std::io::stderr()) }),
-    };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer)
-        .with_target(false)
-        .try_init();
+    extentfs::logging::init(cfg.log_file.as_deref(), foreground, cfg.debug);
 }
 
 /// Fork: the parent waits until the child says the mount is live (or why not) and exits;
@@ -379,6 +367,7 @@ fn serve(
     ccfg.dirty_expire = cfg.dirty_expire;
     ccfg.writeback_threads = cfg.writeback_threads;
     ccfg.read_only = cfg.read_only;
+    ccfg.reserve_space = cfg.cache == extentfs::options::CacheMode::Pool;
     let ctx = CacheContext::new(pool, ccfg);
     let fscfg = FsConfig {
         cache: cfg.cache,
@@ -505,9 +494,9 @@ fn serve(
         tracing::warn!("session ended: {e}");
     }
     // Unmounted: let go of SOURCE's files at once where nothing is left to write (a program
-    // may delete them in SOURCE right after umount returns), then write back the rest.
+    // may delete them in SOURCE right after umount returns), then write back the rest; what
+    // cannot be written goes to the recovery directory (never dropped silently).
     ctx.release_clean();
-    let r = ctx.sync_all();
     wb.stop(&ctx);
-    r.map_err(|e| format!("final writeback failed, some data was not written to SOURCE: {e}"))
+    ctx.finish(Path::new(&cfg.recovery_dir), source)
 }

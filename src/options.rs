@@ -70,9 +70,17 @@ pub struct MountConfig {
     pub strictatime: bool,
     /// The `-o remount` generic option: never valid for a FUSE daemon start.
     pub remount: bool,
-    /// Where the daemon writes its log once detached (default: nowhere).
+    /// Where the daemon writes its log once detached (default: syslog, else
+    /// [`DEFAULT_LOG_FILE`]).
     pub log_file: Option<String>,
+    /// Where data that could not be written to SOURCE is saved at exit.
+    pub recovery_dir: String,
 }
+
+/// Default `recovery_dir`.
+pub const DEFAULT_RECOVERY_DIR: &str = "/var/lib/extentfs/recovery";
+/// Where a detached daemon logs when there is no syslog socket and no `log_file`.
+pub const DEFAULT_LOG_FILE: &str = "/var/log/extentfs/extentfs.log";
 
 /// One rejected option.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,6 +127,7 @@ impl MountConfig {
             strictatime: false,
             remount: false,
             log_file: None,
+            recovery_dir: DEFAULT_RECOVERY_DIR.to_string(),
         }
     }
 
@@ -310,6 +319,15 @@ impl MountConfig {
             "dirsync" => self.dirsync = true,
             "remount" => self.remount = true,
             "log_file" => self.log_file = Some(need(key, value)?.to_string()),
+            "recovery_dir" => {
+                let v = need(key, value)?;
+                if !v.starts_with('/') {
+                    return Err(OptionError(format!(
+                        "recovery_dir={v}: expected an absolute path"
+                    )));
+                }
+                self.recovery_dir = v.to_string();
+            }
             // Options mount(8) and fstab use that mean nothing to the daemon.
             "defaults" | "auto" | "noauto" | "user" | "nouser" | "users" | "owner" | "group"
             | "_netdev" | "nofail" | "loud" | "silent" | "lazytime" | "nolazytime" | "iversion"
@@ -457,6 +475,9 @@ mod tests {
         assert_eq!(c.dirty_expire, Duration::from_millis(500));
         assert_eq!(c.writeback_threads, 3);
         assert_eq!(c.spin, SpinMode::Auto(Duration::from_millis(2)));
+        assert_eq!(c.recovery_dir, DEFAULT_RECOVERY_DIR);
+        c.apply("recovery_dir=/mnt/other/rescue").unwrap();
+        assert_eq!(c.recovery_dir, "/mnt/other/rescue");
         c.apply("rlimit_nofile=4096").unwrap();
         assert_eq!(c.rlimit_nofile, Some(4096));
         c.apply("spin=5ms").unwrap();
@@ -485,6 +506,8 @@ mod tests {
             ("rlimit_nofile=100", "from 256 to"),
             ("allow_other=1", "takes no value"),
             ("a\nb", "control character"),
+            ("recovery_dir=rel/dir", "absolute path"),
+            ("recovery_dir=", "needs a value"),
             ("hugepages=x\ny", "control character"),
         ];
         for (opt, want) in cases {

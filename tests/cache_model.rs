@@ -157,6 +157,13 @@ impl Fixture {
     fn check_source(&self, model: &[u8]) {
         self.ctx.sync_file(&self.c, false).unwrap();
         assert_eq!(self.c.dirty_bytes(), 0);
+        // Every SOURCE space reservation went with the data written back or dropped.
+        assert_eq!(
+            self.c.tree.find_first(0, Bits::RESERVED),
+            None,
+            "RESERVED left after a sync; states {:?}",
+            self.c.tree.states()
+        );
         let on_disk = std::fs::read(&self.path).unwrap();
         assert_eq!(on_disk.len(), model.len(), "SOURCE size != model size");
         if let Some(i) = on_disk.iter().zip(model).position(|(a, b)| a != b) {

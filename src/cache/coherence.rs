@@ -68,8 +68,8 @@ impl CacheContext {
         }
         stats::add(&self.stats.source_changes, 1);
         tracing::debug!(
-            "inode {:?} changed in SOURCE (now {})",
-            c.key,
+            "{} changed in SOURCE (now {})",
+            super::report::file_name(c),
             c.file.validator()
         );
         self.adopt_source_change(c, &st, true)?;
@@ -138,9 +138,9 @@ impl CacheContext {
             stats::add(&self.stats.coherence_conflicts, 1);
             let dirty_bytes: u64 = dirty.iter().map(|(s, e)| e - s).sum();
             tracing::warn!(
-                "inode {:?} changed in SOURCE while {dirty_bytes} bytes written through the mount \
-                 were not yet written back: they will be written over SOURCE's (last writer wins)",
-                c.key
+                "{} changed in SOURCE while {dirty_bytes} bytes written through the mount were \
+                 not yet written back: they will be written over SOURCE's (last writer wins)",
+                super::report::file_name(c)
             );
         }
         let old_size = c.size();

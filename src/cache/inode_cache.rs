@@ -146,6 +146,8 @@ pub struct InodeCache {
     pub miss_bytes: AtomicU64,
     /// Where the evictor's hand stands in this file.
     pub(crate) evict_hand: AtomicU64,
+    /// SOURCE space reserved for this file's dirty pages (see [`super::space`]).
+    pub(crate) space: super::space::FileSpace,
     /// Monotonic second (+1) of the last `touch_atime` (0 = never).
     atime_touched: AtomicU64,
     /// What a shared mapping may hold of the file in the kernel's page cache (cache=pool),
@@ -181,6 +183,7 @@ impl InodeCache {
             hit_bytes: AtomicU64::new(0),
             miss_bytes: AtomicU64::new(0),
             evict_hand: AtomicU64::new(0),
+            space: Default::default(),
             atime_touched: AtomicU64::new(0),
             mapped: Mutex::new(MappedPages::default()),
             mapped_any: AtomicBool::new(false),

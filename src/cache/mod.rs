@@ -12,6 +12,8 @@ pub mod coherence;
 pub mod evict;
 pub mod inode_cache;
 pub mod mapped;
+pub mod report;
+pub mod space;
 pub mod writeback;
 
 use crate::extent::state::Bits;
@@ -50,6 +52,11 @@ pub struct CacheConfig {
     /// Largest single write to SOURCE.
     pub max_writeback: u64,
     pub read_only: bool,
+    /// Writes reserve SOURCE space (ENOSPC at write(), see [`space`]). Off under
+    /// cache=kernel, where writes come from the kernel's page cache: a failed page writeback
+    /// is not retried by the kernel, whereas data accepted into the pool is kept until it is
+    /// written.
+    pub reserve_space: bool,
 }
 
 impl CacheConfig {
@@ -61,6 +68,7 @@ impl CacheConfig {
             readahead: (2u64 << 20).min(pool_bytes / 16),
             max_writeback: 16 << 20,
             read_only: false,
+            reserve_space: true,
         }
     }
 }
@@ -353,6 +361,14 @@ impl CacheContext {
             if append && c.size() != off {
                 continue;
             }
+            // ENOSPC here, at write(), rather than at writeback. Not for the kernel's page
+            // writeback (a mapping's pages): it would drop the page on an error.
+            if self.cfg.reserve_space && kind != WriteKind::PageCache {
+                if let Err(e) = self.reserve_space(c, a, b) {
+                    drop(guard);
+                    return Err(e);
+                }
+            }
             // A direct write onto pages a mapping read keeps the bytes it replaces (see
             // [`mapped`]), so it needs them all, not just the edge pages. (Our range is
             // locked: whether it was faulted cannot change until we unlock.)
@@ -371,7 +387,12 @@ impl CacheContext {
                     self.reclaim(pages)?;
                     continue;
                 }
-                Err(Again::Io(e)) => return Err(e),
+                Err(Again::Io(e)) => {
+                    if self.cfg.reserve_space {
+                        self.unreserve_clean(c, a, b);
+                    }
+                    return Err(e);
+                }
             }
             match c.mapped_pages() {
                 Some(mut m) if save => {
@@ -474,6 +495,7 @@ impl CacheContext {
             }
             self.clear_dirty(c, new_size, u64::MAX, Bits::NONE);
             c.tree.clear_bits(new_size, u64::MAX, Bits::UNSTABLE);
+            self.space_dropped_from(c, new_size);
             c.map.unmap(tail, !(P - 1));
             c.tree.clear_bits(tail, u64::MAX, Bits::UPTODATE);
             c.set_size(new_size);
@@ -516,6 +538,7 @@ impl CacheContext {
             }
             self.clear_dirty(c, off, end - 1, Bits::NONE);
             c.tree.clear_bits(off, end - 1, Bits::UNSTABLE);
+            self.space_punched(c, off, end);
             // Dirty bytes past SOURCE's end were what would have extended SOURCE to the
             // file's size; the hole punched over them must not shorten the file.
             let keep = end.min(c.size());
@@ -559,6 +582,7 @@ impl CacheContext {
 
     /// After SOURCE's size changed under an invalidated (empty) cache: adopt it.
     pub fn truncate_cache_to(&self, c: &InodeCache, size: u64) {
+        self.space_relayout(c);
         c.set_size(size);
     }
 
@@ -574,6 +598,7 @@ impl CacheContext {
         c.map.unmap(0, !(P - 1));
         c.tree
             .clear_bits(0, u64::MAX, Bits::UPTODATE | Bits::UNSTABLE);
+        self.space_dropped_from(c, 0);
         c.set_pending_mtime(None);
         let _ = c.take_wb_error();
         drop(guard);
@@ -626,8 +651,8 @@ impl CacheContext {
             });
             if let Err(e) = r {
                 tracing::error!(
-                    "writeback of inode {:?} failed: {e}; its dirty data stays in the cache",
-                    c.key
+                    "writeback of {} failed: {e}; its dirty data stays in the cache",
+                    report::file_name(&c)
                 );
                 first.get_or_insert(e);
             }

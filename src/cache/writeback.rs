@@ -12,6 +12,7 @@
 //! design), the error is recorded for the file's next fsync/flush, and logged.
 
 use super::inode_cache::{InodeCache, RangeGuard};
+use super::report::file_name;
 use super::{errno_of, CacheContext};
 use crate::extent::state::Bits;
 use crate::stats;
@@ -76,12 +77,15 @@ impl CacheContext {
                         for c in rx.iter() {
                             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                                 if let Err(e) = ctx.writeback_file(&c, false) {
-                                    tracing::warn!("background writeback of {:?}: {e}", c.key);
+                                    tracing::warn!(
+                                        "background writeback of {}: {e}",
+                                        file_name(&c)
+                                    );
                                 }
                                 c.apply_pending_mtime();
                             }));
                             if r.is_err() {
-                                tracing::error!("bug: writeback of {:?} panicked", c.key);
+                                tracing::error!("bug: writeback of {} panicked", file_name(&c));
                             }
                             c.wb_queued.store(false, Ordering::Release);
                             ctx.bump_progress();
@@ -286,7 +290,7 @@ impl CacheContext {
     }
 
     /// pwritev `[s, e]` (inclusive, under WRITEBACK) from pool memory, then clear WRITEBACK.
-    fn write_range(&self, c: &InodeCache, s: u64, e: u64) -> io::Result<()> {
+    pub(crate) fn write_range(&self, c: &InodeCache, s: u64, e: u64) -> io::Result<()> {
         // Bytes past EOF are never dirty (truncate clears them under the lock), but clip anyway.
         let size = c.size();
         let end = (e + 1).min(size.max(s));
@@ -299,6 +303,7 @@ impl CacheContext {
             Ok(()) => {
                 // In SOURCE's page cache, not yet durable: UNSTABLE until SOURCE's fsync.
                 c.tree.set_clear_bits(s, e, Bits::UNSTABLE, Bits::WRITEBACK);
+                self.space_landed(c, s, end);
                 stats::add(&self.stats.writeback_ops, 1);
                 stats::add(&self.stats.writeback_bytes, end - s);
                 self.last_wb_errno.store(0, Ordering::Relaxed);
@@ -307,9 +312,9 @@ impl CacheContext {
             Err(err) => {
                 let errno = errno_of(&err);
                 tracing::error!(
-                    "writeback of {} bytes at {s} of inode {:?} failed: {err}; data kept dirty",
+                    "writeback of {} bytes at {s} of {} failed: {err}; data kept dirty",
                     end - s,
-                    c.key
+                    file_name(c)
                 );
                 // Back to DIRTY: the data stays in the cache for a later attempt.
                 self.set_dirty(c, s, e);
@@ -362,8 +367,8 @@ impl CacheContext {
             Err(err) => {
                 let errno = errno_of(&err);
                 tracing::error!(
-                    "fsync of inode {:?} in SOURCE failed: {err}; its written-back data is dirty again",
-                    c.key
+                    "fsync of {} in SOURCE failed: {err}; its written-back data is dirty again",
+                    file_name(c)
                 );
                 // Everything unstable now, including what became so during the fsync.
                 for &(s, e) in &unstable_now() {

@@ -99,6 +99,9 @@ impl Bits {
     /// Written back to the backing file but not yet made durable there (fsync pending): like
     /// NFS's unstable writes, they become DIRTY again if the fsync fails.
     pub const UNSTABLE: Bits = Bits(1 << 4);
+    /// Pages (page-aligned) holding a reservation of SOURCE space for dirty data that will
+    /// need new blocks there (see `cache::space`).
+    pub const RESERVED: Bits = Bits(1 << 5);
     /// Every bit, including those not named yet.
     pub const ALL: Bits = Bits(!0);
 
@@ -145,12 +148,13 @@ impl Not for Bits {
     }
 }
 
-const BIT_NAMES: [(Bits, &str); 5] = [
+const BIT_NAMES: [(Bits, &str); 6] = [
     (Bits::UPTODATE, "UPTODATE"),
     (Bits::DIRTY, "DIRTY"),
     (Bits::LOCKED, "LOCKED"),
     (Bits::WRITEBACK, "WRITEBACK"),
     (Bits::UNSTABLE, "UNSTABLE"),
+    (Bits::RESERVED, "RESERVED"),
 ];
 
 impl fmt::Display for Bits {
@@ -879,7 +883,8 @@ mod tests {
         assert_eq!((U | D).to_string(), "UPTODATE|DIRTY");
         assert_eq!((L | W).to_string(), "LOCKED|WRITEBACK");
         assert_eq!((D | Bits(0x100)).to_string(), "DIRTY|0x100");
-        assert_eq!(Bits(0x30).to_string(), "UNSTABLE|0x20");
+        assert_eq!(Bits(0x30).to_string(), "UNSTABLE|RESERVED");
+        assert_eq!(Bits(0x50).to_string(), "UNSTABLE|0x40");
         assert_eq!(Bits(0xc0).to_string(), "0xc0");
     }
 

@@ -183,8 +183,10 @@ pub fn open_root_with_atime(
             "private copy of SOURCE's mount refused ({}); atimes follow SOURCE's own options",
             io::Error::last_os_error()
         );
+        note_root_for_names(path, false);
         return open_root(path);
     }
+    note_root_for_names(path, true);
     let tree = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
     let mut set = match atime {
         AtimeMode::NoAtime => MOUNT_ATTR_NOATIME,
@@ -481,6 +483,64 @@ pub fn removexattr(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
     cvt(unsafe { libc::removexattr(p.as_ptr(), name.as_ptr()) }).map(drop)
 }
 
+/// How to turn `/proc/self/fd/N` of a SOURCE descriptor into a path relative to SOURCE, for
+/// messages: SOURCE's path, and whether descriptors live on the private detached copy of its
+/// mount (whose paths read from that copy's root, i.e. already relative to SOURCE).
+static ROOT_FOR_NAMES: std::sync::OnceLock<(std::path::PathBuf, bool)> = std::sync::OnceLock::new();
+
+fn note_root_for_names(path: &std::path::Path, detached: bool) {
+    let _ = ROOT_FOR_NAMES.set((path.to_path_buf(), detached));
+}
+
+/// The path of the inode held by `fd`, relative to SOURCE (as the kernel names it now: a
+/// deleted file ends in " (deleted)"). For log lines and reports only: one readlink, never on
+/// a data path. None when the kernel cannot name it inside SOURCE.
+pub fn name_in_source(fd: BorrowedFd<'_>) -> Option<Vec<u8>> {
+    let (root, detached) = ROOT_FOR_NAMES.get()?;
+    name_under(fd, root, *detached)
+}
+
+fn name_under(fd: BorrowedFd<'_>, root: &std::path::Path, detached: bool) -> Option<Vec<u8>> {
+    let link = std::fs::read_link(OsStr::from_bytes(proc_path(fd).as_bytes())).ok()?;
+    relative_name(
+        link.as_os_str().as_bytes(),
+        root.as_os_str().as_bytes(),
+        detached,
+    )
+}
+
+/// `link` (what /proc/self/fd/N reads) relative to SOURCE at `root`; `detached`: `link` is
+/// already relative to SOURCE (starts at the detached copy's root).
+fn relative_name(link: &[u8], root: &[u8], detached: bool) -> Option<Vec<u8>> {
+    let rest = if detached {
+        link.strip_prefix(b"/")?
+    } else {
+        let root = root.strip_suffix(b"/").unwrap_or(root);
+        let r = link.strip_prefix(root)?;
+        if r.is_empty() {
+            r
+        } else {
+            r.strip_prefix(b"/")?
+        }
+    };
+    Some(if rest.is_empty() {
+        b".".to_vec()
+    } else {
+        rest.to_vec()
+    })
+}
+
+/// A path for a log line or a report: lossy UTF-8, with control characters (a newline in a
+/// name) escaped so one message stays one line.
+pub fn display_name(name: &[u8]) -> String {
+    let s = String::from_utf8_lossy(name);
+    if s.chars().any(char::is_control) {
+        s.escape_debug().to_string()
+    } else {
+        s.into_owned()
+    }
+}
+
 /// A regular file of SOURCE that the cache reads from and writes back to.
 ///
 /// It holds the inode's `O_PATH` descriptor (a [`PathFd`] shared with the inode table, which
@@ -672,6 +732,16 @@ impl DataFile {
     /// copy past it answers EFBIG, as SOURCE itself would.
     pub fn max_size(&self) -> u64 {
         self.max_size
+    }
+
+    /// statvfs of the filesystem holding the file.
+    pub fn statvfs(&self) -> io::Result<libc::statvfs> {
+        statvfs(self.path.get()?.as_fd())
+    }
+
+    /// The file's path relative to SOURCE, for messages (see [`name_in_source`]).
+    pub fn name(&self) -> Option<Vec<u8>> {
+        name_in_source(self.path.get().ok()?.as_fd())
     }
 
     /// Run `f` on the I/O descriptor, reopening it if `close_io` gave it back.
@@ -900,6 +970,45 @@ mod tests {
         );
         // Invalid UTF-8 is fine: names are bytes.
         assert!(name_cstr(OsStr::from_bytes(b"\xff\xfe")).is_ok());
+    }
+
+    #[test]
+    fn names_relative_to_source() {
+        assert_eq!(relative_name(b"/a/b", b"/srv", true).unwrap(), b"a/b");
+        assert_eq!(relative_name(b"/", b"/srv", true).unwrap(), b".");
+        assert_eq!(relative_name(b"/srv/a/b", b"/srv", false).unwrap(), b"a/b");
+        assert_eq!(relative_name(b"/srv/a/b", b"/srv/", false).unwrap(), b"a/b");
+        assert_eq!(relative_name(b"/srv", b"/srv", false).unwrap(), b".");
+        // Outside SOURCE (a sibling with the same prefix, or elsewhere): no name.
+        assert_eq!(relative_name(b"/srvx/a", b"/srv", false), None);
+        assert_eq!(relative_name(b"/etc/x", b"/srv", false), None);
+        assert_eq!(relative_name(b"a", b"/srv", true), None);
+        assert_eq!(
+            relative_name(b"/d/f (deleted)", b"/srv", true).unwrap(),
+            b"d/f (deleted)"
+        );
+        assert_eq!(display_name(b"a\nb"), "a\\nb");
+        assert_eq!(display_name(b"a\nb".as_slice()).lines().count(), 1);
+        assert_eq!(display_name(b"a\xffb"), "a\u{fffd}b");
+    }
+
+    #[test]
+    fn data_file_is_named_relative_to_source() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        std::fs::write(dir.path().join("d/f"), b"x").unwrap();
+        let canon = std::fs::canonicalize(dir.path()).unwrap();
+        let root = open_root(&canon).unwrap();
+        let d = open_path(root.as_fd(), &name_cstr(OsStr::new("d")).unwrap()).unwrap();
+        let f = open_path(d.as_fd(), &name_cstr(OsStr::new("f")).unwrap()).unwrap();
+        assert_eq!(name_under(f.as_fd(), &canon, false).unwrap(), b"d/f");
+        assert_eq!(name_under(root.as_fd(), &canon, false).unwrap(), b".");
+        std::fs::rename(dir.path().join("d/f"), dir.path().join("g")).unwrap();
+        assert_eq!(
+            name_under(f.as_fd(), &canon, false).unwrap(),
+            b"g",
+            "follows renames"
+        );
     }
 
     #[test]

@@ -3,7 +3,12 @@
 //! - `user.extentfs.stats` / `user.extentfs.stats.json`: figures of the whole mount (on the
 //!   mount root) or of one regular file, as `key=value` lines or one JSON object;
 //! - `user.extentfs.extents`: a file's state tree, one `start end bits` line per range;
-//! - `user.extentfs.ctl`: write `sync` or `drop` (root or the mounting user only).
+//! - `user.extentfs.pid` (mount root): the daemon's process id;
+//! - `user.extentfs.unwritten` (mount root): files whose data is not all in SOURCE, one
+//!   `BYTES<TAB>ERRNO<TAB>PATH` line each (see [`crate::cache::report::Unwritten`]);
+//! - `user.extentfs.ctl`: write `sync` or `drop` (root or the mounting user only), or
+//!   `report-exit FD`: at exit the daemon writes its outcome to the caller's descriptor FD
+//!   (a pipe; `extentfs umount` waits on it).
 //!
 //! Our names are never listed, never stored in SOURCE, and cannot be set except `ctl`.
 
@@ -23,6 +28,8 @@ pub const STATS: &str = "user.extentfs.stats";
 pub const STATS_JSON: &str = "user.extentfs.stats.json";
 pub const EXTENTS: &str = "user.extentfs.extents";
 pub const CTL: &str = "user.extentfs.ctl";
+pub const PID: &str = "user.extentfs.pid";
+pub const UNWRITTEN: &str = "user.extentfs.unwritten";
 
 /// Names asked of nearly every inode without anyone setting them: `ls -l` asks each entry
 /// for its SELinux label and access ACL (and directories for their default ACL), the kernel
@@ -180,6 +187,10 @@ impl ExtentFs {
             ("writeback_bytes".into(), Int(wb)),
             ("pool_resident_bytes".into(), Int(pool.resident_bytes())),
             ("pool_released_bytes".into(), Int(pool.released_bytes())),
+            (
+                "source_reserved_bytes".into(),
+                Int(crate::cache::space::reserved_total()),
+            ),
             ("pool_backing".into(), Text(pool.backing().as_str().into())),
             ("huge_page_bytes".into(), Int(pool.huge_bytes())),
         ];
@@ -296,6 +307,16 @@ impl ExtentFs {
             return match n {
                 x if x == STATS.as_bytes() => figs(false),
                 x if x == STATS_JSON.as_bytes() => figs(true),
+                x if x == PID.as_bytes() && is_root => {
+                    Ok(format!("{}\n", std::process::id()).into_bytes())
+                }
+                x if x == UNWRITTEN.as_bytes() && is_root => Ok(self
+                    .ctx
+                    .unwritten()
+                    .iter()
+                    .map(|u| u.line())
+                    .collect::<String>()
+                    .into_bytes()),
                 x if x == EXTENTS.as_bytes() => match &cache {
                     Some(c) => Ok(Self::extents_dump(c).into_bytes()),
                     None => Err(Errno::NO_XATTR),
@@ -355,6 +376,13 @@ impl ExtentFs {
             let cmd = std::str::from_utf8(value)
                 .map_err(|_| Errno::EINVAL)?
                 .trim_end_matches(['\n', '\0']);
+            if let Some(fd) = cmd.strip_prefix("report-exit ") {
+                if inode.id != inodes::ROOT_ID {
+                    return Err(Errno::EINVAL);
+                }
+                let fd = fd.trim().parse::<u32>().map_err(|_| Errno::EINVAL)?;
+                return crate::cache::report::add_exit_listener(req.pid(), fd).map_err(err);
+            }
             let caches = if inode.id == inodes::ROOT_ID {
                 self.ctx.all_caches()
             } else if inode.is_file() {
@@ -364,10 +392,16 @@ impl ExtentFs {
             };
             return match cmd {
                 "sync" => {
+                    // Every file, also past one that fails; the first error is the answer.
+                    let mut first = Ok(());
                     for c in &caches {
-                        self.ctx.sync_file(c, false).map_err(err)?;
+                        if let Err(e) = self.ctx.sync_file(c, false) {
+                            if first.is_ok() {
+                                first = Err(err(e));
+                            }
+                        }
                     }
-                    Ok(())
+                    first
                 }
                 "drop" if inode.is_file() => {
                     // One file: drop its clean data and take SOURCE's size and attributes

@@ -1,0 +1,391 @@
+//! SOURCE space for dirty data: a write that SOURCE cannot hold fails with ENOSPC at
+//! `write()`, as on a local filesystem, instead of at a later writeback (under cache=pool
+//! and for `write()`s only: the kernel's page writeback is never refused, see
+//! `CacheConfig::reserve_space`).
+//!
+//! A write reserves SOURCE space for the pages it dirties that will need new blocks in
+//! SOURCE, marking them RESERVED in the file's state tree; the reservation is released when
+//! writeback has written them (SOURCE has allocated them then), or when truncate, a punched
+//! hole or deletion drops the data. What counts as needing new blocks is a conservative
+//! approximation: every page at or past the file's *allocated prefix* (`alloc_end`), the part
+//! of SOURCE's file before its first hole (found with one `lseek(SEEK_HOLE)` when the file is
+//! first written, then lowered by truncate and punch and raised by writeback that lands right
+//! after it). Overwrites inside the prefix need nothing; writes into holes further in, and
+//! pages past SOURCE's size, are reserved even where SOURCE would not need a block (a partly
+//! allocated sparse file, a preallocated tail), so near a full SOURCE such a write may get
+//! ENOSPC although it would have fitted. Not covered: copy-on-write filesystems (btrfs), which
+//! need new blocks for overwrites too, and metadata blocks.
+//!
+//! Free space per SOURCE filesystem (st_dev) is `f_bavail * f_frsize` from `fstatvfs`, minus
+//! what writeback has written since that figure was read, minus what is reserved. The figure
+//! is read again at most once a second, and on every reservation while less than
+//! [`NEAR_FULL`] is left; someone else filling SOURCE meanwhile is seen late, and then the
+//! error comes at writeback (reported by `fsync`/`close`, the data kept).
+
+use super::inode_cache::{ceil_page, floor_page, InodeCache, P};
+use super::CacheContext;
+use crate::extent::state::Bits;
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Below this much estimated free space, SOURCE's statvfs is read on every reservation.
+pub const NEAR_FULL: u64 = 64 << 20;
+const REFRESH: Duration = Duration::from_secs(1);
+const UNKNOWN: u64 = u64::MAX;
+
+/// One SOURCE filesystem's accounting.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DevSpace {
+    /// Bytes reserved by dirty pages not yet written.
+    pub reserved: u64,
+    /// `f_bavail * f_frsize` when last read.
+    pub avail: u64,
+    /// Reserved bytes written back (allocated in SOURCE) since `avail` was read.
+    pub landed: u64,
+}
+
+impl DevSpace {
+    /// What may still be reserved.
+    pub fn free(&self) -> u64 {
+        self.avail
+            .saturating_sub(self.landed)
+            .saturating_sub(self.reserved)
+    }
+}
+
+struct DevEntry {
+    space: DevSpace,
+    read_at: Option<Instant>,
+}
+
+/// Accounting of every SOURCE filesystem, by st_dev (a process serves one mount).
+static DEVS: Mutex<Option<HashMap<u64, DevEntry>>> = Mutex::new(None);
+
+fn with_devs<T>(f: impl FnOnce(&mut HashMap<u64, DevEntry>) -> T) -> T {
+    let mut g = DEVS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    f(g.get_or_insert_with(HashMap::new))
+}
+
+/// Reserve `need` bytes on `dev`; `statvfs` reads SOURCE's free bytes. ENOSPC when they do
+/// not fit.
+fn reserve(dev: u64, need: u64, statvfs: impl Fn() -> io::Result<u64>) -> io::Result<()> {
+    with_devs(|devs| {
+        let e = devs.entry(dev).or_insert(DevEntry {
+            space: DevSpace::default(),
+            read_at: None,
+        });
+        let stale = e.read_at.is_none_or(|t| t.elapsed() >= REFRESH);
+        let mut fresh = false;
+        if stale || e.space.free() < NEAR_FULL.saturating_add(need) {
+            e.space.avail = statvfs()?;
+            e.space.landed = 0;
+            e.read_at = Some(Instant::now());
+            fresh = true;
+        }
+        if need > e.space.free() {
+            if !fresh {
+                e.space.avail = statvfs()?;
+                e.space.landed = 0;
+                e.read_at = Some(Instant::now());
+            }
+            if need > e.space.free() {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+        }
+        e.space.reserved += need;
+        Ok(())
+    })
+}
+
+/// Adjust `dev`'s reservation by `delta` without checking (the state tree decided).
+fn adjust(dev: u64, delta: i64, landed: bool) {
+    if delta == 0 {
+        return;
+    }
+    with_devs(|devs| {
+        if let Some(e) = devs.get_mut(&dev) {
+            if delta > 0 {
+                e.space.reserved += delta as u64;
+            } else {
+                let d = delta.unsigned_abs().min(e.space.reserved);
+                e.space.reserved -= d;
+                if landed {
+                    e.space.landed += d;
+                }
+            }
+        }
+    })
+}
+
+/// The accounting of `dev` (stats and tests).
+pub fn dev_space(dev: u64) -> Option<DevSpace> {
+    with_devs(|devs| devs.get(&dev).map(|e| e.space))
+}
+
+/// Bytes reserved on every SOURCE filesystem.
+pub fn reserved_total() -> u64 {
+    with_devs(|devs| devs.values().map(|e| e.space.reserved).sum())
+}
+
+/// One file's part: its allocated prefix and the bytes its RESERVED pages hold (given back
+/// when the cache is dropped, whatever happened before).
+#[derive(Debug)]
+pub struct FileSpace {
+    alloc_end: AtomicU64,
+    reserved: AtomicU64,
+    dev: AtomicU64,
+    /// Serializes finding `alloc_end` in SOURCE with lowering it (truncate, punch).
+    find: Mutex<()>,
+}
+
+impl Default for FileSpace {
+    fn default() -> FileSpace {
+        FileSpace {
+            alloc_end: AtomicU64::new(UNKNOWN),
+            reserved: AtomicU64::new(0),
+            dev: AtomicU64::new(0),
+            find: Mutex::new(()),
+        }
+    }
+}
+
+impl Drop for FileSpace {
+    fn drop(&mut self) {
+        let r = *self.reserved.get_mut();
+        if r > 0 {
+            adjust(*self.dev.get_mut(), -(r as i64), false);
+        }
+    }
+}
+
+impl FileSpace {
+    fn lock_find(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.find
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The allocated prefix, found in SOURCE on first use.
+    fn alloc_end(&self, c: &InodeCache) -> u64 {
+        let v = self.alloc_end.load(Ordering::Acquire);
+        if v != UNKNOWN {
+            return v;
+        }
+        let _g = self.lock_find();
+        let v = self.alloc_end.load(Ordering::Acquire);
+        if v != UNKNOWN {
+            return v;
+        }
+        // ENXIO (an empty file) or any failure: nothing counts as allocated.
+        let hole = c
+            .file
+            .lseek(0, libc::SEEK_HOLE)
+            .map(|h| floor_page(h.max(0) as u64))
+            .unwrap_or(0);
+        self.alloc_end.store(hole, Ordering::Release);
+        hole
+    }
+
+    /// SOURCE lost blocks from `at` on (truncate, punched hole).
+    fn lower(&self, at: u64) {
+        let _g = self.lock_find();
+        let _ = self
+            .alloc_end
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                (v != UNKNOWN && v > at).then_some(floor_page(at))
+            });
+    }
+
+    /// SOURCE now has blocks for `[s, end)`.
+    fn raise(&self, s: u64, end: u64) {
+        let _ = self
+            .alloc_end
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                (v != UNKNOWN && floor_page(s) <= v && ceil_page(end) > v).then_some(ceil_page(end))
+            });
+    }
+
+    /// SOURCE's layout changed in ways not tracked (collapse/insert range): find it again.
+    fn forget(&self) {
+        let _g = self.lock_find();
+        self.alloc_end.store(UNKNOWN, Ordering::Release);
+    }
+
+    /// Count `delta` bytes of RESERVED pages for this file and its filesystem.
+    fn account(&self, dev: u64, delta: i64, landed: bool) {
+        self.dev.store(dev, Ordering::Relaxed);
+        if delta >= 0 {
+            self.reserved.fetch_add(delta as u64, Ordering::AcqRel);
+        } else {
+            self.reserved
+                .fetch_sub(delta.unsigned_abs(), Ordering::AcqRel);
+        }
+        adjust(dev, delta, landed);
+    }
+}
+
+impl CacheContext {
+    /// A write of the page range `[a, b)`, locked by the caller: reserve SOURCE space for the
+    /// pages past the file's allocated prefix that are not reserved yet, or fail with ENOSPC
+    /// (nothing changed).
+    pub(crate) fn reserve_space(&self, c: &InodeCache, a: u64, b: u64) -> io::Result<()> {
+        let from = a.max(c.space.alloc_end(c));
+        if from >= b {
+            return Ok(());
+        }
+        let mut need = 0;
+        c.tree
+            .for_each_missing(from, b - 1, Bits::RESERVED, |s, e| need += e - s + 1);
+        if need == 0 {
+            return Ok(());
+        }
+        let dev = c.key.0;
+        reserve(dev, need, || {
+            let st = c.file.statvfs()?;
+            Ok(st.f_bavail.saturating_mul(st.f_frsize))
+        })?;
+        // Under the caller's lock the tree says exactly what became RESERVED (a writeback
+        // may have released an edge page in between): account that.
+        let set = c.tree.set_bits(from, b - 1, Bits::RESERVED);
+        adjust(dev, set as i64 - need as i64, false);
+        c.space.dev.store(dev, Ordering::Relaxed);
+        c.space.reserved.fetch_add(set, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// The write of `[a, b)` failed after `reserve_space`: give back the pages holding no
+    /// dirty byte.
+    pub(crate) fn unreserve_clean(&self, c: &InodeCache, a: u64, b: u64) {
+        let mut p = a;
+        while p < b {
+            if !c.tree.test_any(p, p + P - 1, Bits::DIRTY) {
+                let n = c.tree.clear_bits(p, p + P - 1, Bits::RESERVED);
+                c.space.account(c.key.0, -(n as i64), false);
+            }
+            p += P;
+        }
+    }
+
+    /// Writeback wrote `[s, end)`: SOURCE has blocks for its pages now.
+    pub(crate) fn space_landed(&self, c: &InodeCache, s: u64, end: u64) {
+        if end <= s {
+            return;
+        }
+        c.space.raise(s, end);
+        let n = c
+            .tree
+            .clear_bits(floor_page(s), ceil_page(end) - 1, Bits::RESERVED);
+        c.space.account(c.key.0, -(n as i64), true);
+    }
+
+    /// The data from `from` on is gone (truncate, deletion) and SOURCE's blocks there with it.
+    pub(crate) fn space_dropped_from(&self, c: &InodeCache, from: u64) {
+        c.space.lower(from);
+        let n = c.tree.clear_bits(ceil_page(from), u64::MAX, Bits::RESERVED);
+        c.space.account(c.key.0, -(n as i64), false);
+        if !from.is_multiple_of(P) {
+            self.unreserve_clean(c, floor_page(from), ceil_page(from));
+        }
+    }
+
+    /// A hole was punched over `[off, end)`.
+    pub(crate) fn space_punched(&self, c: &InodeCache, off: u64, end: u64) {
+        c.space.lower(off);
+        let (ia, ib) = (ceil_page(off), floor_page(end));
+        if ia < ib {
+            let n = c.tree.clear_bits(ia, ib - 1, Bits::RESERVED);
+            c.space.account(c.key.0, -(n as i64), false);
+        }
+        // The edge pages, where no dirty byte is left on them.
+        let (first, last) = (floor_page(off), floor_page(end - 1));
+        self.unreserve_clean(c, first, first + P);
+        if last != first {
+            self.unreserve_clean(c, last, last + P);
+        }
+    }
+
+    /// SOURCE's file was rearranged behind the cache (collapse/insert range).
+    pub(crate) fn space_relayout(&self, c: &InodeCache) {
+        c.space.forget();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Each test uses its own made-up st_dev: the table is per process.
+
+    #[test]
+    fn reservations_fit_in_what_statvfs_says() {
+        let dev = 0xdead_0001;
+        let avail = 100 << 20;
+        reserve(dev, 60 << 20, || Ok(avail)).unwrap();
+        let e = reserve(dev, 50 << 20, || Ok(avail)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+        assert_eq!(dev_space(dev).unwrap().reserved, 60 << 20, "nothing taken");
+        reserve(dev, 40 << 20, || Ok(avail)).unwrap();
+        assert_eq!(dev_space(dev).unwrap().free(), 0);
+        // 30 MiB written back: SOURCE's figure drops by as much as the reservation.
+        adjust(dev, -(30 << 20), true);
+        let s = dev_space(dev).unwrap();
+        assert_eq!((s.reserved, s.landed, s.free()), (70 << 20, 30 << 20, 0));
+        // Read again (near full): SOURCE says 30 MiB left, all of it reserved.
+        let e = reserve(dev, 1, || Ok(30 << 20)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+        // Dropped data gives its reservation back without landing anywhere.
+        adjust(dev, -(70 << 20), false);
+        reserve(dev, 30 << 20, || Ok(30 << 20)).unwrap();
+    }
+
+    #[test]
+    fn a_statvfs_error_fails_the_reservation() {
+        let dev = 0xdead_0002;
+        let e = reserve(dev, 4096, || Err(io::Error::from_raw_os_error(libc::EIO))).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO));
+        assert_eq!(dev_space(dev).unwrap().reserved, 0);
+    }
+
+    #[test]
+    fn a_dropped_file_gives_its_reservation_back() {
+        let dev = 0xdead_0003;
+        reserve(dev, 0, || Ok(1 << 30)).unwrap();
+        let f = FileSpace::default();
+        f.account(dev, 8192, false);
+        assert_eq!(dev_space(dev).unwrap().reserved, 8192);
+        drop(f);
+        assert_eq!(dev_space(dev).unwrap().reserved, 0);
+    }
+
+    #[test]
+    fn the_allocated_prefix_moves() {
+        let f = FileSpace::default();
+        f.alloc_end.store(8 * P, Ordering::Relaxed);
+        f.raise(8 * P, 8 * P + 10);
+        assert_eq!(
+            f.alloc_end.load(Ordering::Relaxed),
+            9 * P,
+            "contiguous: raised"
+        );
+        f.raise(20 * P, 21 * P);
+        assert_eq!(
+            f.alloc_end.load(Ordering::Relaxed),
+            9 * P,
+            "past a hole: not"
+        );
+        f.lower(4 * P + 100);
+        assert_eq!(f.alloc_end.load(Ordering::Relaxed), 4 * P);
+        f.forget();
+        f.raise(0, P);
+        assert_eq!(
+            f.alloc_end.load(Ordering::Relaxed),
+            UNKNOWN,
+            "unknown stays unknown"
+        );
+    }
+}
