@@ -6,11 +6,15 @@
 //! - [`cache`]: per-inode caches, the read/write paths, writeback and eviction.
 //! - [`fs`]: the FUSE adapter and all access to SOURCE.
 //! - [`options`], [`stats`]: mount options and counters.
+//! - [`report`]: the figures' catalogue and their renderings (summary, OpenMetrics, cache map).
+//! - [`notify`]: readiness notification to a service manager (`$NOTIFY_SOCKET`).
 
 pub mod cache;
 pub mod cli;
 pub mod extent;
 pub mod fs;
+pub mod notify;
 pub mod options;
 pub mod pool;
+pub mod report;
 pub mod stats;

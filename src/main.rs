@@ -3,7 +3,7 @@
 //! with one clear line before anything is mounted; then it daemonizes (unless `-f`), mounts,
 //! and returns only once the mount is live, which is what mount(8) and fstab rely on.
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use extentfs::cache::{CacheConfig, CacheContext};
 use extentfs::fs::mount::{self, MountPointState};
 use extentfs::fs::source::AtimeMode;
@@ -17,48 +17,45 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-const OPTIONS_HELP: &str = "\
-MOUNT OPTIONS (-o opt[,opt...]):
-  cache_size=SIZE         page pool capacity, e.g. 512M, 4G (default: a quarter of RAM,
-                          at most 8G; minimum 16M)
-  hugepages=MODE          auto (default: hugetlb, else THP, else 4k) | hugetlb | thp | off
-  writeback_threads=N     threads writing dirty data back to SOURCE (default 2)
-  threads=N               FUSE request threads (default: number of CPUs)
-  dirty_limit=SHARE       share of the pool that may be dirty before writers wait,
-                          e.g. 50% or 0.5 (default 50%)
-  dirty_expire=TIME       age after which dirty data is written back, e.g. 5s, 500ms
-                          (default 5s)
-  spin=auto|0|TIME        poll for TIME (2ms for auto) after each request at idle priority,
-                          so the CPU does not sleep between requests; auto (default) polls
-                          only while the daemon is confined to some of the CPUs (taskset)
-  cache=pool|kernel       pool: the pool is the only data cache (direct I/O to the kernel,
-                          mmap still works); kernel: the kernel page cache sits in front
-                          (default pool)
-  allow_other             let other users access the mount (permissions are always checked
-                          by the kernel against the files' modes: default_permissions)
-  default_permissions     accepted; always in effect
-  ro / rw                 read-only / read-write mount
-  debug                   verbose logging (same as RUST_LOG=debug)
-  log_file=PATH           where the detached daemon logs (default: nowhere; -f logs to stderr)
-  nonempty                allow mounting over a non-empty directory
-  generic mount options   dev, nodev, suid, nosuid, exec, noexec, atime, noatime, diratime,
-                          nodiratime, relatime, strictatime, sync, async, dirsync, defaults,
-                          auto, noauto, user, users, nofail, _netdev, x-*: as mount(8)
+mod generate;
 
+/// `--version`: the version, the commit it was built from and the build date (`build.rs`).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("EXTENTFS_GIT_COMMIT"),
+    ", built ",
+    env!("EXTENTFS_BUILD_DATE"),
+    ")"
+);
+
+const OTHER_HELP: &str = "\
 OTHER COMMANDS:
-  extentfs stats MOUNTPOINT [FILE...] [--json] [--watch SECS]
-  extentfs extents FILE
+  extentfs stats MOUNTPOINT [FILE...] [--all] [--json | --prometheus] [--watch SECS]
+  extentfs extents FILE [--map]
+  extentfs help [COMMAND]
 
 Unmount with `umount MOUNTPOINT` or `fusermount3 -u MOUNTPOINT`; SIGTERM/SIGINT also unmount.
-Dirty data is written back to SOURCE before the daemon exits.";
+Dirty data is written back to SOURCE before the daemon exits. See extentfs(8).";
+
+/// After the clap-generated part of `--help`: the `-o` options (from the table in
+/// `options.rs` that the man page also renders) and the other commands.
+fn after_help() -> String {
+    format!(
+        "MOUNT OPTIONS (-o opt[,opt...]):\n{}\n{OTHER_HELP}",
+        extentfs::options::options_help_text()
+    )
+}
 
 /// Mount SOURCE at MOUNTPOINT with an extent-mapped page cache in front of it.
 #[derive(Parser, Debug)]
-#[command(name = "extentfs", version, after_help = OPTIONS_HELP)]
+#[command(name = "extentfs", version = VERSION, after_help = after_help())]
 struct MountArgs {
     /// Directory whose contents the mount shows.
+    #[arg(value_hint = clap::ValueHint::DirPath)]
     source: PathBuf,
     /// Where to mount it (an existing, empty directory).
+    #[arg(value_hint = clap::ValueHint::DirPath)]
     mountpoint: PathBuf,
     /// Mount options, comma-separated (see below). May be repeated.
     #[arg(short = 'o', value_name = "OPTIONS")]
@@ -72,8 +69,26 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("stats") | Some("extents") => extentfs::cli::main(&args[1..]),
-        _ => mount_main(MountArgs::parse()),
+        Some("generate") => generate::main(&command(), &args[2..]),
+        _ => {
+            // Only `help [COMMAND]` reaches here as a subcommand (clap prints it and exits).
+            let matches = command().get_matches();
+            match MountArgs::from_arg_matches(&matches) {
+                Ok(a) => mount_main(a),
+                Err(e) => e.exit(),
+            }
+        }
     }
+}
+
+/// The whole command line as clap knows it: mounting, and the subcommands (parsed by
+/// `cli`). `--help`, `help`, the man page and the shell completions all come from it.
+fn command() -> clap::Command {
+    MountArgs::command()
+        .subcommand_negates_reqs(true)
+        .args_conflicts_with_subcommands(true)
+        .subcommand(extentfs::cli::stats_command())
+        .subcommand(extentfs::cli::extents_command())
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -88,6 +103,12 @@ fn total_ram() -> u64 {
 }
 
 fn mount_main(args: MountArgs) -> ExitCode {
+    if !args.foreground {
+        // Readiness is reported to a service manager only in the foreground (`Type=notify`
+        // runs `extentfs -f`); a detached daemon is not the process it watches. No thread
+        // exists yet.
+        std::env::remove_var(extentfs::notify::ENV);
+    }
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -182,11 +203,6 @@ fn mount_main(args: MountArgs) -> ExitCode {
             ))
         }
     };
-    tracing::info!(
-        "page pool: {} backed by {}",
-        format_size(cfg.cache_size),
-        pool.backing().as_str()
-    );
 
     let reporter = if args.foreground {
         None
@@ -209,7 +225,8 @@ fn mount_main(args: MountArgs) -> ExitCode {
 
 fn init_logging(cfg: &MountConfig, foreground: bool) {
     use tracing_subscriber::EnvFilter;
-    let default = if cfg.debug { "debug" } else { "warn" };
+    // info: the mount line and the signal that stops the daemon; everything routine is debug.
+    let default = if cfg.debug { "debug" } else { "info" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let writer: Box<dyn Fn() -> Box<dyn Write> + Send + Sync> = match (&cfg.log_file, foreground) {
         (Some(path), _) => {
@@ -446,6 +463,7 @@ fn serve(
                     continue;
                 }
                 tracing::info!("signal {sig}: writing back and unmounting");
+                extentfs::notify::stopping();
                 if let Err(e) = ctx.sync_all() {
                     tracing::error!("writeback before unmount failed: {e}");
                 }
@@ -455,14 +473,39 @@ fn serve(
             })
             .map_err(|e| e.to_string())?;
     }
-    tracing::info!("mounted {} at {}", source.display(), mountpoint.display());
     report(&mut reporter, "OK");
     if !foreground {
         detach_stdio();
     }
+    // Ready once the mount answers a request: a stat of the mount point, answered by the
+    // session threads that `run` starts.
+    let ready_line = format!(
+        "mounted {} at {} (cache {}, {})",
+        source.display(),
+        mountpoint.display(),
+        format_size(cfg.cache_size),
+        ctx.pool.backing().as_str()
+    );
+    {
+        let mp = mountpoint.to_path_buf();
+        std::thread::Builder::new()
+            .name("ready".into())
+            .spawn(move || match std::fs::metadata(&mp) {
+                Ok(_) => {
+                    tracing::info!("{ready_line}");
+                    let msg = format!("READY=1\nSTATUS={ready_line}");
+                    if let Err(e) = extentfs::notify::notify(&msg) {
+                        tracing::warn!("cannot notify {}: {e}", extentfs::notify::ENV);
+                    }
+                }
+                Err(e) => tracing::warn!("the mount at {} does not answer: {e}", mp.display()),
+            })
+            .map_err(|e| e.to_string())?;
+    }
     if let Err(e) = session.run() {
         tracing::warn!("session ended: {e}");
     }
+    extentfs::notify::stopping();
     // Unmounted: let go of SOURCE's files at once where nothing is left to write (a program
     // may delete them in SOURCE right after umount returns), then write back the rest.
     ctx.release_clean();
