@@ -5,6 +5,7 @@ mod cli;
 mod data;
 mod handles;
 mod harness;
+mod package;
 mod posix;
 mod reliability;
 mod smoke;
