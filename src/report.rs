@@ -525,10 +525,15 @@ pub fn summary(title: &str, figs: &Figures, prev: Option<(&Figures, f64)>) -> St
     );
     let _ = writeln!(
         s,
-        "  writeback   {} in flight; {} in {} writes{}, {} errors",
+        "  writeback   {} in flight; {} in {} write{}{}, {} errors",
         sz("writeback_bytes"),
         sz("writeback_bytes_total"),
         cnt("writeback_ops"),
+        if num(figs, "writeback_ops") == 1.0 {
+            ""
+        } else {
+            "s"
+        },
         r("writeback_bytes_total", Bytes, ""),
         cnt("writeback_errors")
     );
@@ -555,10 +560,15 @@ pub fn summary(title: &str, figs: &Figures, prev: Option<(&Figures, f64)>) -> St
 /// Every figure, one per line, in human units (and rates of counters when `prev` is given).
 pub fn table(title: &str, figs: &Figures, prev: Option<(&Figures, f64)>) -> String {
     let file = is_file(figs);
-    let mut s = format!("{title}\n");
+    let mut s = format!("== {title}\n");
     for (k, v) in figs {
         let d = doc(k, file);
-        let mut line = format!("  {k:<28} {}", human_value(k, v, file));
+        let mut value = human_value(k, v, file);
+        if d.is_some_and(|d| d.unit == Bytes) && value != format!("{v} B") {
+            // Every figure exactly, too.
+            let _ = write!(value, " ({v})");
+        }
+        let mut line = format!("  {k:<28} {value}");
         if let Some(d) = d.filter(|d| d.kind == Counter) {
             if let Some(x) = rate(figs, prev, k) {
                 let what = if k.ends_with("requests") { "req" } else { "" };
@@ -741,7 +751,14 @@ pub fn map_cells(size: u64, ranges: &[(u64, u64, CellState)], cells: usize) -> S
 
 /// The whole `--map` picture for a terminal `width` columns wide.
 pub fn extent_map(name: &str, size: u64, ranges: &[(u64, u64, CellState)], width: usize) -> String {
-    let cells = width.saturating_sub(2).max(10);
+    if size == 0 {
+        return format!("{name}: empty\n");
+    }
+    // At most one cell per byte, so a tiny file is not drawn with gaps.
+    let cells = width
+        .saturating_sub(2)
+        .max(10)
+        .min(usize::try_from(size).unwrap_or(usize::MAX));
     let total = |want: CellState| -> u64 {
         ranges
             .iter()
@@ -920,5 +937,8 @@ mod tests {
         assert_eq!(lines[1], "[====....DD..W...]");
         assert!(lines[0].contains("4.0 MiB clean, 2.0 MiB dirty, 4.0 KiB under writeback"));
         assert!(lines[2].ends_with("16.0 MiB"), "{pic}");
+        let tiny = extent_map("t", 6, &[(0, 5, CellState::Dirty)], 80);
+        assert_eq!(tiny.lines().nth(1), Some("[DDDDDD]"), "{tiny}");
+        assert_eq!(extent_map("e", 0, &[], 80), "e: empty\n");
     }
 }
