@@ -56,6 +56,7 @@ if [ ! -e /dev/fuse ]; then
 fi
 # allow_other for non-root users needs user_allow_other; harmless for root.
 if [ -w /etc/fuse.conf ] && ! grep -q '^user_allow_other' /etc/fuse.conf; then
+    echo "install-deps: adding user_allow_other to /etc/fuse.conf (lets users mount with allow_other)"
     echo user_allow_other >> /etc/fuse.conf
 fi
 command -v cargo >/dev/null || { echo "install-deps: cargo (Rust) is required" >&2; exit 1; }
