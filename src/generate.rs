@@ -97,7 +97,20 @@ fn arg_tag(a: &clap::Arg) -> Vec<Inline> {
 }
 
 fn man_page(cmd: &Command, dir: &Path) -> std::io::Result<Vec<String>> {
-    let mut cmd = cmd.clone().disable_help_subcommand(true);
+    // SYNOPSIS: one form per way to call it, each subcommand's from its own definition.
+    let mut forms = vec!["extentfs [-f] [-o OPTIONS] SOURCE MOUNTPOINT".to_string()];
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let usage = sub
+            .clone()
+            .bin_name(format!("extentfs {}", sub.get_name()))
+            .render_usage()
+            .to_string();
+        forms.push(usage.trim_start_matches("Usage: ").trim().to_string());
+    }
+    let mut cmd = cmd
+        .clone()
+        .disable_help_subcommand(true)
+        .override_usage(forms.join("\n"));
     cmd.build();
     let version = cmd.get_version().unwrap_or_default().to_string();
     let date = version
@@ -156,7 +169,7 @@ fn man_page(cmd: &Command, dir: &Path) -> std::io::Result<Vec<String>> {
 
     r.control("SH", ["COMMANDS"]);
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-        let mut sub = sub.clone();
+        let mut sub = sub.clone().bin_name(format!("extentfs {}", sub.get_name()));
         let usage = sub.render_usage().to_string();
         let usage = usage.trim_start_matches("Usage: ").trim().to_string();
         r.control("TP", []);
