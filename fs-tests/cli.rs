@@ -242,6 +242,17 @@ fn bad_input_fails_with_one_line_and_mounts_nothing() {
             "larger than this machine's memory",
         ),
         (
+            "cache_size beyond 16T names the memory, not 16T",
+            |s, m| {
+                (
+                    s.into(),
+                    m.into(),
+                    vec!["-o".into(), "cache_size=32T".into()],
+                )
+            },
+            "larger than this machine's memory (",
+        ),
+        (
             "hugepages=bogus",
             |s, m| {
                 (
@@ -634,35 +645,226 @@ fn sigint_unmounts_too() {
 fn help_mentions_every_option() {
     let out = run(bin().arg("--help"), Duration::from_secs(10));
     assert_eq!(out.code, 0);
+    // Every option docs/usage.md documents.
+    let usage =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/usage.md")).unwrap();
+    let mut documented = Vec::new();
+    for row in usage.lines().skip_while(|l| !l.starts_with("## Options")) {
+        if row.starts_with("## ") && !row.starts_with("## Options") {
+            break;
+        }
+        let Some(cell) = row.strip_prefix("| `") else {
+            continue;
+        };
+        for opt in cell.split('|').next().unwrap().split('`').step_by(2) {
+            for o in opt.split([' ', ',']).filter(|o| !o.is_empty()) {
+                let key = o.split('=').next().unwrap();
+                let key = if o.contains('=') {
+                    format!("{key}=")
+                } else {
+                    key.to_string()
+                };
+                documented.push(key);
+            }
+        }
+    }
+    assert!(
+        documented.len() > 30,
+        "parsed too few options: {documented:?}"
+    );
     for opt in [
         "cache_size=",
-        "hugepages=",
-        "writeback_threads=",
-        "dirty_limit=",
-        "dirty_expire=",
-        "cache=",
-        "allow_other",
-        "default_permissions",
-        "ro ",
-        "debug",
-        "nonempty",
+        "rlimit_nofile=",
+        "spin=",
+        "ro",
+        "rw",
+        "noatime",
+        "x-*",
+        "recovery_dir=",
+        "coherence=",
+        "attr_timeout=",
+    ] {
+        assert!(
+            documented.iter().any(|d| d == opt),
+            "{opt} not parsed from usage.md"
+        );
+    }
+    let words: Vec<&str> = out
+        .stdout
+        .split(|c: char| c.is_whitespace() || c == '/')
+        .collect();
+    for opt in &documented {
+        assert!(
+            words.iter().any(|w| w.starts_with(opt.as_str())),
+            "--help does not document {opt:?}:\n{}",
+            out.stdout
+        );
+    }
+    for opt in [
+        "cache_size=",
+        "rlimit_nofile=",
         "threads=",
         "log_file=",
-        "recovery_dir=",
+        "ro ",
     ] {
         assert!(
             out.stdout.lines().any(|l| l.trim_start().starts_with(opt)),
-            "--help does not document {opt:?}:\n{}",
-            out.stdout
+            "--help has no line for {opt:?}"
         );
     }
     assert!(out.stdout.contains("extentfs stats MOUNTPOINT"));
     assert!(out.stdout.contains("extentfs extents FILE"));
     assert!(out.stdout.contains("extentfs sync MOUNTPOINT [FILE...]"));
     assert!(out.stdout.contains("extentfs umount MOUNTPOINT"));
+    // `help` is help, not a SOURCE named "help".
+    let out2 = run(bin().arg("help"), Duration::from_secs(10));
+    assert_eq!(out2.code, 0, "{}", out2.stderr);
+    assert_eq!(out2.stdout, out.stdout);
+    let out = run(bin().args(["help", "stats"]), Duration::from_secs(10));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("--prometheus"), "{}", out.stdout);
+
+    // --version: the version, the commit and the build date.
     let out = run(bin().arg("--version"), Duration::from_secs(10));
     assert_eq!(out.code, 0);
-    assert!(out.stdout.starts_with("extentfs "), "{}", out.stdout);
+    let v = out.stdout.trim();
+    let rest = v
+        .strip_prefix(&format!("extentfs {} (commit ", env!("CARGO_PKG_VERSION")))
+        .unwrap_or_else(|| panic!("{v}"));
+    let (commit, date) = rest
+        .strip_suffix(')')
+        .and_then(|r| r.split_once(", built "))
+        .unwrap_or_else(|| panic!("{v}"));
+    assert!(
+        commit == "unknown" || (commit.len() >= 7 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "{v}"
+    );
+    let d: Vec<&str> = date.split('-').collect();
+    assert!(
+        d.len() == 3 && d.iter().all(|p| p.parse::<u32>().is_ok()) && d[0].len() == 4,
+        "{v}"
+    );
+}
+
+/// Binds an abstract unix datagram socket to hand to `extentfs -f` as `NOTIFY_SOCKET`.
+fn notify_socket() -> (std::os::unix::net::UnixDatagram, String) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let name = format!(
+        "extentfs-test-notify-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    );
+    let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let sock = UnixDatagram::bind_addr(&addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    (sock, format!("@{name}"))
+}
+
+fn recv_string(sock: &std::os::unix::net::UnixDatagram, what: &str) -> String {
+    let mut buf = [0u8; 4096];
+    let n = sock
+        .recv(&mut buf)
+        .unwrap_or_else(|e| panic!("no {what} notification: {e}"));
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[test]
+fn foreground_notifies_readiness_and_stopping() {
+    let (d, src, mnt) = dirs();
+    let _g = guard(&d, &mnt);
+    std::fs::write(src.join("pre"), b"there").unwrap();
+    let (sock, name) = notify_socket();
+    let child = bin()
+        .arg(&src)
+        .arg(&mnt)
+        .args(["-f", "-o", "cache_size=32M"])
+        .env(extentfs::notify::ENV, &name)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ready = recv_string(&sock, "READY=1");
+    // The mount answers by the time READY=1 arrives.
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    assert!(is_mounted(&mnt), "READY=1 before the mount exists");
+    assert_eq!(std::fs::read(mnt.join("pre")).unwrap(), b"there");
+    let status = ready
+        .lines()
+        .find_map(|l| l.strip_prefix("STATUS="))
+        .unwrap_or_else(|| panic!("no STATUS in {ready:?}"));
+    assert!(status.starts_with("mounted "), "{status}");
+
+    assert!(umount(&mnt));
+    let stopping = recv_string(&sock, "STOPPING=1");
+    assert_eq!(stopping, "STOPPING=1");
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", out.status);
+    // The one info line, on stderr at the default log level.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let want = format!(
+        "mounted {} at {} (cache 32.0 MiB, ",
+        src.display(),
+        mnt.display()
+    );
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains(&want)).collect();
+    assert_eq!(lines.len(), 1, "want one {want:?} line in:\n{stderr}");
+    assert!(lines[0].contains(" INFO "), "{}", lines[0]);
+    let backing = lines[0].rsplit_once(", ").unwrap().1.trim_end_matches(')');
+    assert!(["hugetlb", "thp", "4k"].contains(&backing), "{}", lines[0]);
+    assert!(lines[0].ends_with(status), "{} vs {status}", lines[0]);
+}
+
+#[test]
+fn detached_daemon_logs_the_mount_line_and_does_not_notify() {
+    let (d, src, mnt) = dirs();
+    let _g = guard(&d, &mnt);
+    let log = d.path().join("log");
+    let (sock, name) = notify_socket();
+    sock.set_nonblocking(true).unwrap();
+    let opts = format!("cache_size=32M,log_file={}", log.display());
+    let out = run(
+        bin()
+            .arg(&src)
+            .arg(&mnt)
+            .args(["-o", &opts])
+            .env(extentfs::notify::ENV, &name)
+            .env_remove("RUST_LOG"),
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.is_empty(), "{}", out.stderr);
+    let want = format!(
+        "mounted {} at {} (cache 32.0 MiB, ",
+        src.display(),
+        mnt.display()
+    );
+    // The line is logged once the mount answered (after the caller returned).
+    std::fs::metadata(&mnt).unwrap();
+    let t0 = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains(&want) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no mount line in:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = the_daemon(d.path());
+    assert!(umount(&mnt));
+    assert!(wait_gone(pid, Duration::from_secs(60)));
+    let mut buf = [0u8; 64];
+    assert!(
+        sock.recv(&mut buf).is_err(),
+        "a detached daemon notified: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
 }
 
 #[test]
@@ -791,18 +993,85 @@ fn extents_and_stats_commands_reject_bad_flags() {
         Duration::from_secs(10),
     );
     assert_eq!(out.code, 2);
-    assert!(out.stderr.contains("unknown flag --frob"), "{}", out.stderr);
+    assert!(out.stderr.contains("'--frob'"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("Usage: extentfs stats"),
+        "{}",
+        out.stderr
+    );
     let out = run(bin().args(["stats"]), Duration::from_secs(10));
     assert_eq!(out.code, 2);
-    assert!(out.stderr.contains("missing path"), "{}", out.stderr);
+    assert!(out.stderr.contains("<PATH>"), "{}", out.stderr);
     let out = run(
         bin().args(["stats"]).arg(&m.mnt).args(["--watch", "x"]),
         Duration::from_secs(10),
     );
     assert_eq!(out.code, 2);
     assert!(
-        out.stderr.contains("--watch needs a number"),
+        out.stderr.contains("expected a number of seconds"),
         "{}",
         out.stderr
     );
+    let out = run(
+        bin()
+            .args(["stats", "--prometheus", "--watch", "1"])
+            .arg(&m.mnt),
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let out = run(bin().args(["extents", "--bogus"]), Duration::from_secs(10));
+    assert_eq!(out.code, 2);
+}
+
+#[test]
+fn extents_and_stats_explain_wrong_kinds_of_path() {
+    let m = Mount::new("cache_size=32M");
+    std::fs::create_dir(m.path("dir")).unwrap();
+    std::fs::write(m.path("dir/f"), b"x").unwrap();
+    let out = run(
+        bin().args(["extents"]).arg(m.path("dir")),
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.code, 1);
+    assert_eq!(
+        out.stderr.trim(),
+        format!(
+            "extentfs extents: {} is a directory: extents needs a regular file",
+            m.path("dir").display()
+        )
+    );
+    let out = run(bin().args(["extents"]).arg(&m.mnt), Duration::from_secs(10));
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("needs a regular file"),
+        "{}",
+        out.stderr
+    );
+    let out = run(
+        bin().args(["stats"]).arg(m.path("dir")),
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr
+            .contains("is a directory of a mount, not its mount point"),
+        "{}",
+        out.stderr
+    );
+    // Not on a mount at all.
+    let out = run(
+        bin().args(["extents"]).arg(m.src_path("dir/f")),
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("is not on an extentfs mount"),
+        "{}",
+        out.stderr
+    );
+    let out = run(
+        bin().args(["extents"]).arg(m.path("dir/f")),
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
 }

@@ -7,6 +7,7 @@ mod data;
 mod handles;
 mod harness;
 mod local_fs;
+mod package;
 mod posix;
 mod reliability;
 mod smoke;

@@ -532,8 +532,45 @@ fn stats_and_extents_commands() {
     let mnt = m.mnt.as_os_str();
     let f = m.path("f");
 
+    // The one-screen summary.
     let (code, out, err) = run_bin_out(&["stats".as_ref(), mnt]);
     assert_eq!(code, 0, "{err}");
+    assert!(out.lines().count() <= 24, "{out}");
+    assert!(out.lines().all(|l| l.chars().count() <= 100), "{out}");
+    assert!(
+        out.starts_with(&format!("{}: up ", m.mnt.display())),
+        "{out}"
+    );
+    for (label, want) in [
+        ("pool", "used of 32.0 MiB"),
+        ("hit ratio", "% of "),
+        ("dirty", "97.7 KiB ("),
+        ("writeback", "in flight"),
+        ("evictions", "extents"),
+        ("requests", "errors"),
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("no {label} line in:\n{out}"));
+        assert!(line.contains(want), "{line:?} lacks {want:?}");
+    }
+    assert!(!out.contains("pool_capacity_bytes"), "{out}");
+
+    // Every figure.
+    let (code, out, err) = run_bin_out(&["stats".as_ref(), mnt, "--all".as_ref()]);
+    assert_eq!(code, 0, "{err}");
+    for key in root_stats(&m)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|p| p.0)
+    {
+        assert!(
+            out.lines()
+                .any(|l| l.split_whitespace().next() == Some(key)),
+            "--all lacks {key}:\n{out}"
+        );
+    }
     assert!(out.contains("pool_capacity_bytes"), "{out}");
     assert!(out.contains(&format!("== {}", m.mnt.display())), "{out}");
     assert!(out.contains("32.0 MiB (33554432)"), "human units: {out}");
@@ -582,7 +619,318 @@ fn stats_and_extents_commands() {
     }
     let (code, _, err) = run_bin_out(&["extents".as_ref(), "/tmp".as_ref()]);
     assert_ne!(code, 0);
-    assert!(err.contains("not on an extentfs mount"), "{err}");
+    assert!(err.contains("needs a regular file"), "{err}");
     drop(open_file);
     sync_mount(&m);
+}
+
+/// `prometheus_client`'s strict OpenMetrics parser, run on `text`: one line per sample,
+/// `family type unit sample labels value` (labels as k=v, sorted, comma-separated).
+fn parse_openmetrics(text: &str) -> Vec<String> {
+    const SCRIPT: &str = r#"
+import sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+for fam in text_string_to_metric_families(sys.stdin.read()):
+    for s in fam.samples:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+        print(fam.name, fam.type, fam.unit or "-", s.name, labels or "-", repr(float(s.value)))
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 (scripts/install-deps.sh installs it with prometheus_client)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("No module named 'prometheus_client'"),
+        "prometheus_client is missing: run scripts/install-deps.sh"
+    );
+    assert!(
+        out.status.success(),
+        "the OpenMetrics parser rejected the output: {err}\n{text}"
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn stats_prometheus_output_parses_as_openmetrics() {
+    let m = Mount::new("cache_size=32M,dirty_expire=60s");
+    std::fs::write(m.path("f"), vec![1u8; 200_000]).unwrap();
+    assert_eq!(std::fs::read(m.path("f")).unwrap().len(), 200_000);
+    let f = m.path("f");
+    let (code, out, err) = run_bin_out(&[
+        "stats".as_ref(),
+        "--prometheus".as_ref(),
+        m.mnt.as_os_str(),
+        f.as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.ends_with("# EOF\n"), "{out}");
+    let samples = parse_openmetrics(&out);
+    let mnt = m.mnt.display().to_string();
+    let find = |family: &str, sample: &str, labels: &str| -> f64 {
+        let prefix = format!("{family} ");
+        samples
+            .iter()
+            .find(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                l.starts_with(&prefix) && f[3] == sample && f[4] == labels
+            })
+            .unwrap_or_else(|| panic!("no {sample}{{{labels}}} in:\n{}", samples.join("\n")))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let ml = format!("mountpoint={mnt}");
+    assert_eq!(
+        find(
+            "extentfs_pool_capacity_bytes",
+            "extentfs_pool_capacity_bytes",
+            &ml
+        ),
+        (32u64 << 20) as f64
+    );
+    assert!(find("extentfs_read_bytes", "extentfs_read_bytes_total", &ml) >= 200_000.0);
+    assert!(find("extentfs_write_bytes", "extentfs_write_bytes_total", &ml) >= 200_000.0);
+    assert!(
+        find(
+            "extentfs_fuse_op_requests",
+            "extentfs_fuse_op_requests_total",
+            &format!("mountpoint={mnt},op=write")
+        ) >= 1.0
+    );
+    let backing = samples
+        .iter()
+        .find(|l| l.starts_with("extentfs_pool_backing info "))
+        .unwrap_or_else(|| panic!("no pool_backing info:\n{}", samples.join("\n")));
+    assert!(backing.contains(&format!("{ml},value=")), "{backing}");
+    assert_eq!(
+        find(
+            "extentfs_file_size_bytes",
+            "extentfs_file_size_bytes",
+            &format!("path={}", f.display())
+        ),
+        200_000.0
+    );
+    // Types and units as declared.
+    let line = samples
+        .iter()
+        .find(|l| l.starts_with("extentfs_read_bytes "))
+        .unwrap();
+    assert!(
+        line.starts_with("extentfs_read_bytes counter bytes "),
+        "{line}"
+    );
+    let line = samples
+        .iter()
+        .find(|l| l.starts_with("extentfs_read_hit_ratio "))
+        .unwrap();
+    assert!(
+        line.starts_with("extentfs_read_hit_ratio gauge ratio "),
+        "{line}"
+    );
+    // Every figure of the mount is exported.
+    let keys = root_stats(&m)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .count();
+    let mount_samples = samples.iter().filter(|l| l.contains(&ml)).count();
+    assert!(
+        mount_samples >= keys,
+        "{mount_samples} samples for {keys} figures"
+    );
+}
+
+/// Runs `extentfs ARGS` with stdout on a new pseudo-terminal (or a pipe) until `done` says
+/// the output so far is enough, then kills it (by its PID); returns the output.
+fn watch_output(args: &[&std::ffi::OsStr], pty: bool, done: impl Fn(&str) -> bool) -> String {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .env_remove("COLUMNS");
+    let reader: Box<dyn Read + Send> = if pty {
+        let (mut master, mut slave) = (0, 0);
+        let ws = libc::winsize {
+            ws_row: 40,
+            ws_col: 100,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: openpty writes two descriptors through valid pointers; name and termios
+        // may be null, the winsize is read only.
+        let r = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                &ws,
+            )
+        };
+        assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: both descriptors were just opened by openpty and are owned by nobody else.
+        let (master, slave) =
+            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        cmd.stdout(Stdio::from(slave));
+        Box::new(std::fs::File::from(master))
+    } else {
+        cmd.stdout(Stdio::piped());
+        Box::new(std::io::empty())
+    };
+    let mut child = cmd.spawn().unwrap();
+    let mut reader = if pty {
+        reader
+    } else {
+        Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>
+    };
+    // The parent's copy of the slave end is closed (moved into `cmd`, dropped with it).
+    drop(cmd);
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !done(&String::from_utf8_lossy(&out)) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(chunk) => out.extend_from_slice(&chunk),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "--watch output stopped short:\n{}",
+                    String::from_utf8_lossy(&out)
+                );
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn stats_watch_redraws_in_place_on_a_terminal_and_scrolls_otherwise() {
+    let m = Mount::new("cache_size=32M");
+    std::fs::write(m.path("f"), vec![2u8; 100_000]).unwrap();
+    let args = [
+        "stats".as_ref(),
+        m.mnt.as_os_str(),
+        "--watch".as_ref(),
+        "0.2".as_ref(),
+    ];
+    const HOME: &str = "\x1b[H";
+    let out = watch_output(&args, true, |s| s.matches(HOME).count() >= 3);
+    // The screen is cleared once; every rendering starts at the top-left corner and
+    // clears what is left below it.
+    assert_eq!(out.matches("\x1b[2J").count(), 1, "{out:?}");
+    assert!(out.starts_with("\x1b[2J\x1b[H"), "{out:?}");
+    let frames: Vec<&str> = out.split(HOME).skip(1).collect();
+    assert!(frames.len() >= 3);
+    for f in &frames[..frames.len() - 1] {
+        assert!(f.ends_with("\x1b[J"), "frame does not clear below: {f:?}");
+        assert!(f.contains("  pool "), "{f:?}");
+        for line in f
+            .trim_end_matches("\x1b[J")
+            .split("\r\n")
+            .filter(|l| !l.is_empty())
+        {
+            assert!(
+                line.ends_with("\x1b[K"),
+                "line not cleared to its end: {line:?}"
+            );
+        }
+    }
+    // From the second rendering on, rates: reading the stats is itself a request.
+    assert!(frames[1].contains(" req/s"), "{:?}", frames[1]);
+
+    // Not a terminal: renderings follow each other, no control sequences.
+    let title = format!("{}: up ", m.mnt.display());
+    let out = watch_output(&args, false, |s| s.matches(&title).count() >= 2);
+    assert!(!out.contains('\x1b'), "{out:?}");
+    let first = out.find(&title).unwrap();
+    let second = out[first + 1..].find(&title).unwrap() + first + 1;
+    assert!(out[..second].ends_with("\n\n"), "{out:?}");
+    assert!(out[second..].contains(" req/s"), "{out}");
+}
+
+#[test]
+fn extents_map_draws_cached_dirty_and_missing_ranges_where_they_are() {
+    // coherence=none: the command this test runs is forked while the file is open, and under
+    // close-to-open its exec closes a copy of the descriptor, which writes the file back.
+    let m = Mount::with_source("cache_size=64M,dirty_expire=60s,coherence=none", |src| {
+        let f = std::fs::File::create(src.join("big")).unwrap();
+        f.set_len(64 * MIB).unwrap();
+    });
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("big"))
+        .unwrap();
+    // Cached: [0, 4 MiB) (readahead may add up to 2 MiB after it). Dirty: [16, 24 MiB),
+    // kept dirty (file open, dirty_expire=60s). Everything else is not cached.
+    let got = read_at_full(&f, 0, (4 * MIB) as usize);
+    assert_eq!(got.len(), (4 * MIB) as usize);
+    f.write_all_at(&vec![7u8; (8 * MIB) as usize], 16 * MIB)
+        .unwrap();
+    let p = m.path("big");
+    // 66 columns: a 64-cell bar, one cell per MiB.
+    let out = Command::new(BIN)
+        .args(["extents", "--map"])
+        .arg(&p)
+        .env("COLUMNS", "66")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with(&format!("{}: 64.0 MiB; cached ", p.display())),
+        "{text}"
+    );
+    assert!(
+        lines[0].contains("8.0 MiB dirty, 0 B under writeback"),
+        "{text}"
+    );
+    let bar = lines[1]
+        .strip_prefix('[')
+        .and_then(|b| b.strip_suffix(']'))
+        .unwrap_or_else(|| panic!("no bar in:\n{text}"));
+    let cells: Vec<char> = bar.chars().collect();
+    assert_eq!(cells.len(), 64, "{text}");
+    let show = |r: std::ops::Range<usize>| cells[r].iter().collect::<String>();
+    assert_eq!(show(0..4), "====", "{text}");
+    assert_eq!(show(8..16), "........", "{text}");
+    assert_eq!(show(16..24), "DDDDDDDD", "{text}");
+    assert_eq!(show(24..64), ".".repeat(40), "{text}");
+    assert!(lines[2].ends_with("64.0 MiB"), "{text}");
+    assert!(lines[3].contains("1 cell = 1.0 MiB"), "{text}");
+    drop(f);
 }

@@ -26,6 +26,26 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+/// `extentfs sync` as clap describes it (for `help`, the man page and completions; the
+/// arguments themselves are read by [`main`]).
+pub fn sync_command() -> clap::Command {
+    clap::Command::new("sync")
+        .about("Write back and fsync everything (or each FILE); exit 1 naming files not written")
+        .arg(clap::Arg::new("MOUNTPOINT").required(true))
+        .arg(clap::Arg::new("FILE").num_args(0..))
+}
+
+/// `extentfs umount` as clap describes it.
+pub fn umount_command() -> clap::Command {
+    clap::Command::new("umount")
+        .about(
+            "Write back, unmount and wait for the daemon; exit 0 only when every byte is in \
+             SOURCE (1: data not written, saved to recovery_dir; 2: not an extentfs mount; \
+             3: busy)",
+        )
+        .arg(clap::Arg::new("MOUNTPOINT").required(true))
+}
+
 const USAGE: &str = "usage: extentfs sync MOUNTPOINT [FILE...]\n       extentfs umount MOUNTPOINT";
 
 /// Exit status: data not in SOURCE.

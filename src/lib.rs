@@ -7,6 +7,8 @@
 //! - [`fs`]: the FUSE adapter and all access to SOURCE.
 //! - [`options`], [`stats`]: mount options and counters.
 //! - [`cli`], [`control`]: the `stats`/`extents` and `sync`/`umount` commands.
+//! - [`report`]: the figures' catalogue and their renderings (summary, OpenMetrics, cache map).
+//! - [`notify`]: readiness notification to a service manager (`$NOTIFY_SOCKET`).
 
 pub mod cache;
 pub mod cli;
@@ -14,6 +16,8 @@ pub mod control;
 pub mod extent;
 pub mod fs;
 pub mod logging;
+pub mod notify;
 pub mod options;
 pub mod pool;
+pub mod report;
 pub mod stats;

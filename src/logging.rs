@@ -90,7 +90,7 @@ fn connect(socket: &Path) -> io::Result<UnixDatagram> {
 /// the target chosen.
 pub fn init(log_file: Option<&str>, foreground: bool, debug: bool) -> Target {
     use tracing_subscriber::EnvFilter;
-    let default = if debug { "debug" } else { "warn" };
+    let default = if debug { "debug" } else { "info" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let mut target = choose(log_file, foreground, &syslog_socket(), |s| {
         connect(s).is_ok()

@@ -3,7 +3,7 @@
 //! with one clear line before anything is mounted; then it daemonizes (unless `-f`), mounts,
 //! and returns only once the mount is live, which is what mount(8) and fstab rely on.
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use extentfs::cache::{CacheConfig, CacheContext};
 use extentfs::fs::mount::{self, MountPointState};
 use extentfs::fs::source::AtimeMode;
@@ -16,64 +16,51 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-const OPTIONS_HELP: &str = "\
-MOUNT OPTIONS (-o opt[,opt...]):
-  cache_size=SIZE         page pool capacity, e.g. 512M, 4G (default: a quarter of RAM,
-                          at most 8G; minimum 16M)
-  hugepages=MODE          auto (default: hugetlb, else THP, else 4k) | hugetlb | thp | off
-  writeback_threads=N     threads writing dirty data back to SOURCE (default 2)
-  threads=N               FUSE request threads (default: number of CPUs)
-  dirty_limit=SHARE       share of the pool that may be dirty before writers wait,
-                          e.g. 50% or 0.5 (default 50%)
-  dirty_expire=TIME       age after which dirty data is written back, e.g. 5s, 500ms
-                          (default 5s)
-  spin=auto|0|TIME        poll for TIME (2ms for auto) after each request at idle priority,
-                          so the CPU does not sleep between requests; auto (default) polls
-                          only while the daemon is confined to some of the CPUs (taskset)
-  cache=pool|kernel       pool: the pool is the only data cache (direct I/O to the kernel,
-                          mmap still works); kernel: the kernel page cache sits in front
-                          (default pool)
-  coherence=cto|strict|none
-                          cto (default): close-to-open with other writers of SOURCE, as
-                          NFS: each open revalidates, each close writes back; strict: also
-                          every read; none: extentfs is SOURCE's only writer
-  attr_timeout=TIME       how long attributes and names are cached, and a file held open
-                          goes without revalidating, e.g. 1s, 200ms, 0 (default 1s)
-  allow_other             let other users access the mount (permissions are always checked
-                          by the kernel against the files' modes: default_permissions)
-  default_permissions     accepted; always in effect
-  ro / rw                 read-only / read-write mount
-  debug                   verbose logging (same as RUST_LOG=debug)
-  log_file=PATH           where the detached daemon logs (default: syslog when /dev/log
-                          exists, else /var/log/extentfs/extentfs.log; -f logs to stderr)
-  nonempty                allow mounting over a non-empty directory
-  generic mount options   dev, nodev, suid, nosuid, exec, noexec, atime, noatime, diratime,
-                          nodiratime, relatime, strictatime, sync, async, dirsync, defaults,
-                          auto, noauto, user, users, nofail, _netdev, x-*: as mount(8)
+mod generate;
 
-  recovery_dir=PATH       where data that cannot be written to SOURCE is saved at exit
-                          (default /var/lib/extentfs/recovery)
+/// `--version`: the version, the commit it was built from and the build date (`build.rs`).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("EXTENTFS_GIT_COMMIT"),
+    ", built ",
+    env!("EXTENTFS_BUILD_DATE"),
+    ")"
+);
 
+const OTHER_HELP: &str = "\
 OTHER COMMANDS:
-  extentfs stats MOUNTPOINT [FILE...] [--json] [--watch SECS]
-  extentfs extents FILE
+  extentfs stats MOUNTPOINT [FILE...] [--all] [--json | --prometheus] [--watch SECS]
+  extentfs extents FILE [--map]
   extentfs sync MOUNTPOINT [FILE...]   write back and fsync (plain sync(1) does not reach
                                        the daemon); exit 1 naming files not written
   extentfs umount MOUNTPOINT           write back, unmount, wait for the daemon; exit 0 only
                                        when every byte is in SOURCE (1: data not written,
                                        saved to recovery_dir; 2: not an extentfs mount;
                                        3: busy)
+  extentfs help [COMMAND]
 
 Plain `umount MOUNTPOINT` returns at once; the daemon writes back afterwards (wait for it
-before reading SOURCE). SIGTERM/SIGINT write back, then unmount.";
+before reading SOURCE). SIGTERM/SIGINT write back, then unmount. See extentfs(8).";
+
+/// After the clap-generated part of `--help`: the `-o` options (from the table in
+/// `options.rs` that the man page also renders) and the other commands.
+fn after_help() -> String {
+    format!(
+        "MOUNT OPTIONS (-o opt[,opt...]):\n{}\n{OTHER_HELP}",
+        extentfs::options::options_help_text()
+    )
+}
 
 /// Mount SOURCE at MOUNTPOINT with an extent-mapped page cache in front of it.
 #[derive(Parser, Debug)]
-#[command(name = "extentfs", version, after_help = OPTIONS_HELP)]
+#[command(name = "extentfs", version = VERSION, after_help = after_help())]
 struct MountArgs {
     /// Directory whose contents the mount shows.
+    #[arg(value_hint = clap::ValueHint::DirPath)]
     source: PathBuf,
     /// Where to mount it (an existing, empty directory).
+    #[arg(value_hint = clap::ValueHint::DirPath)]
     mountpoint: PathBuf,
     /// Mount options, comma-separated (see below). May be repeated.
     #[arg(short = 'o', value_name = "OPTIONS")]
@@ -88,8 +75,28 @@ fn main() -> ExitCode {
     match args.get(1).map(String::as_str) {
         Some("stats") | Some("extents") => extentfs::cli::main(&args[1..]),
         Some("sync") | Some("umount") => extentfs::control::main(&args[1..]),
-        _ => mount_main(MountArgs::parse()),
+        Some("generate") => generate::main(&command(), &args[2..]),
+        _ => {
+            // Only `help [COMMAND]` reaches here as a subcommand (clap prints it and exits).
+            let matches = command().get_matches();
+            match MountArgs::from_arg_matches(&matches) {
+                Ok(a) => mount_main(a),
+                Err(e) => e.exit(),
+            }
+        }
     }
+}
+
+/// The whole command line as clap knows it: mounting, and the subcommands (parsed by
+/// `cli`). `--help`, `help`, the man page and the shell completions all come from it.
+fn command() -> clap::Command {
+    MountArgs::command()
+        .subcommand_negates_reqs(true)
+        .args_conflicts_with_subcommands(true)
+        .subcommand(extentfs::cli::stats_command())
+        .subcommand(extentfs::cli::extents_command())
+        .subcommand(extentfs::control::sync_command())
+        .subcommand(extentfs::control::umount_command())
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -104,6 +111,12 @@ fn total_ram() -> u64 {
 }
 
 fn mount_main(args: MountArgs) -> ExitCode {
+    if !args.foreground {
+        // Readiness is reported to a service manager only in the foreground (`Type=notify`
+        // runs `extentfs -f`); a detached daemon is not the process it watches. No thread
+        // exists yet.
+        std::env::remove_var(extentfs::notify::ENV);
+    }
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -198,11 +211,6 @@ fn mount_main(args: MountArgs) -> ExitCode {
             ))
         }
     };
-    tracing::info!(
-        "page pool: {} backed by {}",
-        format_size(cfg.cache_size),
-        pool.backing().as_str()
-    );
 
     let reporter = if args.foreground {
         None
@@ -470,6 +478,7 @@ fn serve(
                     continue;
                 }
                 tracing::info!("signal {sig}: writing back and unmounting");
+                extentfs::notify::stopping();
                 if let Err(e) = ctx.sync_all() {
                     tracing::error!("writeback before unmount failed: {e}");
                 }
@@ -484,15 +493,40 @@ fn serve(
                 m
             })?;
     }
-    tracing::info!("mounted {} at {}", source.display(), mountpoint.display());
     report(&mut reporter, "OK");
     *live = true;
     if !foreground {
         detach_stdio();
     }
+    // Ready once the mount answers a request: a stat of the mount point, answered by the
+    // session threads that `run` starts.
+    let ready_line = format!(
+        "mounted {} at {} (cache {}, {})",
+        source.display(),
+        mountpoint.display(),
+        format_size(cfg.cache_size),
+        ctx.pool.backing().as_str()
+    );
+    {
+        let mp = mountpoint.to_path_buf();
+        std::thread::Builder::new()
+            .name("ready".into())
+            .spawn(move || match std::fs::metadata(&mp) {
+                Ok(_) => {
+                    tracing::info!("{ready_line}");
+                    let msg = format!("READY=1\nSTATUS={ready_line}");
+                    if let Err(e) = extentfs::notify::notify(&msg) {
+                        tracing::warn!("cannot notify {}: {e}", extentfs::notify::ENV);
+                    }
+                }
+                Err(e) => tracing::warn!("the mount at {} does not answer: {e}", mp.display()),
+            })
+            .map_err(|e| e.to_string())?;
+    }
     if let Err(e) = session.run() {
         tracing::warn!("session ended: {e}");
     }
+    extentfs::notify::stopping();
     // Unmounted: let go of SOURCE's files at once where nothing is left to write (a program
     // may delete them in SOURCE right after umount returns), then write back the rest; what
     // cannot be written goes to the recovery directory (never dropped silently).

@@ -13,6 +13,211 @@ use std::time::Duration;
 /// Smallest pool that can serve 1 MiB requests from several threads with room to evict.
 pub const MIN_CACHE_SIZE: u64 = 16 << 20;
 
+/// Largest pool the option parser accepts on any machine (the machine's memory is the
+/// tighter limit everywhere today).
+pub const MAX_CACHE_SIZE: u64 = 1 << 44;
+
+/// One documented `-o` option: the single table `extentfs --help` and the man page render.
+#[derive(Clone, Copy, Debug)]
+pub struct OptionDoc {
+    /// As written on the command line, with a placeholder for the value (`cache_size=SIZE`).
+    pub name: &'static str,
+    /// What it does (one paragraph, no line breaks).
+    pub help: &'static str,
+    /// The default, or "" when there is none to state.
+    pub default: &'static str,
+    /// A valid use of it, applied by the unit tests so the table and the parser agree.
+    pub example: &'static str,
+}
+
+/// Every `-o` option, in the order `--help` and `extentfs(8)` list them.
+pub const OPTION_DOCS: &[OptionDoc] = &[
+    OptionDoc {
+        name: "cache_size=SIZE",
+        help: "capacity of the page pool: 512M, 4G, 1.5G or bytes; at least 16M, at most the \
+               machine's memory",
+        default: "a quarter of RAM, at most 8G",
+        example: "cache_size=512M",
+    },
+    OptionDoc {
+        name: "hugepages=MODE",
+        help: "pool backing: hugetlb (reserved 2 MiB pages, see /proc/sys/vm/nr_hugepages), thp \
+               (transparent huge pages) or off (4 KiB pages); auto tries them in that order",
+        default: "auto",
+        example: "hugepages=thp",
+    },
+    OptionDoc {
+        name: "writeback_threads=N",
+        help: "threads writing dirty data back to SOURCE (1 to 64)",
+        default: "2",
+        example: "writeback_threads=3",
+    },
+    OptionDoc {
+        name: "threads=N",
+        help: "FUSE request threads, each with its own cloned /dev/fuse descriptor (1 to 64)",
+        default: "the number of CPUs",
+        example: "threads=4",
+    },
+    OptionDoc {
+        name: "rlimit_nofile=N",
+        help: "the daemon's RLIMIT_NOFILE (256 to 2^30); past half of it, descriptors of idle \
+               inodes are given back and reopened by file handle when next used",
+        default: "fs.nr_open when allowed (CAP_SYS_RESOURCE), else the hard limit",
+        example: "rlimit_nofile=4096",
+    },
+    OptionDoc {
+        name: "dirty_limit=SHARE",
+        help: "share of the pool that may be dirty before writers wait for writeback, e.g. 50% \
+               or 0.5",
+        default: "50%",
+        example: "dirty_limit=25%",
+    },
+    OptionDoc {
+        name: "dirty_expire=TIME",
+        help: "age after which dirty data is written back, e.g. 5s, 500ms, 1m",
+        default: "5s",
+        example: "dirty_expire=500ms",
+    },
+    OptionDoc {
+        name: "spin=auto|0|TIME",
+        help: "after each request a thread at idle priority polls for TIME so the CPU does not \
+               sleep between requests; auto polls (2ms) only while the daemon is confined to \
+               some of the CPUs (taskset) that the client cannot run on; 0 never polls",
+        default: "auto",
+        example: "spin=2ms",
+    },
+    OptionDoc {
+        name: "cache=pool|kernel",
+        help: "pool: files are opened with direct I/O so the pool is the only data cache (mmap \
+               still works); kernel: the kernel page cache sits in front",
+        default: "pool",
+        example: "cache=kernel",
+    },
+    OptionDoc {
+        name: "coherence=cto|strict|none",
+        help: "how changes others make to SOURCE are followed: cto, close-to-open as NFS (each \
+               open revalidates, each close writes back); strict, also every read; none, \
+               extentfs is SOURCE's only writer (see docs/coherence.md)",
+        default: "cto",
+        example: "coherence=none",
+    },
+    OptionDoc {
+        name: "attr_timeout=TIME",
+        help: "how long the kernel caches attributes and names, and a file held open goes \
+               without revalidating, e.g. 1s, 200ms or 0",
+        default: "1s",
+        example: "attr_timeout=200ms",
+    },
+    OptionDoc {
+        name: "allow_other",
+        help: "other users may use the mount",
+        default: "off",
+        example: "allow_other",
+    },
+    OptionDoc {
+        name: "default_permissions",
+        help: "accepted; the kernel always checks permissions against the files' modes",
+        default: "on",
+        example: "default_permissions",
+    },
+    OptionDoc {
+        name: "ro / rw",
+        help: "read-only / read-write mount",
+        default: "rw",
+        example: "ro",
+    },
+    OptionDoc {
+        name: "debug",
+        help: "verbose logs (same as RUST_LOG=debug)",
+        default: "off",
+        example: "debug",
+    },
+    OptionDoc {
+        name: "log_file=PATH",
+        help: "where the detached daemon logs (the mount line, warnings and errors); with -f \
+               the log goes to stderr",
+        default: "syslog when /dev/log exists, else /var/log/extentfs/extentfs.log",
+        example: "log_file=/var/log/extentfs.log",
+    },
+    OptionDoc {
+        name: "recovery_dir=PATH",
+        help: "absolute path of the directory where data that cannot be written to SOURCE is \
+               saved at exit; put it on another filesystem than SOURCE",
+        default: "/var/lib/extentfs/recovery",
+        example: "recovery_dir=/srv/extentfs-recovery",
+    },
+    OptionDoc {
+        name: "nonempty",
+        help: "allow mounting over a non-empty directory",
+        default: "off",
+        example: "nonempty",
+    },
+    OptionDoc {
+        name: "dev nodev suid nosuid exec noexec atime noatime diratime nodiratime relatime \
+               strictatime sync async dirsync",
+        help: "as in mount(8)",
+        default: "",
+        example: "nosuid,nodev,noatime,nodiratime,strictatime,async,dirsync",
+    },
+    OptionDoc {
+        name: "defaults auto noauto user users nofail _netdev x-*",
+        help: "accepted and ignored, as mount(8) and fstab pass them",
+        default: "",
+        example: "defaults,noauto,nofail,_netdev,x-systemd.automount",
+    },
+];
+
+/// The `-o` options as a plain-text table for `--help`: names in a column, help wrapped
+/// to fit 80 columns.
+pub fn options_help_text() -> String {
+    const NAME: usize = 24;
+    const WIDTH: usize = 80;
+    let mut s = String::new();
+    for o in OPTION_DOCS {
+        let mut text = o.help.to_string();
+        if !o.default.is_empty() {
+            text.push_str(&format!(" (default: {})", o.default));
+        }
+        let lines = wrap(&text, WIDTH - 2 - NAME);
+        let name_lines = wrap(o.name, WIDTH - 2);
+        let mut first = true;
+        if name_lines.len() > 1 || o.name.len() >= NAME {
+            for l in &name_lines {
+                s.push_str(&format!("  {l}\n"));
+            }
+            first = false;
+        }
+        for l in lines {
+            if first {
+                s.push_str(&format!("  {:<NAME$}{l}\n", o.name));
+                first = false;
+            } else {
+                s.push_str(&format!("  {:<NAME$}{l}\n", ""));
+            }
+        }
+    }
+    s
+}
+
+/// Greedy word wrap at `width` columns.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut cur = String::new();
+    for w in text.split_whitespace() {
+        if !cur.is_empty() && cur.len() + 1 + w.len() > width {
+            lines.push(std::mem::take(&mut cur));
+        }
+        if !cur.is_empty() {
+            cur.push(' ');
+        }
+        cur.push_str(w);
+    }
+    if !cur.is_empty() {
+        lines.push(cur);
+    }
+    lines
+}
+
 /// Where file data is cached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheMode {
@@ -75,6 +280,8 @@ pub struct MountConfig {
     pub log_file: Option<String>,
     /// Where data that could not be written to SOURCE is saved at exit.
     pub recovery_dir: String,
+    /// The machine's memory: `cache_size` may not exceed it.
+    pub memory: u64,
 }
 
 /// Default `recovery_dir`.
@@ -128,6 +335,7 @@ impl MountConfig {
             remount: false,
             log_file: None,
             recovery_dir: DEFAULT_RECOVERY_DIR.to_string(),
+            memory: total_ram,
         }
     }
 
@@ -180,10 +388,18 @@ impl MountConfig {
                         MIN_CACHE_SIZE >> 20
                     )));
                 }
-                if size > (1u64 << 44) {
-                    return Err(OptionError(format!(
-                        "cache_size={v}: too large (at most 16T)"
-                    )));
+                if size > self.memory.min(MAX_CACHE_SIZE) {
+                    return Err(OptionError(if self.memory <= MAX_CACHE_SIZE {
+                        format!(
+                            "cache_size={v}: larger than this machine's memory ({})",
+                            format_size(self.memory)
+                        )
+                    } else {
+                        format!(
+                            "cache_size={v}: too large (at most {})",
+                            format_size(MAX_CACHE_SIZE)
+                        )
+                    }));
                 }
                 self.cache_size = size;
             }
@@ -515,6 +731,57 @@ mod tests {
             assert!(err.contains(want), "{opt}: {err}");
             assert!(!err.contains('\n'));
         }
+    }
+
+    #[test]
+    fn cache_size_limit_is_the_machines_memory() {
+        let mut c = cfg();
+        c.apply("cache_size=24G").unwrap();
+        let err = c.apply("cache_size=25G").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "cache_size=25G: larger than this machine's memory (24.0 GiB)"
+        );
+        let mut huge = MountConfig::defaults(1 << 50, 2);
+        let err = huge.apply("cache_size=17T").unwrap_err().to_string();
+        assert_eq!(err, "cache_size=17T: too large (at most 16.0 TiB)");
+    }
+
+    #[test]
+    fn every_documented_option_is_accepted() {
+        for o in OPTION_DOCS {
+            let mut c = cfg();
+            c.apply(o.example)
+                .unwrap_or_else(|e| panic!("{}: example {:?}: {e}", o.name, o.example));
+            if o.help.contains("ignored") {
+                assert_eq!(c, cfg(), "{}: example {:?}", o.name, o.example);
+            } else {
+                assert_ne!(
+                    c,
+                    cfg(),
+                    "{}: example {:?} changed nothing",
+                    o.name,
+                    o.example
+                );
+            }
+            // The example uses the option it documents.
+            let key = o.example.split(['=', ',']).next().unwrap();
+            assert!(o.name.contains(key), "{}: example {:?}", o.name, o.example);
+            assert!(
+                !o.help.contains('\n') && !o.help.contains("  "),
+                "{}",
+                o.name
+            );
+        }
+        let text = options_help_text();
+        for o in OPTION_DOCS {
+            let first = o.name.split_whitespace().next().unwrap();
+            assert!(
+                text.lines().any(|l| l.trim_start().starts_with(first)),
+                "{first} missing from:\n{text}"
+            );
+        }
+        assert!(text.lines().all(|l| l.len() <= 80), "{text}");
     }
 
     #[test]

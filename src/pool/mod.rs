@@ -262,13 +262,13 @@ impl PagePool {
         }
 
         match hugetlb_err {
-            Some(e) => tracing::info!(
+            Some(e) => tracing::debug!(
                 "page pool: {} MiB in {} region(s), backing {} (hugetlb unavailable: {e})",
                 capacity >> 20,
                 regions.len(),
                 backing.as_str()
             ),
-            None => tracing::info!(
+            None => tracing::debug!(
                 "page pool: {} MiB in {} region(s), backing {}",
                 capacity >> 20,
                 regions.len(),
