@@ -60,9 +60,22 @@ impl CacheContext {
     /// Compare SOURCE's file with what the cache last saw of it and, when someone else changed
     /// it, adopt the change. Returns SOURCE's stat and whether it had changed.
     pub fn revalidate(&self, c: &InodeCache) -> io::Result<(libc::stat, bool)> {
+        self.revalidate_with(c, None)
+    }
+
+    /// As `revalidate`; `taken`: a stat of the file the caller took a moment ago, which
+    /// saves the fstat when it shows what was recorded.
+    pub fn revalidate_with(
+        &self,
+        c: &InodeCache,
+        taken: Option<&libc::stat>,
+    ) -> io::Result<(libc::stat, bool)> {
         stats::add(&self.stats.revalidations, 1);
         c.revalidated_ms.store(self.now_ms(), Ordering::Relaxed);
-        let (check, st) = c.file.check()?;
+        let (check, st) = match taken {
+            Some(st) => c.file.check_taken(st)?,
+            None => c.file.check()?,
+        };
         if check != Check::Changed {
             return Ok((st, false));
         }

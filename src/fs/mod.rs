@@ -245,7 +245,19 @@ impl ExtentFs {
         c: &InodeCache,
         kernel_pages: bool,
     ) -> R<(libc::stat, bool)> {
-        let (st, changed) = self.ctx.revalidate(c).map_err(err)?;
+        self.revalidate_with(ino, c, kernel_pages, None)
+    }
+
+    /// As `revalidate`, given a stat of the file just taken (lookup), which saves an fstat
+    /// when nothing changed.
+    fn revalidate_with(
+        &self,
+        ino: INodeNo,
+        c: &InodeCache,
+        kernel_pages: bool,
+        taken: Option<&libc::stat>,
+    ) -> R<(libc::stat, bool)> {
+        let (st, changed) = self.ctx.revalidate_with(c, taken).map_err(err)?;
         if changed {
             self.tell_kernel_changed(ino, kernel_pages && self.cfg.cache == CacheMode::Kernel);
         }
@@ -411,7 +423,7 @@ impl ExtentFs {
         let st = source::fstat(fd.as_fd()).map_err(err)?;
         let inode = self.inodes.lookup(fd, &st);
         if let Some(c) = inode.cache.get().filter(|_| self.coherent()) {
-            self.revalidate(INodeNo(inode.id), c, true)?;
+            self.revalidate_with(INodeNo(inode.id), c, true, Some(&st))?;
         }
         Ok((self.attr_of(&inode, &st), Generation(inode.generation)))
     }

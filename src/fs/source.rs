@@ -719,6 +719,16 @@ impl DataFile {
         Ok((s.check(Validator::of(&st)), st))
     }
 
+    /// As [`DataFile::check`], given `st`, a stat of the same inode the caller took a moment
+    /// ago: when it shows just what was recorded, no fstat is needed (see
+    /// [`Seen::unchanged_per`]); otherwise a fresh check.
+    pub fn check_taken(&self, st: &libc::stat) -> io::Result<(Check, libc::stat)> {
+        if self.lock_seen().unchanged_per(Validator::of(st)) {
+            return Ok((Check::Unchanged, *st));
+        }
+        self.check()
+    }
+
     /// The validator last recorded (stats).
     pub fn validator(&self) -> Validator {
         self.lock_seen().recorded()

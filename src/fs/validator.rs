@@ -93,6 +93,14 @@ impl Seen {
         self.in_flight += 1;
     }
 
+    /// A stat taken earlier, outside the lock, settles the check only when it shows exactly
+    /// what was recorded (no change up to when it was taken; an own change since would have
+    /// recorded something newer) and no foreign change is pending: then `Unchanged`. Any
+    /// other case needs a fresh stat under the lock: None.
+    pub fn unchanged_per(&self, earlier: Validator) -> bool {
+        self.in_flight == 0 && !self.foreign && earlier == self.recorded
+    }
+
     /// An own change ended; true when it was the last in flight (the caller then records
     /// SOURCE's validator with `record`).
     pub fn end_own(&mut self) -> bool {
@@ -182,6 +190,24 @@ mod tests {
         assert_eq!(s.check(v(12, 100, 1)), Check::Unchanged);
         // An unbalanced end does not underflow.
         assert!(s.end_own());
+    }
+
+    #[test]
+    fn an_earlier_stat_settles_only_what_was_recorded() {
+        let mut s = Seen::new(v(10, 100, 0));
+        assert!(s.unchanged_per(v(10, 100, 0)));
+        // Taken, then an own change runs and is recorded: the earlier stat no longer matches.
+        s.begin_own(Some(v(10, 100, 0)));
+        assert!(!s.unchanged_per(v(10, 100, 0)), "in flight");
+        assert!(s.end_own());
+        s.record(v(20, 101, 0));
+        assert!(!s.unchanged_per(v(10, 100, 0)));
+        assert!(s.unchanged_per(v(20, 101, 0)));
+        // A foreign change seen before an own change is still pending.
+        s.begin_own(Some(v(30, 102, 0)));
+        assert!(s.end_own());
+        s.record(v(31, 103, 0));
+        assert!(!s.unchanged_per(v(31, 103, 0)));
     }
 
     #[test]
