@@ -97,6 +97,7 @@ pub const MOUNT_FIGURES: &[FigureDoc] = &[
     fig("source_changes", "source_changes", Counter, Count, "Files found changed in SOURCE."),
     fig("coherence_dropped_bytes", "coherence_dropped_bytes", Counter, Bytes, "Clean bytes dropped as SOURCE changed."),
     fig("coherence_conflicts", "coherence_conflicts", Counter, Count, "SOURCE changes under dirty data."),
+    fig("commit_syncfs", "commit_syncfs", Counter, Count, "syncfs calls that made many files durable at once."),
     fig("source_reserved_bytes", "source_reserved_bytes", Gauge, Bytes, "SOURCE space reserved for dirty pages."),
     fig("pool_resident_bytes", "pool_resident_bytes", Gauge, Bytes, "Pool memory resident now."),
     fig("pool_released_bytes", "pool_released_bytes", Counter, Bytes, "Free pool memory given back to the kernel."),

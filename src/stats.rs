@@ -41,6 +41,7 @@ counters!(
     source_changes,
     coherence_dropped_bytes,
     coherence_conflicts,
+    commit_syncfs,
     xattr_absent,
     xattr_absent_remembered,
 );

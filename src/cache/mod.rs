@@ -638,24 +638,66 @@ impl CacheContext {
         }
     }
 
+    /// As `sync_file` for each of `files` (ctl sync): write each back, make them durable
+    /// together (one syncfs per SOURCE filesystem), and report each file's error, or one of
+    /// a background writeback since its last report, once. Goes on past a failing file;
+    /// returns the first error.
+    pub fn sync_files(&self, files: &[Arc<InodeCache>]) -> io::Result<()> {
+        let mut first: Option<io::Error> = None;
+        let mut written = Vec::new();
+        for c in files {
+            match self.writeback_pass(c, true) {
+                Ok(()) => {
+                    c.apply_pending_mtime();
+                    written.push(c.clone());
+                }
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        for (_, e) in self.commit_many(&written, true) {
+            first.get_or_insert(e);
+        }
+        for c in files {
+            if let Some(errno) = c.take_wb_error() {
+                first.get_or_insert(io::Error::from_raw_os_error(errno));
+            }
+        }
+        match first {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// Write back every file and make it durable (unmount, SIGTERM, ctl sync). Returns the
     /// first error.
     pub fn sync_all(&self) -> io::Result<()> {
         let mut first: Option<io::Error> = None;
+        let mut written = Vec::new();
         for c in self.all_caches() {
-            // fsync only files with data written back and not yet durable: background
-            // writeback already made the rest durable.
-            let r = self.writeback_pass(&c, true).and_then(|_| {
-                c.apply_pending_mtime();
-                self.commit(&c, false, false, false)
-            });
-            if let Err(e) = r {
-                tracing::error!(
-                    "writeback of {} failed: {e}; its dirty data stays in the cache",
-                    report::file_name(&c)
-                );
-                first.get_or_insert(e);
+            match self.writeback_pass(&c, true) {
+                Ok(()) => {
+                    c.apply_pending_mtime();
+                    written.push(c);
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "writeback of {} failed: {e}; its dirty data stays in the cache",
+                        report::file_name(&c)
+                    );
+                    first.get_or_insert(e);
+                }
             }
+        }
+        // Durable with one syncfs per SOURCE filesystem (only files with data written back
+        // and not yet durable take part: background writeback made the rest durable).
+        for (c, e) in self.commit_many(&written, false) {
+            tracing::error!(
+                "fsync of {} failed: {e}; its written-back data is dirty again",
+                report::file_name(&c)
+            );
+            first.get_or_insert(e);
         }
         match first {
             Some(e) => Err(e),

@@ -76,13 +76,19 @@ impl CacheContext {
                     .spawn(move || {
                         for c in rx.iter() {
                             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                if let Err(e) = ctx.writeback_file(&c, false) {
+                                // Written now, made durable by the flusher's next pass
+                                // together with every other file (one syncfs per SOURCE
+                                // filesystem, not an fsync per file).
+                                if let Err(e) = ctx.writeback_pass(&c, false) {
                                     tracing::warn!(
                                         "background writeback of {}: {e}",
                                         file_name(&c)
                                     );
                                 }
                                 c.apply_pending_mtime();
+                                if c.tree.find_first(0, Bits::UNSTABLE).is_some() {
+                                    c.commit_due.store(true, Ordering::Release);
+                                }
                             }));
                             if r.is_err() {
                                 tracing::error!("bug: writeback of {} panicked", file_name(&c));
@@ -138,15 +144,12 @@ impl CacheContext {
         let now = self.now_ms();
         let expire = self.cfg.dirty_expire.as_millis() as u64;
         let pressure = all || self.dirty_bytes() > self.cfg.dirty_limit / 2;
+        let mut to_commit: Vec<Arc<InodeCache>> = Vec::new();
         for c in self.all_caches() {
             if c.tree.dirty_bytes() == 0 {
-                // Written back at close, awaiting SOURCE's fsync.
-                if c.commit_due.load(Ordering::Acquire) && !c.wb_queued.swap(true, Ordering::AcqRel)
-                {
-                    c.commit_due.store(false, Ordering::Release);
-                    if tx.send(c.clone()).is_err() {
-                        return false;
-                    }
+                // Written back at close, awaiting SOURCE's fsync: committed together below.
+                if c.commit_due.swap(false, Ordering::AcqRel) {
+                    to_commit.push(c);
                 }
                 continue;
             }
@@ -167,7 +170,88 @@ impl CacheContext {
                 return false;
             }
         }
+        for (c, e) in self.commit_many(&to_commit, false) {
+            tracing::warn!(
+                "making {} durable in SOURCE failed: {e}; its data is dirty again",
+                super::report::file_name(&c)
+            );
+        }
         self.prune();
+        true
+    }
+
+    /// Make the written-back (UNSTABLE) data of `files` durable with one syncfs per SOURCE
+    /// filesystem instead of one fsync per file. Where a syncfs fails, each of its files is
+    /// fsynced on its own, so that an error lands on the file it belongs to (and its data is
+    /// dirty again, as after any failed commit). With `always`, files with nothing unstable
+    /// take part too (as fsync(2), which also covers metadata). Returns the files whose
+    /// commit failed.
+    pub(crate) fn commit_many(
+        &self,
+        files: &[Arc<InodeCache>],
+        always: bool,
+    ) -> Vec<(Arc<InodeCache>, io::Error)> {
+        let mut failed = Vec::new();
+        let mut by_dev: std::collections::BTreeMap<u64, Vec<&Arc<InodeCache>>> =
+            std::collections::BTreeMap::new();
+        for c in files {
+            if c.file.writable() && (always || c.tree.find_first(0, Bits::UNSTABLE).is_some()) {
+                by_dev.entry(c.key.0).or_default().push(c);
+            }
+        }
+        for group in by_dev.values() {
+            if group.len() > 1 && self.commit_group(group) {
+                continue;
+            }
+            for c in group {
+                if let Err(e) = self.commit(c, true, always, false) {
+                    failed.push(((*c).clone(), e));
+                }
+            }
+        }
+        failed
+    }
+
+    /// One syncfs for files of one filesystem; true when it settled them all.
+    fn commit_group(&self, group: &[&Arc<InodeCache>]) -> bool {
+        // Each file's commit lock, so that no fsync of one of them runs meanwhile and the
+        // ranges noted now are exactly those the syncfs covers.
+        let locks: Vec<_> = group
+            .iter()
+            .map(|c| c.commit_lock.lock().unwrap_or_else(|p| p.into_inner()))
+            .collect();
+        let noted: Vec<Vec<(u64, u64)>> = group
+            .iter()
+            .map(|c| {
+                let mut v = Vec::new();
+                c.tree.for_each(0, u64::MAX, |st| {
+                    if st.bits.contains(Bits::UNSTABLE) {
+                        v.push((st.start, st.end));
+                    }
+                });
+                v
+            })
+            .collect();
+        let r = group[0].file.syncfs();
+        if r.is_ok() {
+            for (c, ranges) in group.iter().zip(&noted) {
+                for &(s, e) in ranges {
+                    c.tree.clear_bits(s, e, Bits::UNSTABLE);
+                }
+            }
+            stats::add(&self.stats.commit_syncfs, 1);
+        }
+        drop(locks);
+        if let Err(e) = &r {
+            tracing::debug!(
+                "syncfs for {} files failed ({e}): fsyncing each",
+                group.len()
+            );
+            return false;
+        }
+        for c in group {
+            c.close_file_if_idle();
+        }
         true
     }
 
@@ -462,5 +546,57 @@ mod idle_tests {
         assert!(!i.due(95, at(400)));
         assert!(!i.due(95, at(429)));
         assert!(i.due(95, at(430)));
+    }
+}
+
+#[cfg(test)]
+mod commit_tests {
+    use super::*;
+    use crate::cache::{CacheConfig, WriteKind};
+    use crate::fs::path_fd::PathFd;
+    use crate::fs::source::{self, DataFile};
+    use crate::pool::{HugePagePolicy, PagePool, PoolConfig};
+    use std::ffi::CString;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn one_syncfs_settles_every_file_of_a_filesystem() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = PagePool::new(&PoolConfig::new(16 << 20, HugePagePolicy::Off)).unwrap();
+        let ctx = CacheContext::new(Arc::new(pool), CacheConfig::new(16 << 20, 0.5));
+        let root = source::open_root(dir.path()).unwrap();
+        let mut files = Vec::new();
+        for i in 0..3 {
+            let name = format!("f{i}");
+            std::fs::write(dir.path().join(&name), b"").unwrap();
+            let fd = source::open_path(root.as_fd(), &CString::new(name).unwrap()).unwrap();
+            let st = source::fstat(fd.as_fd()).unwrap();
+            let pfd = PathFd::fixed(fd).unwrap();
+            let c = ctx
+                .get_or_create((st.st_dev, st.st_ino), || {
+                    DataFile::open(pfd.clone(), false)
+                })
+                .unwrap();
+            ctx.write(&c, 0, &[i as u8 + 1; 5000], WriteKind::At)
+                .unwrap();
+            ctx.writeback_pass(&c, true).unwrap();
+            assert!(c.tree.find_first(0, Bits::UNSTABLE).is_some());
+            files.push(c);
+        }
+        assert!(ctx.commit_many(&files, false).is_empty());
+        for (i, c) in files.iter().enumerate() {
+            assert!(c.tree.find_first(0, Bits::UNSTABLE).is_none(), "file {i}");
+            assert!(c.is_clean());
+            assert_eq!(
+                std::fs::read(dir.path().join(format!("f{i}"))).unwrap(),
+                vec![i as u8 + 1; 5000]
+            );
+        }
+        assert_eq!(ctx.stats.commit_syncfs.load(Ordering::Relaxed), 1);
+        // Nothing unstable: nothing to do, unless asked for fsync's metadata too.
+        assert!(ctx.commit_many(&files, false).is_empty());
+        assert_eq!(ctx.stats.commit_syncfs.load(Ordering::Relaxed), 1);
+        assert!(ctx.commit_many(&files, true).is_empty());
+        assert_eq!(ctx.stats.commit_syncfs.load(Ordering::Relaxed), 2);
     }
 }

@@ -858,6 +858,14 @@ impl DataFile {
         })
     }
 
+    /// syncfs(2) of the filesystem holding the file: everything written to it before the
+    /// call is durable when it returns Ok. An error may be any file's on that filesystem
+    /// since this descriptor was opened.
+    pub fn syncfs(&self) -> io::Result<()> {
+        // SAFETY: syncfs only reads the descriptor, which `with_io` keeps open for the call.
+        self.with_io(|fd| cvt(unsafe { libc::syncfs(fd) }).map(drop))
+    }
+
     pub fn chmod(&self, mode: u32) -> io::Result<()> {
         let _own = self.own_change();
         chmod(self.path.get()?.as_fd(), mode)

@@ -393,15 +393,8 @@ impl ExtentFs {
             return match cmd {
                 "sync" => {
                     // Every file, also past one that fails; the first error is the answer.
-                    let mut first = Ok(());
-                    for c in &caches {
-                        if let Err(e) = self.ctx.sync_file(c, false) {
-                            if first.is_ok() {
-                                first = Err(err(e));
-                            }
-                        }
-                    }
-                    first
+                    // Durable with one syncfs per SOURCE filesystem, not an fsync per file.
+                    self.ctx.sync_files(&caches).map_err(err)
                 }
                 "drop" if inode.is_file() => {
                     // One file: drop its clean data and take SOURCE's size and attributes
