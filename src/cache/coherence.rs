@@ -192,13 +192,20 @@ impl CacheContext {
         // The mtime of the writes is stamped now too, not after the close, when it could
         // land over a change someone else made in between.
         c.apply_pending_mtime();
-        if crate::fs::path_fd::io_descriptors_short() {
-            // Its descriptor must not wait for the flusher: many files are being closed.
-            return self.commit(c, true, false, false);
+        use crate::fs::path_fd::{io_descriptors, IoDescriptors};
+        match io_descriptors() {
+            // Its descriptor must not wait: so many files are being closed that descriptors
+            // run out.
+            IoDescriptors::Short => return self.commit(c, true, false, false),
+            // The flusher's next pass (within a tick) makes it durable with the other files
+            // closed meanwhile: one syncfs, not an fsync per close; sooner when descriptors
+            // run low (each file awaiting its commit keeps one).
+            IoDescriptors::Low => {
+                c.commit_due.store(true, Ordering::Release);
+                self.flusher.kick(false);
+            }
+            IoDescriptors::Ample => c.commit_due.store(true, Ordering::Release),
         }
-        // The flusher's next pass (within a tick) makes it durable with the other files
-        // closed meanwhile: one syncfs, not an fsync per close.
-        c.commit_due.store(true, Ordering::Release);
         Ok(())
     }
 }

@@ -43,11 +43,31 @@ static LIVE: AtomicUsize = AtomicUsize::new(0);
 /// I/O descriptors open for data (one per `DataFile` in use, see `note_io`).
 static IO_OPEN: AtomicUsize = AtomicUsize::new(0);
 
-/// More I/O descriptors are open than half the `O_PATH` budget (a quarter of
-/// RLIMIT_NOFILE): callers that could keep one open for a while (data awaiting SOURCE's
-/// fsync) should settle it now instead, so that the descriptors go back.
-pub fn io_descriptors_short() -> bool {
-    IO_OPEN.load(Ordering::Relaxed) > BUDGET.load(Ordering::Relaxed) / 2
+/// How close the I/O descriptors open are to exhausting RLIMIT_NOFILE (the `O_PATH`
+/// budget is half of it): `Ample`, `Low` (more than a quarter of the budget: settle what
+/// keeps descriptors soon) or `Short` (more than three quarters: settle it now).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoDescriptors {
+    Ample,
+    Low,
+    Short,
+}
+
+pub fn io_descriptors() -> IoDescriptors {
+    io_descriptors_of(
+        IO_OPEN.load(Ordering::Relaxed),
+        BUDGET.load(Ordering::Relaxed),
+    )
+}
+
+fn io_descriptors_of(open: usize, budget: usize) -> IoDescriptors {
+    if open > budget / 4 * 3 {
+        IoDescriptors::Short
+    } else if open > budget / 4 {
+        IoDescriptors::Low
+    } else {
+        IoDescriptors::Ample
+    }
 }
 
 /// How many `O_PATH` descriptors are open now.
@@ -275,6 +295,17 @@ impl Drop for PathFd {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn io_descriptor_levels() {
+        assert_eq!(io_descriptors_of(0, 1000), IoDescriptors::Ample);
+        assert_eq!(io_descriptors_of(250, 1000), IoDescriptors::Ample);
+        assert_eq!(io_descriptors_of(251, 1000), IoDescriptors::Low);
+        assert_eq!(io_descriptors_of(751, 1000), IoDescriptors::Short);
+        // No budget set (usize::MAX): never short.
+        assert_eq!(io_descriptors_of(1 << 20, usize::MAX), IoDescriptors::Ample);
+    }
+
     use super::*;
 
     fn setup() -> (tempfile::TempDir, Arc<OwnedFd>, OwnedFd, (u64, u64)) {
