@@ -441,6 +441,50 @@ fn detached_daemon_logs_errors_to_syslog_by_path() {
 /// Everything acknowledged is in SOURCE after `extentfs umount`, which exits 0 (nothing was
 /// accepted that SOURCE could not take).
 #[test]
+fn write_fails_with_enospc_under_cache_kernel_with_coherence() {
+    // Under cache=kernel with coherence (the default), the kernel writes through: each write()
+    // reaches the daemon and gets ENOSPC when SOURCE cannot hold it, as under cache=pool.
+    let (_d, src, mnt) = dirs("space-kernel");
+    let _tmpfs = Tmpfs::mount(&src, "20m");
+    let daemon = Detached::start(
+        &src,
+        &mnt,
+        "cache=kernel,cache_size=128M,dirty_expire=60s",
+        &[],
+    );
+    let mut f = File::create(mnt.join("one")).unwrap();
+    let mut acked = 0u64;
+    let mut failed = None;
+    for i in 0..30u64 {
+        match f.write_all(&chunk(23, i, MIB as usize)) {
+            Ok(()) => acked += MIB,
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    let e = failed.expect("30 MiB into a 20 MiB SOURCE: some write() must fail");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    assert!((16 * MIB..=20 * MIB).contains(&acked), "{acked}");
+    drop(f);
+    let (code, err) = extentfs(&[os("umount"), mnt.as_os_str()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(gone(daemon.pid));
+    // Everything acknowledged is in SOURCE (a write() that failed may have left part of its
+    // megabyte, never more).
+    let got = std::fs::read(src.join("one")).unwrap();
+    assert!(got.len() as u64 >= acked, "{} < {acked}", got.len());
+    for i in 0..acked / MIB {
+        check_bytes(
+            &format!("SOURCE/one MiB {i}"),
+            &got[(i * MIB) as usize..((i + 1) * MIB) as usize],
+            &chunk(23, i, MIB as usize),
+        );
+    }
+}
+
+#[test]
 fn write_fails_with_enospc_when_source_cannot_hold_it() {
     let (_d, src, mnt) = dirs("space");
     let _tmpfs = Tmpfs::mount(&src, "20m");
@@ -533,8 +577,10 @@ fn cache_kernel_keeps_what_a_full_source_refuses_and_saves_it() {
     let (d, src, mnt) = dirs("kernel-full");
     let _tmpfs = Tmpfs::mount(&src, "4m");
     let rdir = d.path().join("recovery");
+    // coherence=none: the kernel's writeback cache, so every write reaches the daemon as
+    // page writeback, which takes no reservation (the kernel would drop a refused page).
     let opts = format!(
-        "cache=kernel,cache_size=64M,dirty_expire=60s,recovery_dir={}",
+        "cache=kernel,coherence=none,cache_size=64M,dirty_expire=60s,recovery_dir={}",
         rdir.display()
     );
     let daemon = Detached::start(&src, &mnt, &opts, &[]);

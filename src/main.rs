@@ -375,7 +375,11 @@ fn serve(
     ccfg.dirty_expire = cfg.dirty_expire;
     ccfg.writeback_threads = cfg.writeback_threads;
     ccfg.read_only = cfg.read_only;
-    ccfg.reserve_space = cfg.cache == extentfs::options::CacheMode::Pool;
+    // Every write(2) reaches the daemon as itself under cache=pool, and under cache=kernel
+    // unless the kernel's writeback cache is on (coherence=none), where it arrives as page
+    // writeback only.
+    ccfg.reserve_space = cfg.cache == extentfs::options::CacheMode::Pool
+        || cfg.coherence != extentfs::options::Coherence::None;
     let ctx = CacheContext::new(pool, ccfg);
     let fscfg = FsConfig {
         cache: cfg.cache,

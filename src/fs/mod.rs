@@ -1285,7 +1285,10 @@ impl Filesystem for ExtentFs {
                 let c = self.inode(ino).and_then(|i| self.cache_of(&i))?;
                 let pool = self.cfg.cache == CacheMode::Pool;
                 let append = flags.0 & libc::O_APPEND != 0;
-                let kind = if pool && write_flags.contains(WriteFlags::FUSE_WRITE_CACHE) {
+                // FUSE_WRITE_CACHE: the kernel writing back a page of its page cache (a
+                // mapping's, or any buffered write in writeback-cache mode). It drops a page
+                // whose writeback failed, so such writes take no SOURCE space reservation.
+                let kind = if write_flags.contains(WriteFlags::FUSE_WRITE_CACHE) {
                     WriteKind::PageCache
                 } else if append && (pool || self.coherent()) {
                     // Under cache=kernel the kernel picked the offset from the size it
