@@ -214,6 +214,27 @@ fn a_file_held_open_sees_changes_within_the_timeout() {
 }
 
 #[test]
+fn strict_reads_see_a_change_at_once() {
+    for mode in MODES {
+        let m = Mount::new(&format!("{mode},coherence=strict"));
+        let sp = m.src_path("log");
+        write_file(&sp, b"line 1\n");
+        let f = File::open(m.path("log")).unwrap();
+        assert_eq!(read_at_full(&f, 0, 64), b"line 1\n");
+        for i in 2..6 {
+            append(&sp, format!("line {i}\n").as_bytes());
+            let want: String = (1..=i).map(|k| format!("line {k}\n")).collect();
+            // No wait: the very next read sees it.
+            assert_eq!(
+                String::from_utf8(read_at_full(&f, 0, 256)).unwrap(),
+                want,
+                "{mode}"
+            );
+        }
+    }
+}
+
+#[test]
 fn dirty_data_survives_a_foreign_change_of_other_bytes() {
     for mode in MODES {
         let opts = format!("{mode},dirty_expire=60m");

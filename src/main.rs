@@ -384,7 +384,14 @@ fn serve(
     let fscfg = FsConfig {
         cache: cfg.cache,
         read_only: cfg.read_only,
-        ttl: cfg.attr_timeout,
+        // strict: nothing cached in the kernel either, so that every read and stat asks
+        // (under cache=kernel a read(2) then refreshes the attributes and the kernel drops
+        // pages of a file whose size or mtime changed).
+        ttl: if cfg.coherence == extentfs::options::Coherence::Strict {
+            std::time::Duration::ZERO
+        } else {
+            cfg.attr_timeout
+        },
         coherence: cfg.coherence,
         owner_uid: unsafe { libc::getuid() },
         atime: if cfg.noatime {

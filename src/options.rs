@@ -233,7 +233,7 @@ pub enum Coherence {
     /// Close-to-open, as NFS: every open revalidates against SOURCE, a close writes back,
     /// attributes and reads of a file held open revalidate once per `attr_timeout`.
     Cto,
-    /// As `Cto`, and every read revalidates too.
+    /// As `Cto`, and every read revalidates too; the kernel caches no attributes or names.
     Strict,
     /// extentfs is SOURCE's only writer: nothing is revalidated.
     None,
