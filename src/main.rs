@@ -3,6 +3,8 @@
 //! with one clear line before anything is mounted; then it daemonizes (unless `-f`), mounts,
 //! and returns only once the mount is live, which is what mount(8) and fstab rely on.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use clap::{CommandFactory, FromArgMatches, Parser};
 use extentfs::cache::{CacheConfig, CacheContext};
 use extentfs::fs::mount::{self, MountPointState};
