@@ -10,7 +10,7 @@
 //! Targets checked at the end: sequential 1 GiB fill <= 4 KiB of metadata; random 4 KiB
 //! worst case <= 104 B per cached block (a buffer-head design); 1 MiB alloc+free < 1 µs.
 
-#![deny(clippy::undocumented_unsafe_blocks)]
+#![deny(clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn)]
 
 use extentfs::cache::inode_cache::InodeCache;
 use extentfs::cache::{CacheConfig, CacheContext, WriteKind};

@@ -3,7 +3,7 @@
 //! with one clear line before anything is mounted; then it daemonizes (unless `-f`), mounts,
 //! and returns only once the mount is live, which is what mount(8) and fstab rely on.
 
-#![deny(clippy::undocumented_unsafe_blocks)]
+#![deny(clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn)]
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 use extentfs::cache::{CacheConfig, CacheContext};

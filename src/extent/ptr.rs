@@ -475,7 +475,8 @@ impl ExtentPtr {
     pub unsafe fn zero(&self, off: u64, len: usize) {
         // SAFETY: for_each_piece checked the range is inside the extent and hands out `p` valid
         // for `n` bytes of one run; the caller's LOCKED makes this the only access to them.
-        self.0.for_each_piece(off, len, |p, n| unsafe { std::ptr::write_bytes(p, 0, n) });
+        self.0
+            .for_each_piece(off, len, |p, n| unsafe { std::ptr::write_bytes(p, 0, n) });
     }
 
     /// Append iovecs covering `[off, off+len)` to `out` (for preadv/pwritev).
