@@ -326,19 +326,19 @@ fn mount_on_tmpfs(opts: &str) -> (TmpfsOn, Mount) {
 /// their last name through the mount: they stay reachable with nlink 0, as on a local
 /// filesystem, not ESTALE.
 fn held_inodes_survive_removal(m: &Mount) {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    use std::os::unix::ffi::OsStrExt;
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::fs::OpenOptionsExt;
     std::fs::write(m.path("f"), b"x").unwrap();
     std::fs::create_dir(m.path("d")).unwrap();
-    let hold = |p: &std::path::Path, flags: i32| {
-        let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-        // SAFETY: `c` is a NUL-terminated CString alive across the call; no O_CREAT, so no mode is
-        // read.
-        let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC | flags) };
-        assert!(fd >= 0, "open {p:?}: {}", std::io::Error::last_os_error());
-        // SAFETY: `fd` is non-negative (asserted above): the new descriptor just opened, owned by
-        // nobody else.
-        unsafe { OwnedFd::from_raw_fd(fd) }
+    // std opens with O_RDONLY (0) | O_CLOEXEC | the custom flags: open(p, O_PATH | O_CLOEXEC |
+    // flags), as a raw open would.
+    let hold = |p: &std::path::Path, flags: i32| -> OwnedFd {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | flags)
+            .open(p)
+            .unwrap_or_else(|e| panic!("open {p:?}: {e}"))
+            .into()
     };
     let f = hold(&m.path("f"), 0);
     let d = hold(&m.path("d"), libc::O_DIRECTORY);

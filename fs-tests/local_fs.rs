@@ -345,14 +345,16 @@ fn setid_cleared_by_every_modification(opts: &str) {
         }
         // Root (CAP_FSETID) keeps them.
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o6777)).unwrap();
-        // SAFETY: `cf` is a NUL-terminated CString alive across the call; no O_CREAT, so no mode is
-        // read.
-        let fd = unsafe { libc::open(cf.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-        assert!(fd >= 0);
-        // SAFETY: fallocate takes no pointers; `fd` is ours (checked >= 0), closed just below.
+        // std's read+write open is open(f, O_RDWR | O_CLOEXEC); the File closes it at the end.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&f)
+            .unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        // SAFETY: fallocate takes no pointers; `fd` belongs to `file`, open across the call.
         assert_eq!(unsafe { libc::fallocate(fd, 0, 0, 16384) }, 0);
-        // SAFETY: `fd` came from the open above, is owned by nothing else and is closed here once.
-        unsafe { libc::close(fd) };
+        drop(file);
         assert_eq!(crate::posix::lstat(&f).st_mode & 0o7777, 0o6777);
     }
 }

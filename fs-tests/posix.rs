@@ -271,9 +271,10 @@ fn mkdir_rmdir_unlink_errnos() {
     assert!(!m.src_path("d").exists());
     assert_eq!(errno_of(std::fs::metadata(m.path("d"))), libc::ENOENT);
     // mkdir's mode reaches SOURCE (umask of the test process applies).
-    let c = cpath(&m.path("e"));
-    // SAFETY: `c` is a NUL-terminated CString alive across the call.
-    assert_eq!(unsafe { libc::mkdir(c.as_ptr(), 0o700) }, 0);
+    // DirBuilder with a mode is mkdir(path, 0o700).
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(m.path("e"))
+        .unwrap();
     assert_eq!(lstat(&m.src_path("e")).st_mode & 0o7777, 0o700);
 }
 
