@@ -133,6 +133,8 @@ impl Drop for Daemons {
         }
         for pid in daemon_pids(&self.marker) {
             if !wait_gone(pid, Duration::from_secs(60)) {
+                // SAFETY: kill touches no memory; `pid` is a daemon of this test's mount (found by
+                // its marker) that did not go away in time.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
                 wait_gone(pid, Duration::from_secs(5));
             }
@@ -610,6 +612,8 @@ fn sigterm_writes_back_dirty_data_and_exits_0() {
     assert_eq!(std::fs::metadata(m.src_path("open")).unwrap().len(), 0);
 
     let pid = m.pid().unwrap() as i32;
+    // SAFETY: kill touches no memory; `pid` is the daemon, the Mount's unreaped child, so it names
+    // no other process.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     // The daemon writes back, then detaches the mount.
     assert!(
@@ -921,6 +925,7 @@ fn read_only_mount() {
         erofs
     );
     let c = crate::posix::cpath(&m.path("f"));
+    // SAFETY: `c` is a NUL-terminated CString alive across the call.
     assert_eq!(unsafe { libc::truncate(c.as_ptr(), 0) }, -1);
     assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(erofs));
     assert_eq!(errno_of(setxattr(&m.path("f"), "user.x", b"1")), erofs);

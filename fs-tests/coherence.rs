@@ -54,7 +54,8 @@ fn set_times(p: &Path, sec: i64, nsec: i64) {
         tv_sec: sec,
         tv_nsec: nsec,
     };
-    // SAFETY: `c` is a NUL-terminated path, `times` points at two timespecs.
+    // SAFETY: `c` is a NUL-terminated CString, and the temporary array holds exactly the two
+    // timespecs utimensat reads; both live until the end of the statement.
     let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), [t, t].as_ptr(), 0) };
     assert_eq!(r, 0, "utimensat {}", p.display());
 }

@@ -78,12 +78,15 @@ fn cvt(r: libc::c_int, what: &str) {
 }
 
 fn fallocate(f: &File, mode: i32, off: u64, len: u64) {
+    // SAFETY: fallocate takes no pointers; `f` is borrowed, so its descriptor is open across the
+    // call.
     let r = unsafe { libc::fallocate(f.as_raw_fd(), mode, off as i64, len as i64) };
     cvt(r, &format!("fallocate(mode {mode:#x}, {off}, {len})"));
 }
 
 /// lseek with SEEK_DATA/SEEK_HOLE: Ok(offset) or Err(errno).
 fn lseek(f: &File, off: i64, whence: i32) -> Result<i64, i32> {
+    // SAFETY: lseek takes no pointers; `f` is borrowed, so its descriptor is open across the call.
     let r = unsafe { libc::lseek(f.as_raw_fd(), off, whence) };
     if r < 0 {
         Err(std::io::Error::last_os_error().raw_os_error().unwrap())
@@ -98,6 +101,8 @@ fn copy_range(src: &File, mut off_in: u64, dst: &File, mut off_out: u64, len: u6
     while left > 0 {
         let mut i = off_in as i64;
         let mut o = off_out as i64;
+        // SAFETY: `i` and `o` are live i64s the kernel reads and updates; `src` and `dst` are
+        // borrowed, so their descriptors are open across the call.
         let n = unsafe {
             libc::copy_file_range(
                 src.as_raw_fd(),
@@ -771,6 +776,7 @@ fn mmap_stores_race_pwrite(mode: &str) {
             // Zero-filled through a mapping first: the kernel holds every page, dirty.
             0 => Mapping::new(&f, PAGES * PG).bytes_mut().fill(0),
             1 => {
+                // SAFETY: fallocate takes no pointers; `f` is open across the call.
                 let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, (PAGES * PG) as i64) };
                 assert_eq!(r, 0, "fallocate: {}", std::io::Error::last_os_error());
             }

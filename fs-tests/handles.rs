@@ -26,6 +26,9 @@ fn handle_of(p: &Path) -> Handle {
     };
     let mut mount_id = 0;
     let c = cpath(p);
+    // SAFETY: Handle is #[repr(C)] like struct file_handle (u32 handle_bytes, i32 handle_type, then
+    // the bytes) with 128 bytes of room, which `len` tells the kernel, so it writes within `h`; `c`
+    // is a NUL-terminated CString and `mount_id` a live int.
     let r = unsafe {
         libc::name_to_handle_at(
             libc::AT_FDCWD,
@@ -48,6 +51,9 @@ fn handle_of(p: &Path) -> Handle {
 /// open_by_handle_at on the mount at `mnt`: the open file, or the errno.
 fn open_by_handle(mnt: &Path, h: &mut Handle, flags: i32) -> Result<std::fs::File, i32> {
     let dir = std::fs::File::open(mnt).unwrap();
+    // SAFETY: `h` is a live Handle laid out as struct file_handle whose `len` (from
+    // name_to_handle_at, at most 128) fits its bytes; the kernel only reads it. `dir` is open
+    // across the call.
     let fd = unsafe {
         libc::open_by_handle_at(
             std::os::fd::AsRawFd::as_raw_fd(&dir),
@@ -58,6 +64,8 @@ fn open_by_handle(mnt: &Path, h: &mut Handle, flags: i32) -> Result<std::fs::Fil
     if fd < 0 {
         return Err(std::io::Error::last_os_error().raw_os_error().unwrap());
     }
+    // SAFETY: `fd` is non-negative (checked above): the new descriptor open_by_handle_at returned,
+    // owned by nobody else.
     Ok(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
@@ -216,6 +224,7 @@ fn the_daemon_takes_the_descriptor_limit_it_may() {
         rlim_cur: 0,
         rlim_max: 0,
     };
+    // SAFETY: `rl` is a live, writable rlimit the kernel fills.
     assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) }, 0);
     let want = if has_cap_sys_resource() {
         nr_open.max(rl.rlim_max)
@@ -317,15 +326,19 @@ fn mount_on_tmpfs(opts: &str) -> (TmpfsOn, Mount) {
 /// their last name through the mount: they stay reachable with nlink 0, as on a local
 /// filesystem, not ESTALE.
 fn held_inodes_survive_removal(m: &Mount) {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    use std::os::unix::ffi::OsStrExt;
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::fs::OpenOptionsExt;
     std::fs::write(m.path("f"), b"x").unwrap();
     std::fs::create_dir(m.path("d")).unwrap();
-    let hold = |p: &std::path::Path, flags: i32| {
-        let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-        let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC | flags) };
-        assert!(fd >= 0, "open {p:?}: {}", std::io::Error::last_os_error());
-        unsafe { OwnedFd::from_raw_fd(fd) }
+    // std opens with O_RDONLY (0) | O_CLOEXEC | the custom flags: open(p, O_PATH | O_CLOEXEC |
+    // flags), as a raw open would.
+    let hold = |p: &std::path::Path, flags: i32| -> OwnedFd {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | flags)
+            .open(p)
+            .unwrap_or_else(|e| panic!("open {p:?}: {e}"))
+            .into()
     };
     let f = hold(&m.path("f"), 0);
     let d = hold(&m.path("d"), libc::O_DIRECTORY);
@@ -335,7 +348,10 @@ fn held_inodes_survive_removal(m: &Mount) {
     std::fs::remove_file(m.path("f")).unwrap();
     std::fs::remove_dir(m.path("d")).unwrap();
     for (what, fd) in [("file", &f), ("directory", &d)] {
+        // SAFETY: libc::stat is plain old data (integers only), so all-zero bytes are a valid
+        // value.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `st` is a live, writable libc::stat; `fd` is an OwnedFd held across the call.
         let r = unsafe { libc::fstat(fd.as_raw_fd(), &mut st) };
         assert_eq!(
             r,

@@ -20,6 +20,7 @@ pub const MIB: u64 = 1 << 20;
 
 pub fn require_root() {
     assert_eq!(
+        // SAFETY: geteuid takes no arguments, touches no memory and cannot fail.
         unsafe { libc::geteuid() },
         0,
         "fs-tests mount FUSE filesystems and must run as root (with /dev/fuse)"
@@ -53,11 +54,13 @@ pub fn mount_entry(path: &Path) -> Option<(String, String)> {
 
 pub fn umount(path: &Path) -> bool {
     let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `c` is a NUL-terminated CString alive across the call; umount2 only reads it.
     unsafe { libc::umount2(c.as_ptr(), 0) == 0 }
 }
 
 pub fn umount_lazy(path: &Path) {
     let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `c` is a NUL-terminated CString alive across the call; umount2 only reads it.
     unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
 }
 
@@ -189,6 +192,8 @@ impl Mount {
     /// Kill the daemon with a signal (crash tests); the dead mount stays until `cleanup_dead`.
     pub fn kill(&mut self, sig: i32) -> ExitStatus {
         let mut child = self.child.take().expect("mounted");
+        // SAFETY: `child` is our child and not yet waited for, so its pid cannot have been reused
+        // by another process; kill touches no memory.
         unsafe { libc::kill(child.id() as i32, sig) };
         wait_or_kill(&mut child, Duration::from_secs(120))
     }
@@ -283,6 +288,8 @@ pub fn getxattr(path: &Path, name: &str) -> Option<String> {
     let p = CString::new(path.as_os_str().as_bytes()).unwrap();
     let n = CString::new(name).unwrap();
     let mut buf = vec![0u8; 1 << 20];
+    // SAFETY: `p` and `n` are NUL-terminated CStrings alive across the call; the kernel writes at
+    // most `buf.len()` bytes into `buf`, a live Vec.
     let r = unsafe {
         libc::getxattr(
             p.as_ptr(),
@@ -301,6 +308,8 @@ pub fn getxattr(path: &Path, name: &str) -> Option<String> {
 pub fn setxattr(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
     let p = CString::new(path.as_os_str().as_bytes()).unwrap();
     let n = CString::new(name).unwrap();
+    // SAFETY: `p` and `n` are NUL-terminated CStrings alive across the call; the kernel reads
+    // `value.len()` bytes from `value`, a live slice.
     let r = unsafe {
         libc::setxattr(
             p.as_ptr(),
@@ -333,25 +342,36 @@ pub struct AlignedBuf {
     layout: Layout,
 }
 
+// SAFETY: AlignedBuf owns its allocation exclusively (no other pointer to it exists, it is not
+// Clone), like a Box<[u8]>, and u8 is Send, so moving it to another thread is sound.
 unsafe impl Send for AlignedBuf {}
 
 impl AlignedBuf {
     pub fn new(len: usize) -> AlignedBuf {
+        assert!(len > 0, "AlignedBuf of 0 bytes");
         let layout = Layout::from_size_align(len, 4096).unwrap();
+        // SAFETY: `layout` has a non-zero size (asserted above) and a power-of-two alignment
+        // (from_size_align checked it), as alloc_zeroed requires.
         let ptr = unsafe { alloc_zeroed(layout) };
         assert!(!ptr.is_null());
         AlignedBuf { ptr, layout }
     }
     pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr` is a live allocation of layout.size() zero-initialized bytes owned by self,
+        // and the shared borrow of self keeps as_mut_slice away while the slice lives.
         unsafe { std::slice::from_raw_parts(self.ptr, self.layout.size()) }
     }
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: `ptr` is a live allocation of layout.size() initialized bytes owned by self; the
+        // unique borrow of self makes this the only view.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
     }
 }
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
+        // SAFETY: `ptr` was allocated in new() with exactly `self.layout`, by the global allocator,
+        // and is freed only here, once.
         unsafe { dealloc(self.ptr, self.layout) };
     }
 }
@@ -364,6 +384,9 @@ pub struct Mapping {
 
 impl Mapping {
     pub fn new(f: &File, len: usize) -> Mapping {
+        // SAFETY: a null hint, a length, protections and flags cannot violate memory safety: mmap
+        // picks a fresh range that overlaps nothing of ours; `f` is open for the call (the mapping
+        // keeps its own reference to the file).
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -385,12 +408,20 @@ impl Mapping {
         }
     }
     pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr` maps `len` bytes readable (PROT_READ), alive until drop; within the file's
+        // size (the tests map no more than it holds) they can be read without SIGBUS. The shared
+        // borrow of self keeps bytes_mut away; the tests change the file through other descriptors
+        // only while no slice is alive.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
     pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: `ptr` maps `len` bytes writable (PROT_WRITE), alive until drop; the unique borrow
+        // of self makes this the only view in this process.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
     pub fn sync(&self) {
+        // SAFETY: `ptr`/`len` are exactly the mapping made in new(), still mapped; msync does not
+        // change it.
         let r = unsafe { libc::msync(self.ptr as *mut _, self.len, libc::MS_SYNC) };
         assert_eq!(r, 0, "msync: {}", std::io::Error::last_os_error());
     }
@@ -398,6 +429,8 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly the mapping made in new(), unmapped only here, once; no
+        // slice of it outlives self.
         unsafe { libc::munmap(self.ptr as *mut _, self.len) };
     }
 }
@@ -459,8 +492,11 @@ pub fn random_bytes(rng: &mut Rng, len: usize) -> Vec<u8> {
 /// statvfs of `p` (panics on failure).
 pub fn statvfs(p: &Path) -> libc::statvfs {
     let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    // SAFETY: libc::statvfs is plain old data (integers only), so all-zero bytes are a valid value.
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
     assert_eq!(
+        // SAFETY: `c` is a NUL-terminated CString and `s` a live, writable libc::statvfs, both
+        // alive across the call.
         unsafe { libc::statvfs(c.as_ptr(), &mut s) },
         0,
         "statvfs {}",

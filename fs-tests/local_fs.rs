@@ -12,6 +12,8 @@ use std::process::{Command, Stdio};
 fn set_in_source(p: &Path, name: &str, value: &[u8]) {
     let c = cpath(p);
     let n = CString::new(name).unwrap();
+    // SAFETY: `c` and `n` are NUL-terminated CStrings alive across the call; the kernel reads
+    // `value.len()` bytes from `value`, a live slice.
     let r = unsafe {
         libc::lsetxattr(
             c.as_ptr(),
@@ -47,6 +49,9 @@ fn trusted_names_hidden_from_unprivileged_callers() {
     let path = cpath(&f);
     let want: &[u8] = b"user.visible\0";
     let mut buf = [0u8; 256];
+    // SAFETY: in the as_nobody child (system calls only, as its contract asks): `path` is a CString
+    // and `buf` a stack buffer made before the fork; listxattr writes at most `buf.len()` bytes
+    // into `buf`, and a null buffer of size 0 only asks for the size.
     let r = as_nobody(|| unsafe {
         let n = libc::listxattr(path.as_ptr(), buf.as_mut_ptr() as *mut _, buf.len());
         if n < 0 {
@@ -66,6 +71,9 @@ fn trusted_names_hidden_from_unprivileged_callers() {
         "listxattr as nobody (200: trusted name listed; else errno)"
     );
     let name = c"trusted.hidden";
+    // SAFETY: in the as_nobody child (system calls only): `path` is a CString and `buf` a buffer
+    // made before the fork, and getxattr writes at most `buf.len()` bytes into it; `name` is a
+    // static C string.
     let r = as_nobody(|| unsafe {
         let n = libc::getxattr(
             path.as_ptr(),
@@ -155,6 +163,8 @@ fn efbig_past_source_limit(opts: &str) {
     let direct = if kernel { libc::O_DIRECT } else { 0 };
     let open = |rel: &str, flags: i32| {
         let c = cpath(&m.path(rel));
+        // SAFETY: `c` is a NUL-terminated CString alive across the call; 0o644 is the variadic mode
+        // O_CREAT reads.
         let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC, 0o644) };
         assert!(fd >= 0, "open {rel}: {}", std::io::Error::last_os_error());
         fd
@@ -162,6 +172,8 @@ fn efbig_past_source_limit(opts: &str) {
     let f = open("f", libc::O_RDWR | direct);
     let buf = AlignedBuf::new(64 * KIB as usize);
     let pwrite = |fd: i32, len: usize, off: u64| {
+        // SAFETY: pwrite reads `len` bytes from `buf`, which holds 64 KiB; every caller below
+        // passes len <= 64 KiB; `fd` is one of ours, open until the close at the end.
         raw_errno(unsafe { libc::pwrite(fd, buf.as_slice().as_ptr() as *const _, len, off as i64) })
     };
     // generic/564's write: 64 KiB at 8 EiB - 65537.
@@ -171,14 +183,17 @@ fn efbig_past_source_limit(opts: &str) {
     );
     assert_eq!(pwrite(f, 4096, EXT4_1K_MAX), Err(libc::EFBIG));
     assert_eq!(
+        // SAFETY: ftruncate takes no pointers; `f` is our descriptor, open until the close below.
         raw_errno(unsafe { libc::ftruncate(f, (5u64 << 40) as i64) } as isize),
         Err(libc::EFBIG)
     );
     assert_eq!(
+        // SAFETY: fallocate takes no pointers; `f` is our descriptor, open until the close below.
         raw_errno(unsafe { libc::fallocate(f, 0, 5 << 40, 4096) } as isize),
         Err(libc::EFBIG)
     );
     assert_eq!(
+        // SAFETY: fallocate takes no pointers; `f` is our descriptor, open until the close below.
         raw_errno(unsafe {
             libc::fallocate(
                 f,
@@ -194,6 +209,8 @@ fn efbig_past_source_limit(opts: &str) {
     for dst in [8u64 << 40, EXT4_1K_MAX] {
         let mut off_in: i64 = 0;
         let mut off_out = dst as i64;
+        // SAFETY: `off_in` and `off_out` are live i64s the kernel reads and updates; `f` and `g`
+        // are our descriptors, open until the close below.
         let r = unsafe { libc::copy_file_range(f, &mut off_in, g, &mut off_out, 4096, 0) };
         assert_eq!(raw_errno(r as isize), Err(libc::EFBIG), "copy to {dst}");
     }
@@ -206,6 +223,8 @@ fn efbig_past_source_limit(opts: &str) {
     } else {
         assert_eq!(crossing, Ok(1024));
     }
+    // SAFETY: `f` and `g` came from `open` above, are owned by no File/OwnedFd and are closed here
+    // once.
     unsafe {
         libc::close(f);
         libc::close(g);
@@ -245,6 +264,9 @@ enum Modify {
 
 /// Run `how` on `f` as uid/gid 65534 (copying from `from`); 0 or the errno.
 fn modify_as_nobody(how: Modify, f: &CString, from: &CString) -> i32 {
+    // SAFETY: in the as_nobody child (system calls only, as its contract asks): `f` and `from` are
+    // CStrings made before the fork; pwrite reads 1 byte of the static b"y"; copy_file_range gets
+    // live i64 offsets; every descriptor opened is closed once.
     as_nobody(|| unsafe {
         let fd = libc::open(f.as_ptr(), libc::O_RDWR);
         if fd < 0 {
@@ -323,10 +345,16 @@ fn setid_cleared_by_every_modification(opts: &str) {
         }
         // Root (CAP_FSETID) keeps them.
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o6777)).unwrap();
-        let fd = unsafe { libc::open(cf.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-        assert!(fd >= 0);
+        // std's read+write open is open(f, O_RDWR | O_CLOEXEC); the File closes it at the end.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&f)
+            .unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        // SAFETY: fallocate takes no pointers; `fd` belongs to `file`, open across the call.
         assert_eq!(unsafe { libc::fallocate(fd, 0, 0, 16384) }, 0);
-        unsafe { libc::close(fd) };
+        drop(file);
         assert_eq!(crate::posix::lstat(&f).st_mode & 0o7777, 0o6777);
     }
 }
@@ -347,6 +375,8 @@ fn setid_cleared_by_every_modification_kernel() {
 fn lgetxattr_errno(p: &Path, name: &CString) -> i32 {
     let c = cpath(p);
     let mut buf = [0u8; 256];
+    // SAFETY: `c` and `name` are NUL-terminated CStrings alive across the call; the kernel writes
+    // at most `buf.len()` bytes into `buf`, a live array.
     let r = unsafe {
         libc::lgetxattr(
             c.as_ptr(),
@@ -449,6 +479,7 @@ fn absent_xattrs_are_remembered_not_errors() {
     assert_eq!(getxattr_raw(&f1, "security.selinux").unwrap(), b"theirs");
     // Removed through the mount: absent again.
     let c = cpath(&f0);
+    // SAFETY: `c` and `label` are NUL-terminated CStrings alive across the call.
     assert_eq!(unsafe { libc::removexattr(c.as_ptr(), label.as_ptr()) }, 0);
     assert_eq!(lgetxattr_errno(&f0, &label), libc::ENODATA);
 }
@@ -476,6 +507,7 @@ fn unprivileged_mount_with_0600_dev_fuse_says_why_once() {
         std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
     }
     let n = cpath(&node);
+    // SAFETY: `n` is a NUL-terminated CString alive across the call.
     let r = unsafe { libc::mknod(n.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(10, 229)) };
     assert_eq!(r, 0, "mknod: {}", std::io::Error::last_os_error());
     let script = format!(

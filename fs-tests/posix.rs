@@ -39,16 +39,23 @@ fn rc(r: libc::c_int) -> Result<libc::c_int, i32> {
 
 fn open_raw(p: &Path, flags: i32, mode: u32) -> Result<i32, i32> {
     let c = cpath(p);
+    // SAFETY: `c` is a NUL-terminated CString alive across the call; `mode` is passed as the
+    // variadic unsigned int open reads with O_CREAT.
     rc(unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC, mode) })
 }
 
 fn close(fd: i32) {
+    // SAFETY: close takes a descriptor number only; the callers pass descriptors from open_raw that
+    // they own and close once, no OwnedFd/File owns them.
     unsafe { libc::close(fd) };
 }
 
 pub(crate) fn lstat(p: &Path) -> libc::stat {
     let c = cpath(p);
+    // SAFETY: libc::stat is plain old data (integers only), so all-zero bytes are a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated CString and `st` a live, writable libc::stat, both alive
+    // across the call.
     let r = unsafe { libc::lstat(c.as_ptr(), &mut st) };
     assert_eq!(
         r,
@@ -62,6 +69,7 @@ pub(crate) fn lstat(p: &Path) -> libc::stat {
 
 fn rename2(a: &Path, b: &Path, flags: libc::c_uint) -> Result<(), i32> {
     let (ca, cb) = (cpath(a), cpath(b));
+    // SAFETY: `ca` and `cb` are NUL-terminated CStrings alive across the call.
     rc(unsafe {
         libc::renameat2(
             libc::AT_FDCWD,
@@ -78,6 +86,8 @@ fn rename2(a: &Path, b: &Path, flags: libc::c_uint) -> Result<(), i32> {
 pub(crate) fn listxattr(p: &Path) -> Vec<Vec<u8>> {
     let c = cpath(p);
     let mut buf = vec![0u8; 1 << 16];
+    // SAFETY: `c` is a NUL-terminated CString alive across the call; the kernel writes at most
+    // `buf.len()` bytes into `buf`, a live Vec.
     let r = unsafe { libc::listxattr(c.as_ptr(), buf.as_mut_ptr() as *mut _, buf.len()) };
     assert!(
         r >= 0,
@@ -97,6 +107,8 @@ pub(crate) fn getxattr_raw(p: &Path, name: &str) -> Result<Vec<u8>, i32> {
     let c = cpath(p);
     let n = CString::new(name).unwrap();
     let mut buf = vec![0u8; 1 << 16];
+    // SAFETY: `c` and `n` are NUL-terminated CStrings alive across the call; the kernel writes at
+    // most `buf.len()` bytes into `buf`, a live Vec.
     let r = unsafe {
         libc::getxattr(
             c.as_ptr(),
@@ -116,9 +128,16 @@ pub(crate) fn getxattr_raw(p: &Path, name: &str) -> Result<Vec<u8>, i32> {
 /// returns what `f` returned (0 = success, else an errno), or panics if the child died.
 /// `f` must only make raw system calls (no allocation: the test process has threads).
 pub(crate) fn as_nobody(f: impl FnOnce() -> i32) -> i32 {
+    // SAFETY: fork itself takes no arguments; what the child may do afterwards (the process has
+    // threads) is limited below to system calls and `f`, whose contract (documented above) is the
+    // same.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
     if pid == 0 {
+        // SAFETY: in the child, only async-signal-safe system calls run: setgroups with a count of
+        // 0 reads no list (null is fine), setgid/setuid take ids, and _exit never returns, so no
+        // Rust code of the parent's other threads (gone in the child) is re-entered, except `f`,
+        // which by this function's contract only makes system calls.
         unsafe {
             if libc::setgroups(0, std::ptr::null()) != 0
                 || libc::setgid(NOBODY) != 0
@@ -131,6 +150,7 @@ pub(crate) fn as_nobody(f: impl FnOnce() -> i32) -> i32 {
         }
     }
     let mut status = 0;
+    // SAFETY: `status` is a live int waitpid writes; `pid` is our child, not yet reaped.
     let r = unsafe { libc::waitpid(pid, &mut status, 0) };
     assert_eq!(r, pid);
     assert!(libc::WIFEXITED(status), "child died: status {status:#x}");
@@ -142,6 +162,7 @@ pub(crate) fn as_nobody(f: impl FnOnce() -> i32) -> i32 {
 /// The errno of `r` in an `as_nobody` child (0 on success).
 pub(crate) fn child_errno(r: libc::c_int) -> i32 {
     if r < 0 {
+        // SAFETY: __errno_location returns the calling thread's errno, valid for the thread's life.
         unsafe { *libc::__errno_location() }
     } else {
         0
@@ -250,8 +271,10 @@ fn mkdir_rmdir_unlink_errnos() {
     assert!(!m.src_path("d").exists());
     assert_eq!(errno_of(std::fs::metadata(m.path("d"))), libc::ENOENT);
     // mkdir's mode reaches SOURCE (umask of the test process applies).
-    let c = cpath(&m.path("e"));
-    assert_eq!(unsafe { libc::mkdir(c.as_ptr(), 0o700) }, 0);
+    // DirBuilder with a mode is mkdir(path, 0o700).
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(m.path("e"))
+        .unwrap();
     assert_eq!(lstat(&m.src_path("e")).st_mode & 0o7777, 0o700);
 }
 
@@ -461,6 +484,7 @@ fn symlinks() {
 fn special_files() {
     let m = Mount::new("cache_size=32M");
     let fifo = cpath(&m.path("fifo"));
+    // SAFETY: `fifo` is a NUL-terminated CString alive across the call.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
     assert!(std::fs::metadata(m.path("fifo"))
         .unwrap()
@@ -473,6 +497,7 @@ fn special_files() {
 
     let sock = cpath(&m.path("sock"));
     assert_eq!(
+        // SAFETY: `sock` is a NUL-terminated CString alive across the call.
         unsafe { libc::mknod(sock.as_ptr(), libc::S_IFSOCK | 0o600, 0) },
         0
     );
@@ -498,6 +523,7 @@ fn special_files() {
     let dev = cpath(&m.path("null"));
     let rdev = libc::makedev(1, 3);
     assert_eq!(
+        // SAFETY: `dev` is a NUL-terminated CString alive across the call.
         unsafe { libc::mknod(dev.as_ptr(), libc::S_IFCHR | 0o666, rdev) },
         0,
         "mknod chr: {}",
@@ -513,6 +539,7 @@ fn special_files() {
     let bdev = cpath(&m.path("blk"));
     let brdev = libc::makedev(7, 200);
     assert_eq!(
+        // SAFETY: `bdev` is a NUL-terminated CString alive across the call.
         unsafe { libc::mknod(bdev.as_ptr(), libc::S_IFBLK | 0o600, brdev) },
         0
     );
@@ -578,6 +605,8 @@ fn chmod_chown_utimens_with(opts: &str) {
     let c = cpath(&m.path("f"));
     let set = |a: libc::timespec, b: libc::timespec| {
         let ts = [a, b];
+        // SAFETY: `c` is a NUL-terminated CString and `ts` exactly the two timespecs utimensat
+        // reads, both alive across the call.
         let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), 0) };
         assert_eq!(r, 0, "utimensat: {}", std::io::Error::last_os_error());
     };
@@ -671,10 +700,12 @@ fn truncate_and_sizes_with(opts: &str) {
     assert_eq!(std::fs::metadata(m.path("f")).unwrap().len(), 100_000);
 
     let c = cpath(&m.path("f"));
+    // SAFETY: `c` is a NUL-terminated CString alive across the call.
     assert_eq!(unsafe { libc::truncate(c.as_ptr(), 5000) }, 0);
     assert_eq!(std::fs::metadata(m.path("f")).unwrap().len(), 5000);
     assert_eq!(std::fs::read(m.path("f")).unwrap(), &data[..5000]);
     // Grow: the new bytes read as zeros (also those that once held data).
+    // SAFETY: `c` is a NUL-terminated CString alive across the call.
     assert_eq!(unsafe { libc::truncate(c.as_ptr(), 20_000) }, 0);
     let got = std::fs::read(m.path("f")).unwrap();
     assert_eq!(got.len(), 20_000);
@@ -683,12 +714,16 @@ fn truncate_and_sizes_with(opts: &str) {
         got[5000..].iter().all(|&b| b == 0),
         "stale bytes after grow"
     );
+    // SAFETY: `c` is a NUL-terminated CString alive across the call.
     assert_eq!(unsafe { libc::truncate(c.as_ptr(), 0) }, 0);
     assert_eq!(std::fs::metadata(m.path("f")).unwrap().len(), 0);
+    // SAFETY: `c` is a NUL-terminated CString alive across the call; a negative length is refused
+    // (EINVAL), not UB.
     assert_eq!(unsafe { libc::truncate(c.as_ptr(), -1) }, -1);
     assert_eq!(last_errno(), libc::EINVAL);
     std::fs::create_dir(m.path("d")).unwrap();
     let d = cpath(&m.path("d"));
+    // SAFETY: `d` is a NUL-terminated CString alive across the call.
     assert_eq!(unsafe { libc::truncate(d.as_ptr(), 0) }, -1);
     assert_eq!(last_errno(), libc::EISDIR);
 
@@ -768,20 +803,28 @@ fn readdir_2000_entries_each_once() {
     }
     // `.` and `..` come from raw getdents and are there exactly once.
     let c = cpath(&m.path("pre"));
+    // SAFETY: `c` is a NUL-terminated CString alive across the call; the stream returned is checked
+    // non-null below and closed once, at the end.
     let dir = unsafe { libc::opendir(c.as_ptr()) };
     assert!(!dir.is_null());
     let (mut dots, mut total) = (0, 0);
     loop {
+        // SAFETY: `dir` is the non-null stream opened above, used only by this thread and not yet
+        // closed.
         let e = unsafe { libc::readdir(dir) };
         if e.is_null() {
             break;
         }
+        // SAFETY: readdir returned non-null: a dirent valid until the next readdir/closedir on
+        // `dir`, and glibc NUL-terminates its d_name; `name` is not used past this iteration.
         let name = unsafe { std::ffi::CStr::from_ptr((*e).d_name.as_ptr()) }.to_bytes();
         if name == b"." || name == b".." {
             dots += 1;
         }
         total += 1;
     }
+    // SAFETY: `dir` is the stream opened above, closed only here, once; no dirent pointer is used
+    // after.
     unsafe { libc::closedir(dir) };
     assert_eq!((dots, total), (2, 2002));
 }
@@ -874,9 +917,13 @@ fn user_xattrs_pass_through() {
         // Size probe (size 0) and a too-small buffer.
         let c = cpath(&p);
         let n = CString::new("user.color").unwrap();
+        // SAFETY: `c` and `n` are NUL-terminated CStrings alive across the call; a null buffer of
+        // size 0 only asks for the value's size.
         let r = unsafe { libc::getxattr(c.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
         assert_eq!(r, 4);
         let mut small = [0u8; 2];
+        // SAFETY: `c` and `n` are NUL-terminated CStrings alive across the call; the kernel writes
+        // at most `small.len()` (2) bytes into `small`.
         let r = unsafe {
             libc::getxattr(
                 c.as_ptr(),
@@ -889,6 +936,8 @@ fn user_xattrs_pass_through() {
 
         // XATTR_CREATE / XATTR_REPLACE semantics.
         let v = b"red";
+        // SAFETY: `c` and `n` are NUL-terminated CStrings alive across the call; the kernel reads 3
+        // bytes from `v`, which holds 3.
         let r = unsafe {
             libc::setxattr(
                 c.as_ptr(),
@@ -900,6 +949,8 @@ fn user_xattrs_pass_through() {
         };
         assert_eq!((r, last_errno()), (-1, libc::EEXIST));
         let nn = CString::new("user.new").unwrap();
+        // SAFETY: `c` and `nn` are NUL-terminated CStrings alive across the call; the kernel reads
+        // 3 bytes from `v`, which holds 3.
         let r = unsafe {
             libc::setxattr(
                 c.as_ptr(),
@@ -911,6 +962,7 @@ fn user_xattrs_pass_through() {
         };
         assert_eq!((r, last_errno()), (-1, libc::ENODATA));
 
+        // SAFETY: `c` and `n` are NUL-terminated CStrings alive across the call.
         let r = unsafe { libc::removexattr(c.as_ptr(), n.as_ptr()) };
         assert_eq!(r, 0);
         assert_eq!(getxattr_raw(&p, "user.color"), Err(libc::ENODATA));
@@ -918,6 +970,7 @@ fn user_xattrs_pass_through() {
             getxattr_raw(&m.src_path(rel), "user.color"),
             Err(libc::ENODATA)
         );
+        // SAFETY: `c` and `n` are NUL-terminated CStrings alive across the call.
         let r = unsafe { libc::removexattr(c.as_ptr(), n.as_ptr()) };
         assert_eq!((r, last_errno()), (-1, libc::ENODATA));
     }
@@ -925,6 +978,8 @@ fn user_xattrs_pass_through() {
     let sp = cpath(&m.src_path("f"));
     let n = CString::new("user.behind").unwrap();
     assert_eq!(
+        // SAFETY: `sp` and `n` are NUL-terminated CStrings alive across the call; the kernel reads
+        // 1 byte from the static b"1".
         unsafe { libc::setxattr(sp.as_ptr(), n.as_ptr(), b"1".as_ptr() as *const _, 1, 0) },
         0
     );
@@ -955,6 +1010,9 @@ fn permissions_with_allow_other() {
     let nope = cpath(&m.path("closed/nope"));
 
     // Reads the 0644 file (and its bytes).
+    // SAFETY: in the as_nobody child (system calls only, as its contract asks): `public` is a
+    // CString made before the fork, and read writes at most `b.len()` bytes into the child's stack
+    // buffer `b`.
     let r = as_nobody(|| unsafe {
         let fd = libc::open(public.as_ptr(), libc::O_RDONLY);
         if fd < 0 {
@@ -968,10 +1026,16 @@ fn permissions_with_allow_other() {
         0
     });
     assert_eq!(r, 0, "nobody reading a 0644 file");
+    // SAFETY: in the as_nobody child: `public` is a CString made before the fork; open without
+    // O_CREAT reads no mode.
     let r = as_nobody(|| unsafe { child_errno(libc::open(public.as_ptr(), libc::O_WRONLY)) });
     assert_eq!(r, libc::EACCES, "nobody writing a 0644 root file");
+    // SAFETY: in the as_nobody child: `secret` is a CString made before the fork; open without
+    // O_CREAT reads no mode.
     let r = as_nobody(|| unsafe { child_errno(libc::open(secret.as_ptr(), libc::O_RDONLY)) });
     assert_eq!(r, libc::EACCES, "nobody reading a 0600 root file");
+    // SAFETY: in the as_nobody child: `nope` is a CString made before the fork; open is given the
+    // mode O_CREAT reads.
     let r = as_nobody(|| unsafe {
         child_errno(libc::open(
             nope.as_ptr(),
@@ -980,10 +1044,14 @@ fn permissions_with_allow_other() {
         ))
     });
     assert_eq!(r, libc::EACCES, "nobody creating in a 0755 root dir");
+    // SAFETY: in the as_nobody child: `public` is a CString made before the fork.
     let r = as_nobody(|| unsafe { child_errno(libc::chmod(public.as_ptr(), 0o777)) });
     assert_eq!(r, libc::EPERM, "nobody chmod of root's file");
 
     // Creates in a 0777 directory: owned by nobody in SOURCE.
+    // SAFETY: in the as_nobody child (system calls only): `mine` and `mydir` are CStrings made
+    // before the fork, open gets the mode O_CREAT reads, write reads 4 bytes from the static
+    // b"mine", and `fd` is closed once.
     let r = as_nobody(|| unsafe {
         let fd = libc::open(mine.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o600);
         if fd < 0 {
@@ -1010,6 +1078,8 @@ fn permissions_with_allow_other() {
     assert_eq!(lstat(&m.src_path("open/mine")).st_mode & 0o7777, 0o600);
     // Root still reads it; nobody reads its own 0600 file back.
     assert_eq!(std::fs::read(m.path("open/mine")).unwrap(), b"mine");
+    // SAFETY: in the as_nobody child (system calls only): `mine` is a CString made before the fork;
+    // `fd` is closed once.
     let r = as_nobody(|| unsafe {
         let fd = libc::open(mine.as_ptr(), libc::O_RDONLY);
         if fd < 0 {
@@ -1050,6 +1120,8 @@ fn without_allow_other_others_are_refused() {
     });
     open_up(&m);
     let public = cpath(&m.path("public"));
+    // SAFETY: in the as_nobody child: `public` is a CString made before the fork; open without
+    // O_CREAT reads no mode.
     let r = as_nobody(|| unsafe { child_errno(libc::open(public.as_ptr(), libc::O_RDONLY)) });
     assert_eq!(
         r,
@@ -1091,6 +1163,8 @@ fn setid_cleared_on_write_by_non_owner(opts: &str) {
     for (mode, want) in [(0o6777, 0o0777), (0o2757, 0o0757)] {
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
         let path = cpath(&f);
+        // SAFETY: in the as_nobody child (system calls only): `path` is a CString made before the
+        // fork, write reads 1 byte from the static b"y", and `fd` is closed once.
         let r = as_nobody(|| unsafe {
             let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_APPEND);
             if fd < 0 {
@@ -1135,6 +1209,9 @@ fn lxattr(p: &Path, op: &str, name: &str, value: &[u8]) -> Result<Vec<u8>, i32> 
     let c = cpath(p);
     let n = CString::new(name).unwrap();
     let mut buf = vec![0u8; 256];
+    // SAFETY: `c` and `n` are NUL-terminated CStrings alive across each call; the set reads
+    // `value.len()` bytes from `value`, get and list write at most `buf.len()` bytes into `buf`, a
+    // live Vec.
     let r = unsafe {
         match op {
             "set" => libc::lsetxattr(
@@ -1216,6 +1293,8 @@ fn acl_set_by_a_non_member_drops_setgid() {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o2777)).unwrap();
         let acl = acl_rwx_all();
         let c = cpath(&p);
+        // SAFETY: in the as_nobody child: `c` is a CString and `acl` a buffer made before the fork,
+        // and setxattr reads `acl.len()` bytes from it; the name is a static C string.
         let r = as_nobody(|| unsafe {
             child_errno(libc::setxattr(
                 c.as_ptr(),

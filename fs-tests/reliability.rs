@@ -38,6 +38,8 @@ fn io_errno<T>(r: std::io::Result<T>) -> Result<T, i32> {
 }
 
 fn fallocate(f: &File, mode: i32, off: u64, len: u64) -> Result<(), i32> {
+    // SAFETY: fallocate takes no pointers; `f` is borrowed, so its descriptor is open across the
+    // call.
     errno(unsafe { libc::fallocate(f.as_raw_fd(), mode, off as i64, len as i64) } as _).map(|_| ())
 }
 
@@ -1158,6 +1160,8 @@ fn concurrency(mode: &str) {
             {
                 timed_out.store(true, Ordering::SeqCst);
                 eprintln!("watchdog: no progress in 120 s, killing daemon {pid}");
+                // SAFETY: kill touches no memory. `pid` is the daemon, the Mount's unreaped child,
+                // so it names no other process while the mount lives.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         })
@@ -1369,6 +1373,7 @@ fn umount_with_open_dirty_file() {
         }
         // A plain umount refuses while the file is open.
         let c = CString::new(m.mnt.as_os_str().as_bytes()).unwrap();
+        // SAFETY: `c` is a NUL-terminated CString alive across the call; umount2 only reads it.
         let r = unsafe { libc::umount2(c.as_ptr(), 0) };
         let e = std::io::Error::last_os_error().raw_os_error();
         assert!(
@@ -1377,6 +1382,7 @@ fn umount_with_open_dirty_file() {
         );
         // Lazy: the mount goes away, the open file keeps working, the daemon writes back
         // everything once the last handle is closed.
+        // SAFETY: `c` is a NUL-terminated CString alive across the call; umount2 only reads it.
         unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         assert!(!is_mounted(&m.mnt));
         let more = random_bytes(&mut rng, (2 * MIB) as usize);
@@ -1500,6 +1506,9 @@ fn swapping_file_and_symlink_in_source_never_writes_outside() {
                 let _ = f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600));
             }
             let c = CString::new(m.path("x").as_os_str().as_bytes()).unwrap();
+            // SAFETY: `c` and the ctl name are NUL-terminated C strings alive across both calls;
+            // lsetxattr reads 4 bytes of the static b"drop"; a null `times` asks utimensat for
+            // "now" and reads nothing.
             unsafe {
                 libc::lsetxattr(
                     c.as_ptr(),
@@ -1558,6 +1567,9 @@ fn hostile_offsets_and_names() {
         let mut results = Vec::new();
         // pwrite across the maximum offset
         let r =
+            // SAFETY: pwrite reads `b.len()` bytes from `b`; `fd` belongs to `f`, open for the
+            // whole test. The hostile offset is the point: the kernel checks it, memory is not
+            // involved.
             errno(unsafe { libc::pwrite(fd, b.as_ptr() as *const _, b.len(), i64::MAX - 10) } as _);
         results.push(("pwrite at i64::MAX-10", r));
         assert!(
@@ -1565,6 +1577,8 @@ fn hostile_offsets_and_names() {
             "[{mode}] pwrite at i64::MAX-10: {r:?}"
         );
         let r =
+            // SAFETY: pwrite reads `b.len()` bytes from `b`; `fd` belongs to `f`, open for the
+            // whole test.
             errno(unsafe { libc::pwrite(fd, b.as_ptr() as *const _, b.len(), (1 << 62) + 5) } as _);
         results.push(("pwrite at 2^62+5", r));
         assert!(
@@ -1587,6 +1601,8 @@ fn hostile_offsets_and_names() {
         // pread near 2^63: EOF (0) or an error, never a crash
         let mut rb = [0u8; 64];
         for off in [i64::MAX - 10, i64::MAX, 1 << 62] {
+            // SAFETY: pread writes at most 64 bytes into `rb`, which holds 64; `fd` belongs to `f`,
+            // open for the whole test.
             let r = errno(unsafe { libc::pread(fd, rb.as_mut_ptr() as *mut _, 64, off) } as _);
             results.push(("pread near 2^63", r));
             assert!(
@@ -1594,6 +1610,8 @@ fn hostile_offsets_and_names() {
                 "[{mode}] pread at {off}: {r:?}"
             );
         }
+        // SAFETY: pread writes at most 64 bytes into `rb`, which holds 64 (a negative offset is
+        // refused: EINVAL); `fd` belongs to `f`.
         let r = errno(unsafe { libc::pread(fd, rb.as_mut_ptr() as *mut _, 64, -1) } as _);
         assert_eq!(r, Err(libc::EINVAL), "[{mode}] pread at -1");
         // fallocate with an overflowing end, every mode
@@ -1608,6 +1626,8 @@ fn hostile_offsets_and_names() {
                 (1, i64::MAX),
                 (i64::MAX / 2, i64::MAX / 2 + 10),
             ] {
+                // SAFETY: fallocate takes no pointers; `fd` belongs to `f`, open for the whole
+                // test.
                 let r = errno(unsafe { libc::fallocate(fd, mode_f, off, len) } as _);
                 results.push(("fallocate overflow", r));
                 assert!(
@@ -1621,6 +1641,7 @@ fn hostile_offsets_and_names() {
         }
         // truncate beyond 2^63 (negative as off_t) and to the maximum
         for to in [i64::MAX, -1, i64::MIN] {
+            // SAFETY: ftruncate takes no pointers; `fd` belongs to `f`, open for the whole test.
             let r = errno(unsafe { libc::ftruncate(fd, to) } as _);
             results.push(("ftruncate huge", r));
             assert!(
@@ -1629,6 +1650,7 @@ fn hostile_offsets_and_names() {
             );
         }
         let c = CString::new(m.path("f").as_os_str().as_bytes()).unwrap();
+        // SAFETY: `c` is a NUL-terminated CString alive across the call.
         let r = errno(unsafe { libc::truncate(c.as_ptr(), i64::MAX) } as _);
         assert!(
             matches!(r, Err(libc::EFBIG) | Err(libc::EINVAL)),
@@ -1636,12 +1658,15 @@ fn hostile_offsets_and_names() {
         );
         // lseek SEEK_DATA/HOLE far out
         for wh in [libc::SEEK_DATA, libc::SEEK_HOLE] {
+            // SAFETY: lseek takes no pointers; `fd` belongs to `f`, open for the whole test.
             let r = unsafe { libc::lseek(fd, i64::MAX - 1, wh) };
             assert!(r < 0, "[{mode}] lseek far past EOF: {r}");
         }
         // copy_file_range to an overflowing offset
         let mut o = i64::MAX - 5;
         let mut i = 0i64;
+        // SAFETY: `i` and `o` are live i64s the kernel reads and updates; `fd` belongs to `f`, open
+        // for the whole test.
         let r = unsafe { libc::copy_file_range(fd, &mut i, fd, &mut o, 4, 0) };
         assert!(
             r <= 0,

@@ -276,6 +276,8 @@ fn per_file_stats_and_json() {
     // Size probe agrees with the value.
     let c = cpath(&m.mnt);
     let n = std::ffi::CString::new(STATS).unwrap();
+    // SAFETY: `c` and `n` are NUL-terminated CStrings alive across the call; a null buffer of size
+    // 0 only asks for the value's size.
     let len = unsafe { libc::getxattr(c.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
     assert!(len > 0);
     // Directories other than the root, symlinks: no stats.
@@ -415,6 +417,7 @@ fn setting_our_names_is_refused() {
         let c = cpath(&p);
         for name in [STATS, CTL] {
             let n = std::ffi::CString::new(name).unwrap();
+            // SAFETY: `c` and `n` are NUL-terminated CStrings alive across the call.
             assert_eq!(unsafe { libc::removexattr(c.as_ptr(), n.as_ptr()) }, -1);
             assert_eq!(
                 std::io::Error::last_os_error().raw_os_error(),
@@ -454,6 +457,9 @@ fn non_owner_cannot_use_ctl() {
     let ctl_name = std::ffi::CString::new(CTL).unwrap();
     let stats_name = std::ffi::CString::new(STATS).unwrap();
     let try_ctl = |p: &std::ffi::CString| {
+        // SAFETY: in the as_nobody child (system calls only, as its contract asks): `p` and
+        // `ctl_name` are CStrings made before the fork; setxattr reads 4 bytes of the static
+        // b"sync".
         as_nobody(|| unsafe {
             child_errno(libc::setxattr(
                 p.as_ptr(),
@@ -478,6 +484,8 @@ fn non_owner_cannot_use_ctl() {
         libc::EPERM,
         "ctl on a 0666 file by uid 65534"
     );
+    // SAFETY: in the as_nobody child (system calls only): `own` is a CString made before the fork;
+    // open gets the mode O_CREAT reads, and `fd` is closed once.
     let r = as_nobody(|| unsafe {
         let fd = libc::open(own.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644);
         if fd < 0 {
@@ -494,6 +502,8 @@ fn non_owner_cannot_use_ctl() {
     );
     // Ordinary user xattrs on its own file work, so the EPERM is ctl's.
     let user_x = std::ffi::CString::new("user.x").unwrap();
+    // SAFETY: in the as_nobody child (system calls only): `own` and `user_x` are CStrings made
+    // before the fork; setxattr reads 1 byte of the static b"1".
     let r = as_nobody(|| unsafe {
         child_errno(libc::setxattr(
             own.as_ptr(),
@@ -505,6 +515,9 @@ fn non_owner_cannot_use_ctl() {
     });
     assert_eq!(r, 0);
     // Reading stats is allowed to anyone who can reach the file.
+    // SAFETY: in the as_nobody child (system calls only): `root` and `stats_name` are CStrings made
+    // before the fork; getxattr writes at most `buf.len()` bytes into the child's stack buffer
+    // `buf`.
     let r = as_nobody(|| unsafe {
         let mut buf = [0u8; 8192];
         let n = libc::getxattr(

@@ -665,7 +665,7 @@ fn space_reservations_are_released_with_the_data() {
     assert_eq!(reserved(), 16 * MIB);
     // Punch out 8 MiB in the middle (whole pages) and 1 MiB + 100 bytes at the start.
     let punch = |off: u64, len: u64| {
-        // SAFETY: fallocate on a descriptor `f` holds open.
+        // SAFETY: fallocate takes no pointers; its descriptor is `f`'s, held open across the call.
         let r = unsafe {
             libc::fallocate(
                 std::os::fd::AsRawFd::as_raw_fd(&f),

@@ -10,6 +10,8 @@
 //! Targets checked at the end: sequential 1 GiB fill <= 4 KiB of metadata; random 4 KiB
 //! worst case <= 104 B per cached block (a buffer-head design); 1 MiB alloc+free < 1 µs.
 
+#![deny(clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn)]
+
 use extentfs::cache::inode_cache::InodeCache;
 use extentfs::cache::{CacheConfig, CacheContext, WriteKind};
 use extentfs::extent::state::{Bits, ExtentStateTree};
@@ -36,20 +38,30 @@ fn chunk(size: usize) -> i64 {
     ((size + 8).next_multiple_of(16)).max(32) as i64
 }
 
+// SAFETY: every method forwards to System with the very arguments it got, so the allocations
+// returned, their layouts and their lifetimes are System's, which upholds GlobalAlloc's contract;
+// the counting touches only atomics, never allocates and cannot unwind.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         LIVE.fetch_add(l.size() as i64, Ordering::Relaxed);
         LIVE_MALLOC.fetch_add(chunk(l.size()), Ordering::Relaxed);
+        // SAFETY: `l` is the non-zero-size layout our caller passes under GlobalAlloc::alloc's
+        // contract, handed on unchanged.
         unsafe { System.alloc(l) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         LIVE.fetch_sub(l.size() as i64, Ordering::Relaxed);
         LIVE_MALLOC.fetch_sub(chunk(l.size()), Ordering::Relaxed);
+        // SAFETY: `p` was allocated by this allocator, that is by System (alloc/realloc forward to
+        // it), with layout `l`, as dealloc's caller guarantees.
         unsafe { System.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
         LIVE.fetch_add(new as i64 - l.size() as i64, Ordering::Relaxed);
         LIVE_MALLOC.fetch_add(chunk(new) - chunk(l.size()), Ordering::Relaxed);
+        // SAFETY: `p` was allocated by System (through this allocator) with layout `l`, and `new`
+        // is non-zero and does not overflow isize when rounded to l.align(), as realloc's caller
+        // guarantees; all passed on unchanged.
         unsafe { System.realloc(p, l, new) }
     }
 }

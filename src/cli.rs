@@ -100,6 +100,8 @@ fn getxattr(path: &Path, name: &str) -> Result<Vec<u8>, String> {
     let n = CString::new(name).unwrap();
     let mut buf = vec![0u8; 1 << 16];
     loop {
+        // SAFETY: `p` and `n` are NUL-terminated CStrings alive across the call; the kernel writes
+        // at most `buf.len()` bytes into `buf`, a live Vec.
         let r = unsafe {
             libc::getxattr(
                 p.as_ptr(),
@@ -163,6 +165,8 @@ fn terminal_width() -> usize {
     if std::io::stdout().is_terminal() {
         // SAFETY: TIOCGWINSZ writes one `winsize` through the pointer, which is valid.
         let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+        // SAFETY: TIOCGWINSZ writes one winsize into `ws`, a live local; fd 1 is stdout, which is
+        // open (it is a terminal, checked above).
         if unsafe { libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) } == 0 && ws.ws_col > 0 {
             return ws.ws_col as usize;
         }

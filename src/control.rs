@@ -64,7 +64,8 @@ fn getxattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
     let n = CString::new(name).unwrap();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        // SAFETY: `p` and `n` are NUL-terminated; `buf` is writable for `buf.len()` bytes.
+        // SAFETY: `p` and `n` are NUL-terminated CStrings alive across the call; the kernel writes
+        // at most `buf.len()` bytes into `buf`, a live Vec.
         let r = unsafe {
             libc::getxattr(
                 p.as_ptr(),
@@ -89,7 +90,8 @@ fn getxattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
 fn setxattr(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
     let p = cstr(path);
     let n = CString::new(name).unwrap();
-    // SAFETY: `p` and `n` are NUL-terminated; `value` is readable for its length.
+    // SAFETY: `p` and `n` are NUL-terminated CStrings alive across the call; the kernel reads
+    // `value.len()` bytes from `value`, a live slice.
     let r = unsafe {
         libc::setxattr(
             p.as_ptr(),
@@ -169,7 +171,7 @@ fn target(cmd: &str, arg: &str) -> Result<Target, String> {
 /// Push the kernel's dirty pages of the mount to the daemon (cache=kernel keeps some).
 fn syncfs(mnt: &Path) -> std::io::Result<()> {
     let f = std::fs::File::open(mnt)?;
-    // SAFETY: `f` is an open descriptor for the call's duration.
+    // SAFETY: syncfs takes no pointers; `f` is a File held open across the call.
     if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -386,9 +388,10 @@ fn sync_files(files: &[&str]) -> ExitCode {
 }
 
 fn pidfd_open(pid: u32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    // SAFETY: pidfd_open(2) takes a pid and flags (0), no pointers, and returns a new
+    // descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    // SAFETY: a non-negative return is a descriptor we now own.
+    // SAFETY: a non-negative return is the new pidfd, owned by nobody else; it fits an int.
     (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
@@ -401,11 +404,13 @@ fn wait_exit(pid: u32, pidfd: Option<&OwnedFd>) {
                 events: libc::POLLIN,
                 revents: 0,
             };
-            // SAFETY: one valid pollfd for the call.
+            // SAFETY: `p` is one live pollfd (count 1) the kernel reads and writes; its fd is
+            // the pidfd owned above, open across the call.
             while unsafe { libc::poll(&mut p, 1, -1) } < 0 {}
         }
         None => {
-            // SAFETY: kill with signal 0 only checks that the process exists.
+            // SAFETY: kill with signal 0 sends nothing and touches no memory; it only checks
+            // that the process exists.
             while unsafe { libc::kill(pid as libc::pid_t, 0) } == 0 {
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -428,14 +433,14 @@ fn umount(t: &Target) -> ExitCode {
         );
     }
     // The daemon's outcome at exit comes through this pipe; EOF means it is gone.
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two descriptors into `fds`.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        eprintln!("extentfs umount: pipe: {}", std::io::Error::last_os_error());
-        return ExitCode::from(EXIT_UNWRITTEN);
-    }
-    // SAFETY: both descriptors were just created and are ours alone.
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // std's pipe is pipe2(O_CLOEXEC).
+    let (r, w) = match std::io::pipe() {
+        Ok((r, w)) => (OwnedFd::from(r), OwnedFd::from(w)),
+        Err(e) => {
+            eprintln!("extentfs umount: pipe: {e}");
+            return ExitCode::from(EXIT_UNWRITTEN);
+        }
+    };
     let verb = format!("report-exit {}", w.as_raw_fd());
     if let Err(e) = setxattr(&t.mnt, xattr::CTL, verb.as_bytes()) {
         eprintln!("extentfs umount: {mnt}: the daemon cannot report back ({e})");
@@ -498,7 +503,7 @@ fn umount(t: &Target) -> ExitCode {
 /// umount2, or fusermount3 -u where we may not (an unprivileged user's mount).
 fn unmount(mnt: &Path) -> std::io::Result<()> {
     let c = cstr(mnt);
-    // SAFETY: `c` is a NUL-terminated path.
+    // SAFETY: `c` is a NUL-terminated CString alive across the call; umount2 only reads it.
     if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
         return Ok(());
     }

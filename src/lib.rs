@@ -10,6 +10,8 @@
 //! - [`report`]: the figures' catalogue and their renderings (summary, OpenMetrics, cache map).
 //! - [`notify`]: readiness notification to a service manager (`$NOTIFY_SOCKET`).
 
+#![deny(clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn)]
+
 pub mod cache;
 pub mod cli;
 pub mod control;

@@ -3,6 +3,8 @@
 //! with one clear line before anything is mounted; then it daemonizes (unless `-f`), mounts,
 //! and returns only once the mount is live, which is what mount(8) and fstab rely on.
 
+#![deny(clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn)]
+
 use clap::{CommandFactory, FromArgMatches, Parser};
 use extentfs::cache::{CacheConfig, CacheContext};
 use extentfs::fs::mount::{self, MountPointState};
@@ -11,7 +13,7 @@ use extentfs::fs::{ExtentFs, FsConfig};
 use extentfs::options::{format_size, MountConfig};
 use extentfs::pool::{PagePool, PoolConfig};
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -105,7 +107,11 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 }
 
 fn total_ram() -> u64 {
+    // SAFETY: sysconf takes an integer name and touches no memory; an error (-1) is clamped to 0
+    // below.
     let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
+    // SAFETY: sysconf takes an integer name and touches no memory; an error (-1) is clamped to 0
+    // below.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     (pages.max(0) as u64) * (size.max(0) as u64)
 }
@@ -251,15 +257,21 @@ fn init_logging(cfg: &MountConfig, foreground: bool) {
 /// Fork: the parent waits until the child says the mount is live (or why not) and exits;
 /// the child returns the pipe to report on. No thread may exist yet.
 fn daemonize() -> Result<Option<std::fs::File>, ExitCode> {
-    let mut fds = [0; 2];
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(fail(format!("pipe: {}", std::io::Error::last_os_error())));
-    }
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // std's pipe is pipe2(O_CLOEXEC), as before.
+    let (r, w) = match std::io::pipe() {
+        Ok((r, w)) => (OwnedFd::from(r), OwnedFd::from(w)),
+        Err(e) => return Err(fail(format!("pipe: {e}"))),
+    };
+    // SAFETY: fork is sound here because the process has one thread (the caller's contract:
+    // logging and the pool start none, the mount's threads come after), so the child is a
+    // full copy with no lock held by a thread that is gone, and may go on running anything.
+    // Each process then owns its copies of `r` and `w` and closes the end it does not use.
     match unsafe { libc::fork() } {
         -1 => Err(fail(format!("fork: {}", std::io::Error::last_os_error()))),
         0 => {
             drop(r);
+            // SAFETY: setsid takes no arguments and touches no memory; in the forked child it
+            // cannot fail (the child is never a process group leader).
             unsafe {
                 libc::setsid();
             }
@@ -290,8 +302,13 @@ fn report(reporter: &mut Option<std::fs::File>, msg: &str) {
 /// Redirect stdin/stdout/stderr to /dev/null (the detached daemon).
 fn detach_stdio() {
     let null = c"/dev/null";
+    // SAFETY: `null` is a static NUL-terminated C string; no O_CREAT, so no mode is read.
     let fd = unsafe { libc::open(null.as_ptr(), libc::O_RDWR) };
     if fd >= 0 {
+        // SAFETY: dup2 and close take descriptor numbers only: `fd` is ours (just opened, checked
+        // >= 0), dup2 replaces 0, 1 and 2 with copies of it, and `fd` is closed only when it is not
+        // one of them; nothing in Rust owns 0-2 as an OwnedFd, so no owner is left with a changed
+        // descriptor.
         unsafe {
             libc::dup2(fd, 0);
             libc::dup2(fd, 1);
@@ -312,6 +329,7 @@ fn set_fd_limit(want: Option<u64>) {
         rlim_cur: 0,
         rlim_max: 0,
     };
+    // SAFETY: `rl` is a live, writable rlimit the kernel fills.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
         return;
     }
@@ -333,6 +351,7 @@ fn set_fd_limit(want: Option<u64>) {
             rlim_cur: cur,
             rlim_max: max,
         };
+        // SAFETY: `r` is a live rlimit the kernel only reads.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } == 0 {
             tracing::debug!("RLIMIT_NOFILE {cur}");
             return;
@@ -346,6 +365,9 @@ fn set_fd_limit(want: Option<u64>) {
 }
 
 fn block_signals() -> libc::sigset_t {
+    // SAFETY: every pointer is to `set`, a live local sigset_t (an integer array: all-zero is
+    // valid, and sigemptyset initializes it anyway) or null for the old mask pthread_sigmask may
+    // skip; the signal numbers are valid.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
@@ -366,6 +388,7 @@ fn serve(
     foreground: bool,
     live: &mut bool,
 ) -> Result<(), String> {
+    // SAFETY: umask takes a mode, touches no memory and cannot fail.
     unsafe { libc::umask(0) };
     set_fd_limit(cfg.rlimit_nofile);
     // Every thread started from here on inherits the blocked signals; one thread waits.
@@ -393,6 +416,7 @@ fn serve(
             cfg.attr_timeout
         },
         coherence: cfg.coherence,
+        // SAFETY: getuid takes no arguments, touches no memory and cannot fail.
         owner_uid: unsafe { libc::getuid() },
         atime: if cfg.noatime {
             AtimeMode::NoAtime
@@ -485,6 +509,8 @@ fn serve(
             .name("signals".into())
             .spawn(move || loop {
                 let mut sig = 0;
+                // SAFETY: `sigset` is an initialized sigset_t moved into this closure and `sig` a
+                // live int sigwait writes.
                 if unsafe { libc::sigwait(&sigset, &mut sig) } != 0 {
                     continue;
                 }

@@ -3,6 +3,8 @@
 //! byte for byte after the final `sync_file`. The pool is small (16 MiB) and offsets reach
 //! ~3x the pool, so eviction and reclaim (with the writeback threads running) are exercised.
 
+#![deny(clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn)]
+
 use extentfs::cache::inode_cache::InodeCache;
 use extentfs::cache::writeback::WritebackThreads;
 use extentfs::cache::{CacheConfig, CacheContext, WriteKind};

@@ -226,6 +226,7 @@ impl InodeCache {
             tv_sec: 0,
             tv_nsec: 0,
         };
+        // SAFETY: `ts` is a live, writable timespec; CLOCK_MONOTONIC_COARSE is always supported.
         unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
         let now = ts.tv_sec as u64 + 1;
         let last = self.atime_touched.load(Ordering::Relaxed);
@@ -281,6 +282,7 @@ impl InodeCache {
             tv_sec: 0,
             tv_nsec: 0,
         };
+        // SAFETY: `ts` is a live, writable timespec; CLOCK_REALTIME_COARSE is always supported.
         unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
         *self.pending_mtime.lock().unwrap() = Some((ts, false));
     }
@@ -416,7 +418,9 @@ impl InodeCache {
                         )));
                     };
                     let t = ptr.piece_end(cur).min(e);
-                    // SAFETY: caller holds LOCKED or WRITEBACK over [s, e).
+                    // SAFETY: this fn's caller holds LOCKED (a read from SOURCE into the pages)
+                    // or WRITEBACK (a write of them) over [s, e), which covers [cur, t); `ptr` is
+                    // pushed to `held` below, so it outlives `f`'s use of the iovecs.
                     unsafe { ptr.iovecs(cur, (t - cur) as usize, &mut iov) };
                     ptr.mark_referenced();
                     held.push(ptr);
@@ -439,6 +443,9 @@ impl InodeCache {
             while cur < b {
                 let Some(ptr) = self.map.get(cur) else { break };
                 let t = ptr.piece_end(cur).min(b);
+                // SAFETY: this fn's caller holds LOCKED over [s, e) (its contract), which covers
+                // [cur, t); `ptr` is held in this loop iteration and t <= piece_end(cur), so the
+                // range is mapped memory of `ptr`.
                 unsafe { ptr.zero(cur, (t - cur) as usize) };
                 cur = t;
             }
@@ -452,6 +459,9 @@ impl InodeCache {
         while done < data.len() {
             let ptr = self.map.get(cur).expect("write range is mapped");
             let n = ((ptr.piece_end(cur) - cur) as usize).min(data.len() - done);
+            // SAFETY: this fn's caller holds LOCKED over [off, off + data.len()), which covers
+            // [cur, cur + n); n stops at piece_end(cur), so the range is mapped memory of `ptr`,
+            // held here.
             unsafe { ptr.copy_in(cur, &data[done..done + n]) };
             ptr.mark_referenced();
             done += n;
@@ -491,7 +501,8 @@ impl InodeCache {
         let first = self.map.get(off).expect("read range is mapped");
         first.mark_referenced();
         if off + len as u64 <= first.end() {
-            // SAFETY: caller holds LOCKED over the range.
+            // SAFETY: this fn's caller holds LOCKED over [off, off + len), which keeps writers
+            // out while `f` reads the slice; `first` outlives it.
             if let Some(s) = unsafe { first.slice(off, len) } {
                 return f(s);
             }
@@ -505,6 +516,9 @@ impl InodeCache {
             while done < len {
                 let ptr = self.map.get(cur).expect("read range is mapped");
                 let n = ((ptr.piece_end(cur) - cur) as usize).min(len - done);
+                // SAFETY: this fn's caller holds LOCKED over [off, off + len), which covers [cur,
+                // cur + n); n stops at piece_end(cur) so the range is mapped memory of `ptr`, and
+                // `buf` is a unique borrow of this thread's bounce buffer.
                 unsafe { ptr.copy_out(cur, &mut buf[done..done + n]) };
                 done += n;
                 cur += n as u64;

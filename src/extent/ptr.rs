@@ -408,10 +408,12 @@ impl ExtentPtr {
         if is_hole(&r) || in_run + len > r.bytes() {
             return None;
         }
-        Some(std::slice::from_raw_parts(
-            self.0.pool.run_ptr(r).add(in_run),
-            len,
-        ))
+        // SAFETY: `r` is a memory run (not a hole) and in_run + len <= r.bytes(), so the `len`
+        // bytes from run_ptr(r) + in_run lie inside one run of the pool's mapping, which the Arc
+        // in `self.0` keeps mapped for as long as `&self` (hence the slice) lives. Pool pages are
+        // always initialized (anonymous mmap is zero-filled). No writer changes them meanwhile:
+        // that is the caller's LOCKED/WRITEBACK promise.
+        Some(unsafe { std::slice::from_raw_parts(self.0.pool.run_ptr(r).add(in_run), len) })
     }
 
     /// `[off, off+len)` as one mutable slice, if it lies inside one contiguous run.
@@ -428,10 +430,10 @@ impl ExtentPtr {
         if is_hole(&r) || in_run + len > r.bytes() {
             return None;
         }
-        Some(std::slice::from_raw_parts_mut(
-            self.0.pool.run_ptr(r).add(in_run),
-            len,
-        ))
+        // SAFETY: as in `slice`, the bytes lie inside one run of the mapping, which outlives the
+        // borrow of `self`; that nobody else reads or writes them while the slice lives is the
+        // caller's LOCKED (and no other view) promise.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.0.pool.run_ptr(r).add(in_run), len) })
     }
 
     /// Copy `src` into the file range starting at `off` (scatter over runs).
@@ -441,7 +443,11 @@ impl ExtentPtr {
     pub unsafe fn copy_in(&self, off: u64, src: &[u8]) {
         let mut done = 0;
         self.0.for_each_piece(off, src.len(), |p, n| {
-            std::ptr::copy_nonoverlapping(src.as_ptr().add(done), p, n);
+            // SAFETY: for_each_piece checked the range is inside the extent and hands out `p`
+            // valid for `n` bytes of one run; the pieces add up to src.len(), so done + n <=
+            // src.len(). Pool memory and `src` cannot overlap (`src` is a borrowed slice and the
+            // caller's LOCKED keeps every other view of these pool bytes away).
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr().add(done), p, n) };
             done += n;
         });
     }
@@ -453,7 +459,11 @@ impl ExtentPtr {
     pub unsafe fn copy_out(&self, off: u64, dst: &mut [u8]) {
         let mut done = 0;
         self.0.for_each_piece(off, dst.len(), |p, n| {
-            std::ptr::copy_nonoverlapping(p, dst.as_mut_ptr().add(done), n);
+            // SAFETY: `p` is valid for `n` bytes of one run (for_each_piece checked the range)
+            // and the pieces add up to dst.len(), so done + n <= dst.len(); `dst` is a unique
+            // borrow, so it does not overlap the pool bytes, which no writer changes meanwhile
+            // (the caller's LOCKED or WRITEBACK).
+            unsafe { std::ptr::copy_nonoverlapping(p, dst.as_mut_ptr().add(done), n) };
             done += n;
         });
     }
@@ -463,8 +473,10 @@ impl ExtentPtr {
     /// # Safety
     /// The caller holds LOCKED over the range.
     pub unsafe fn zero(&self, off: u64, len: usize) {
+        // SAFETY: for_each_piece checked the range is inside the extent and hands out `p` valid
+        // for `n` bytes of one run; the caller's LOCKED makes this the only access to them.
         self.0
-            .for_each_piece(off, len, |p, n| std::ptr::write_bytes(p, 0, n));
+            .for_each_piece(off, len, |p, n| unsafe { std::ptr::write_bytes(p, 0, n) });
     }
 
     /// Append iovecs covering `[off, off+len)` to `out` (for preadv/pwritev).
@@ -506,6 +518,9 @@ mod tests {
         let ptr = ExtentPtr::new(ExtentBuf::new(pool.clone(), 10 * P, vec![a, b]));
         assert_eq!(ptr.len(), 5 * P);
         let data: Vec<u8> = (0..5 * P).map(|i| (i % 251) as u8).collect();
+        // SAFETY: `ptr` was just built here and no state tree or other thread knows it, so this
+        // test is the only reader and writer of its bytes, which is all the accessors' contracts
+        // ask; the slices are dropped before the next write.
         unsafe {
             ptr.copy_in(10 * P, &data);
             let mut back = vec![0u8; data.len()];

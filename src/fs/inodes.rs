@@ -361,6 +361,7 @@ fn fd_budget() -> usize {
         rlim_cur: 0,
         rlim_max: 0,
     };
+    // SAFETY: `rl` is a live, writable rlimit the kernel fills.
     let limit = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
         rl.rlim_cur.min(1 << 30) as usize
     } else {

@@ -97,6 +97,7 @@ pub fn check_mount_point(path: &Path) -> MountPointState {
 /// Detach a dead FUSE mount left at `path` by a killed daemon.
 pub fn clean_stale(path: &Path) -> io::Result<()> {
     let c = cstr(path)?;
+    // SAFETY: `c` is a NUL-terminated CString alive across the call; umount2 only reads it.
     if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
         return Ok(());
     }
@@ -236,19 +237,24 @@ fn receive_fd(sock: &std::os::unix::net::UnixStream) -> io::Result<OwnedFd> {
     msg.msg_iovlen = 1;
     msg.msg_control = space.as_mut_ptr() as *mut libc::c_void;
     msg.msg_controllen = cmsg_len;
-    // SAFETY: msg describes valid, writable buffers of the stated sizes.
+    // SAFETY: msg names `iov` (one writable byte, `byte`) and `space` (msg_controllen bytes, as
+    // asserted above), both alive across the call; `sock` is borrowed for it.
     let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: msg was filled in by recvmsg; CMSG_FIRSTHDR/CMSG_DATA stay within
-    // msg_control as long as msg_controllen says a header is there, which CMSG_FIRSTHDR checks.
+    // SAFETY: msg was filled in by recvmsg; CMSG_FIRSTHDR returns null unless msg_controllen
+    // (set by the kernel, at most `space`'s size) holds a whole cmsghdr, so `*c` is in `space`.
+    // A header whose cmsg_len covers one int carries it at CMSG_DATA, inside `space` too (read
+    // unaligned); with SCM_RIGHTS and MSG_CMSG_CLOEXEC that int is a new descriptor the kernel
+    // installed for us alone, so taking ownership of it is right.
     unsafe {
         let c = libc::CMSG_FIRSTHDR(&msg);
         if n == 0
             || c.is_null()
             || (*c).cmsg_level != libc::SOL_SOCKET
             || (*c).cmsg_type != libc::SCM_RIGHTS
+            || (*c).cmsg_len < libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as usize
         {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -264,6 +270,8 @@ fn receive_fd(sock: &std::os::unix::net::UnixStream) -> io::Result<OwnedFd> {
 /// Errors say which step failed and keep their kind (see [`use_fusermount`]).
 pub fn mount_fuse(source: &Path, mountpoint: &Path, cfg: &MountConfig) -> io::Result<OwnedFd> {
     let dev = CString::new("/dev/fuse").unwrap();
+    // SAFETY: `dev` is a NUL-terminated CString alive across the call; no O_CREAT, so no mode is
+    // read.
     let fd = unsafe { libc::open(dev.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
     if fd < 0 {
         let e = io::Error::last_os_error();
@@ -272,11 +280,15 @@ pub fn mount_fuse(source: &Path, mountpoint: &Path, cfg: &MountConfig) -> io::Re
             format!("cannot open /dev/fuse: {e}"),
         ));
     }
+    // SAFETY: `fd` is non-negative (checked above): the descriptor open just returned, owned by
+    // nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut data = format!(
         "fd={},rootmode=40000,user_id={},group_id={},default_permissions",
         fd.as_raw_fd(),
+        // SAFETY: getuid takes no arguments, touches no memory and cannot fail.
         unsafe { libc::getuid() },
+        // SAFETY: getgid takes no arguments, touches no memory and cannot fail.
         unsafe { libc::getgid() },
     );
     if cfg.allow_other {
@@ -304,6 +316,8 @@ pub fn mount_fuse(source: &Path, mountpoint: &Path, cfg: &MountConfig) -> io::Re
     let mp = cstr(mountpoint)?;
     let fstype = CString::new("fuse.extentfs").unwrap();
     let cdata = CString::new(data).unwrap();
+    // SAFETY: the four pointers are NUL-terminated CStrings (`src`, `mp`, `fstype`, `cdata`) alive
+    // across the call; for a fuse mount the kernel reads `data` as a NUL-terminated option string.
     let r = unsafe {
         libc::mount(
             src.as_ptr(),
@@ -324,6 +338,7 @@ pub fn mount_fuse(source: &Path, mountpoint: &Path, cfg: &MountConfig) -> io::Re
 /// kernel lets go of the connection.
 pub fn unmount(mountpoint: &Path) -> io::Result<()> {
     let c = cstr(mountpoint)?;
+    // SAFETY: `c` is a NUL-terminated CString alive across the call; umount2 only reads it.
     if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
         return Ok(());
     }
@@ -398,7 +413,9 @@ mod tests {
             iov_len: 1,
         };
         let mut space = [0u64; 8];
-        // SAFETY: a test's own buffers, sized by CMSG_SPACE for one descriptor.
+        // SAFETY: `iov` and `space` (64 bytes, u64-aligned as cmsghdr needs) outlive the
+        // sendmsg; msg_controllen is CMSG_SPACE(4) <= 64, so CMSG_FIRSTHDR is non-null and the
+        // header and the int at CMSG_DATA lie inside `space`; `null` is open across the call.
         unsafe {
             let mut msg: libc::msghdr = std::mem::zeroed();
             msg.msg_iov = &mut iov;
@@ -441,11 +458,16 @@ mod tests {
         let fd =
             mount_with_helper(helper, "fsname=/s,subtype=extentfs", Path::new("/mnt/x")).unwrap();
         // What came back is the helper's descriptor (here /dev/null), close-on-exec.
+        // SAFETY: libc::stat is plain old data (integers only), so all-zero bytes are a valid
+        // value.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `st` is a live, writable libc::stat the kernel fills; `fd` is owned by this test.
         assert_eq!(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) }, 0);
         let null = std::fs::metadata("/dev/null").unwrap();
         use std::os::unix::fs::MetadataExt;
         assert_eq!(st.st_rdev, null.rdev());
+        // SAFETY: F_GETFD takes no third argument and touches no memory; `fd` is owned by this
+        // test.
         let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
         assert_ne!(flags & libc::FD_CLOEXEC, 0);
         assert_eq!(

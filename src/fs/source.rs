@@ -27,6 +27,8 @@ pub fn with_umask<T>(mode: u32, umask: u32, f: impl FnOnce(u32) -> T) -> T {
     }
     let own = OWN_FS.with(|c| {
         if c.get().is_none() {
+            // SAFETY: unshare(CLONE_FS) takes no pointers; it only gives this thread its own copy
+            // of the cwd, root and umask, which is what the thread-local flag records.
             c.set(Some(unsafe { libc::unshare(libc::CLONE_FS) } == 0));
         }
         c.get().unwrap()
@@ -34,8 +36,11 @@ pub fn with_umask<T>(mode: u32, umask: u32, f: impl FnOnce(u32) -> T) -> T {
     if !own {
         return f(mode & !umask);
     }
+    // SAFETY: umask takes a mode and cannot fail; after the unshare above it changes this thread's
+    // umask only.
     let old = unsafe { libc::umask(umask & 0o777) };
     let r = f(mode);
+    // SAFETY: umask takes a mode and cannot fail; it restores the thread's umask saved in `old`.
     unsafe { libc::umask(old) };
     r
 }
@@ -79,8 +84,11 @@ pub fn empty_path() -> &'static CStr {
 }
 
 pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+    // SAFETY: libc::stat is plain old data (integers only), so all-zero bytes are a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // fstatat(AT_EMPTY_PATH) works on O_PATH descriptors.
+    // SAFETY: `fd` is borrowed for the call, the path is the static empty C string AT_EMPTY_PATH
+    // needs, and `st` is a live, writable libc::stat the kernel fills.
     cvt(unsafe {
         libc::fstatat(
             fd.as_raw_fd(),
@@ -93,7 +101,10 @@ pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
 }
 
 pub fn fstatat(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<libc::stat> {
+    // SAFETY: libc::stat is plain old data (integers only), so all-zero bytes are a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `dir` is borrowed for the call, `name` is a NUL-terminated CStr that outlives it, and
+    // `st` is a live, writable libc::stat the kernel fills.
     cvt(unsafe {
         libc::fstatat(
             dir.as_raw_fd(),
@@ -107,6 +118,8 @@ pub fn fstatat(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<libc::stat> {
 
 /// `openat` relative to a directory fd; always O_CLOEXEC and O_NOFOLLOW.
 pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    // SAFETY: `dir` is borrowed for the call and `name` is a NUL-terminated CStr that outlives it;
+    // the mode is passed as the variadic unsigned int openat reads with O_CREAT/O_TMPFILE.
     let fd = cvt(unsafe {
         libc::openat(
             dir.as_raw_fd(),
@@ -115,6 +128,7 @@ pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> io::Re
             mode as libc::c_uint,
         )
     })?;
+    // SAFETY: cvt passed only a non-negative return: a new descriptor nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -127,12 +141,15 @@ pub fn open_path(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
 pub fn open_root(path: &std::path::Path) -> io::Result<OwnedFd> {
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `c` is a NUL-terminated CString alive across the call; no O_CREAT, so no mode
+    // argument is read.
     let fd = cvt(unsafe {
         libc::open(
             c.as_ptr(),
             libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
         )
     })?;
+    // SAFETY: cvt passed only a non-negative return: a new descriptor nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -170,6 +187,8 @@ pub fn open_root_with_atime(
     }
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: open_tree(2) reads a dirfd, a path and flags: `c` is a NUL-terminated CString alive
+    // across the call; the flags ask for a new descriptor (O_CLOEXEC) on a detached clone.
     let fd = unsafe {
         libc::syscall(
             SYS_OPEN_TREE,
@@ -187,6 +206,8 @@ pub fn open_root_with_atime(
         return open_root(path);
     }
     note_root_for_names(path, true);
+    // SAFETY: `fd` is non-negative (checked above), so it is the new descriptor open_tree just
+    // returned, owned by nobody else; it fits an int as every descriptor does.
     let tree = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
     let mut set = match atime {
         AtimeMode::NoAtime => MOUNT_ATTR_NOATIME,
@@ -202,6 +223,9 @@ pub fn open_root_with_atime(
         propagation: 0,
         userns_fd: 0,
     };
+    // SAFETY: mount_setattr(2) reads `size_of::<MountAttr>()` bytes at `&attr`, a live #[repr(C)]
+    // struct laid out as the kernel's struct mount_attr (four u64s, MOUNT_ATTR_SIZE_VER0); `tree`
+    // is owned and open, and the path is the static empty C string AT_EMPTY_PATH needs.
     let r = unsafe {
         libc::syscall(
             SYS_MOUNT_SETATTR,
@@ -229,28 +253,36 @@ pub fn open_root_with_atime(
 /// Reopen an `O_PATH` handle as a real open file with `flags`.
 pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
     let p = proc_path(fd);
+    // SAFETY: `p` is a NUL-terminated CString alive across the call; O_CREAT is masked out, so no
+    // mode argument is read.
     let fd = cvt(unsafe {
         libc::open(
             p.as_ptr(),
             (flags | libc::O_CLOEXEC) & !(libc::O_CREAT | libc::O_NOFOLLOW | libc::O_TRUNC),
         )
     })?;
+    // SAFETY: cvt passed only a non-negative return: a new descriptor nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
+    // SAFETY: `dir` is borrowed for the call and `name` is a NUL-terminated CStr that outlives it.
     cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(drop)
 }
 
 pub fn mknodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32, rdev: u64) -> io::Result<()> {
+    // SAFETY: `dir` is borrowed for the call and `name` is a NUL-terminated CStr that outlives it.
     cvt(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, rdev) }).map(drop)
 }
 
 pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    // SAFETY: `target` and `name` are NUL-terminated CStrs that outlive the call; `dir` is borrowed
+    // for it.
     cvt(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) }).map(drop)
 }
 
 pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> io::Result<()> {
+    // SAFETY: `dir` is borrowed for the call and `name` is a NUL-terminated CStr that outlives it.
     cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
 }
 
@@ -261,6 +293,8 @@ pub fn renameat2(
     newname: &CStr,
     flags: u32,
 ) -> io::Result<()> {
+    // SAFETY: both directory descriptors are borrowed for the call; both names are NUL-terminated
+    // CStrs that outlive it.
     cvt(unsafe {
         libc::renameat2(
             olddir.as_raw_fd(),
@@ -276,6 +310,8 @@ pub fn renameat2(
 /// Hard link the inode held by `fd` as `name` in `newdir`.
 pub fn linkat_fd(fd: BorrowedFd<'_>, newdir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
     // AT_EMPTY_PATH on an O_PATH fd needs CAP_DAC_READ_SEARCH; fall back to the /proc link.
+    // SAFETY: `fd` and `newdir` are borrowed for the call; the old path is the static empty C
+    // string AT_EMPTY_PATH needs and `name` a NUL-terminated CStr that outlives it.
     let r = unsafe {
         libc::linkat(
             fd.as_raw_fd(),
@@ -289,6 +325,8 @@ pub fn linkat_fd(fd: BorrowedFd<'_>, newdir: BorrowedFd<'_>, name: &CStr) -> io:
         return Ok(());
     }
     let p = proc_path(fd);
+    // SAFETY: `p` (the /proc link) and `name` are NUL-terminated C strings alive across the call;
+    // `newdir` is borrowed for it.
     cvt(unsafe {
         libc::linkat(
             libc::AT_FDCWD,
@@ -303,6 +341,9 @@ pub fn linkat_fd(fd: BorrowedFd<'_>, newdir: BorrowedFd<'_>, name: &CStr) -> io:
 
 pub fn readlink(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: `buf` is a live Vec and the kernel writes at most `buf.len()` bytes into it
+    // (readlinkat does not NUL-terminate, the return says how many); the path is the static empty C
+    // string and `fd` is borrowed.
     let n = cvt_isize(unsafe {
         libc::readlinkat(
             fd.as_raw_fd(),
@@ -317,11 +358,14 @@ pub fn readlink(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
 
 pub fn chmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
     let p = proc_path(fd);
+    // SAFETY: `p` is a NUL-terminated CString alive across the call.
     cvt(unsafe { libc::chmod(p.as_ptr(), mode) }).map(drop)
 }
 
 /// Change owner (`u32::MAX` = leave unchanged) of the held inode itself (no symlink follow).
 pub fn chown(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: `fd` is borrowed for the call and the path is the static empty C string AT_EMPTY_PATH
+    // needs.
     cvt(unsafe {
         libc::fchownat(
             fd.as_raw_fd(),
@@ -342,6 +386,8 @@ pub fn utimens(
 ) -> io::Result<()> {
     if is_symlink {
         // The /proc magic link cannot be used with AT_SYMLINK_NOFOLLOW; AT_EMPTY_PATH can.
+        // SAFETY: `times` points to exactly the two timespecs utimensat reads; `fd` is borrowed and
+        // the path is the static empty C string AT_EMPTY_PATH needs.
         return cvt(unsafe {
             libc::utimensat(
                 fd.as_raw_fd(),
@@ -353,15 +399,21 @@ pub fn utimens(
         .map(drop);
     }
     let p = proc_path(fd);
+    // SAFETY: `p` is a NUL-terminated CString and `times` exactly the two timespecs utimensat
+    // reads, both alive across the call.
     cvt(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), 0) }).map(drop)
 }
 
 pub fn truncate(fd: BorrowedFd<'_>, size: u64) -> io::Result<()> {
+    // SAFETY: ftruncate takes no pointers; `fd` is borrowed for the call.
     cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) }).map(drop)
 }
 
 pub fn statvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
+    // SAFETY: libc::statvfs is plain old data (integers only), so all-zero bytes are a valid value.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a live, writable libc::statvfs the kernel fills; `fd` is borrowed for the
+    // call.
     cvt(unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut st) })?;
     Ok(st)
 }
@@ -403,6 +455,9 @@ pub fn handle_of(fd: BorrowedFd<'_>) -> io::Result<SourceHandle> {
     let mut h = SourceHandle::new(0, &[]);
     h.len = MAX_HANDLE_SZ as u32;
     let mut mount_id: libc::c_int = 0;
+    // SAFETY: SourceHandle is #[repr(C)] with struct file_handle's header (u32 handle_bytes, i32
+    // handle_type) followed by MAX_HANDLE_SZ bytes, and `h.len` says that capacity, so the kernel
+    // writes within `h`; `mount_id` is a live int; the path is the static empty C string.
     cvt(unsafe {
         libc::name_to_handle_at(
             fd.as_raw_fd(),
@@ -429,6 +484,9 @@ pub fn stale_unless_shortage(e: io::Error) -> io::Error {
 /// CAP_DAC_READ_SEARCH).
 pub fn open_by_handle(mount_fd: BorrowedFd<'_>, h: &SourceHandle) -> io::Result<OwnedFd> {
     let mut h = *h;
+    // SAFETY: `h` is a local copy laid out as struct file_handle (see SourceHandle) whose `len`
+    // never exceeds its MAX_HANDLE_SZ bytes (SourceHandle::new clamps it, handle_of gets it from
+    // the kernel); the kernel only reads it. `mount_fd` is borrowed for the call.
     let fd = cvt(unsafe {
         libc::open_by_handle_at(
             mount_fd.as_raw_fd(),
@@ -436,6 +494,7 @@ pub fn open_by_handle(mount_fd: BorrowedFd<'_>, h: &SourceHandle) -> io::Result<
             libc::O_PATH | libc::O_CLOEXEC,
         )
     })?;
+    // SAFETY: cvt passed only a non-negative return: a new descriptor nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -447,6 +506,8 @@ fn xattr_path(fd: BorrowedFd<'_>) -> CString {
 
 pub fn getxattr(fd: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
     let p = xattr_path(fd);
+    // SAFETY: `p` and `name` are NUL-terminated C strings alive across the call; the kernel writes
+    // at most `buf.len()` bytes into `buf`, a live mutable slice.
     cvt_isize(unsafe {
         libc::getxattr(
             p.as_ptr(),
@@ -459,6 +520,8 @@ pub fn getxattr(fd: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> io::Result<u
 
 pub fn setxattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8], flags: i32) -> io::Result<()> {
     let p = xattr_path(fd);
+    // SAFETY: `p` and `name` are NUL-terminated C strings alive across the call; the kernel reads
+    // `value.len()` bytes from `value`, a live slice.
     cvt(unsafe {
         libc::setxattr(
             p.as_ptr(),
@@ -473,6 +536,8 @@ pub fn setxattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8], flags: i32) -> io
 
 pub fn listxattr(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     let p = xattr_path(fd);
+    // SAFETY: `p` is a NUL-terminated CString alive across the call; the kernel writes at most
+    // `buf.len()` bytes into `buf`, a live mutable slice.
     cvt_isize(unsafe {
         libc::listxattr(p.as_ptr(), buf.as_mut_ptr() as *mut libc::c_char, buf.len())
     })
@@ -480,6 +545,7 @@ pub fn listxattr(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
 
 pub fn removexattr(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
     let p = xattr_path(fd);
+    // SAFETY: `p` and `name` are NUL-terminated C strings alive across the call.
     cvt(unsafe { libc::removexattr(p.as_ptr(), name.as_ptr()) }).map(drop)
 }
 
@@ -825,6 +891,12 @@ impl DataFile {
         let mut first = 0;
         while done < total {
             let n = self.with_io(|fd| {
+                // SAFETY: `fd` is kept open by `with_io`'s lock guard for the closure's run;
+                // `iov[first..]` is a live slice and the count passed is at most its length. The
+                // kernel reads or writes the memory each iovec names: that it is valid for iov_len
+                // bytes (and not touched by anyone else) is the caller's promise, not checked here:
+                // read_full and write_all are safe fns, callers build their iovecs with
+                // ExtentPtr::iovecs over ranges they hold LOCKED or WRITEBACK.
                 cvt_isize(unsafe {
                     op(
                         fd,
@@ -850,8 +922,10 @@ impl DataFile {
     pub fn sync(&self, datasync: bool) -> io::Result<()> {
         self.with_io(|fd| {
             let r = if datasync {
+                // SAFETY: fdatasync takes no pointers; `fd` is kept open by `with_io`'s lock guard.
                 unsafe { libc::fdatasync(fd) }
             } else {
+                // SAFETY: fsync takes no pointers; `fd` is kept open by `with_io`'s lock guard.
                 unsafe { libc::fsync(fd) }
             };
             cvt(r).map(drop)
@@ -873,12 +947,14 @@ impl DataFile {
 
     pub fn set_len(&self, size: u64) -> io::Result<()> {
         let _own = self.own_change();
+        // SAFETY: ftruncate takes no pointers; `fd` is kept open by `with_io`'s lock guard.
         self.with_io(|fd| cvt(unsafe { libc::ftruncate(fd, size as libc::off_t) }).map(drop))
     }
 
     pub fn fallocate(&self, mode: i32, off: u64, len: u64) -> io::Result<()> {
         let _own = self.own_change();
         self.with_io(|fd| {
+            // SAFETY: fallocate takes no pointers; `fd` is kept open by `with_io`'s lock guard.
             cvt(unsafe { libc::fallocate(fd, mode, off as libc::off_t, len as libc::off_t) })
                 .map(drop)
         })
@@ -886,6 +962,7 @@ impl DataFile {
 
     pub fn lseek(&self, off: i64, whence: i32) -> io::Result<i64> {
         self.with_io(|fd| {
+            // SAFETY: lseek takes no pointers; `fd` is kept open by `with_io`'s lock guard.
             let r = unsafe { libc::lseek(fd, off, whence) };
             if r < 0 {
                 Err(io::Error::last_os_error())
@@ -905,6 +982,8 @@ impl DataFile {
     pub fn touch_atime(&self) -> io::Result<()> {
         let fd = reopen(self.path.get()?.as_fd(), libc::O_RDONLY)?;
         let mut b = 0u8;
+        // SAFETY: `b` is a live one-byte buffer and the count is 1; `fd` is owned here until the
+        // end of the function.
         cvt_isize(unsafe { libc::pread(fd.as_raw_fd(), &mut b as *mut u8 as *mut _, 1, 0) })
             .map(drop)
     }
@@ -931,6 +1010,8 @@ fn advance(iov: &mut [libc::iovec], first: &mut usize, mut n: usize) {
             v.iov_len = 0;
             *first += 1;
         } else {
+            // SAFETY: n < v.iov_len, so the result stays inside the buffer this iovec describes
+            // (the same object as iov_base, which the caller of `vectored` promised valid).
             v.iov_base = unsafe { (v.iov_base as *mut u8).add(n) } as *mut libc::c_void;
             v.iov_len -= n;
             n = 0;
@@ -965,13 +1046,19 @@ mod tests {
         if max < i64::MAX as u64 {
             // SOURCE's own limit: a write at it is refused as too large.
             let r =
+                // SAFETY: `b"x"` is a static one-byte buffer and the count is 1; `f` is open for
+                // the call.
                 unsafe { libc::pwrite(f.as_raw_fd(), b"x".as_ptr() as *const _, 1, max as i64) };
             assert_eq!(r, -1);
             assert_eq!(io::Error::last_os_error().raw_os_error(), Some(libc::EFBIG));
         }
         // tmpfs (a memfd) has no limit below the kernel's.
+        // SAFETY: the name is a NUL-terminated static C string; MFD_CLOEXEC asks for a new
+        // descriptor.
         let m = unsafe { libc::memfd_create(c"posix-max".as_ptr(), libc::MFD_CLOEXEC) };
         assert!(m >= 0);
+        // SAFETY: `m` is non-negative (asserted above), so it is the new memfd, owned by nobody
+        // else.
         let m = unsafe { OwnedFd::from_raw_fd(m) };
         assert_eq!(max_file_size(m.as_fd(), max), i64::MAX as u64);
     }

@@ -212,7 +212,7 @@ mod tests {
 
     #[test]
     fn of_reads_nanoseconds() {
-        // SAFETY: stat is plain old data; all-zero is a valid value.
+        // SAFETY: libc::stat is plain old data (integers only), so all-zero bytes are a valid value.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         st.st_size = 7;
         st.st_mtime = 1;

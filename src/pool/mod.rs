@@ -133,6 +133,9 @@ pub struct PagePool {
 // pool itself never reads or writes page memory; all allocator state is behind Mutexes and
 // atomics. Synchronizing access to the memory of an allocated run is the owner's job.
 unsafe impl Send for PagePool {}
+// SAFETY: the same reasons make `&PagePool` safe to share: every `&self` method touches only Mutex-
+// or atomic-guarded allocator state and `base`/`capacity_pages`, which never change after new();
+// run_ptr only computes an address.
 unsafe impl Sync for PagePool {}
 
 fn invalid(msg: &str) -> io::Error {

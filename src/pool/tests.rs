@@ -399,12 +399,14 @@ fn run_ptr_writes_visible_and_distinct() {
         let r = p.alloc_run(*n).unwrap();
         let ptr = p.run_ptr(r);
         assert_eq!(ptr as usize - base, (r.first as usize) << PAGE_SHIFT);
-        // SAFETY: the run is allocated to us and the slice covers exactly its bytes.
+        // SAFETY: run_ptr checked `r` lies inside the pool's mapping, so `ptr` is valid for
+        // r.bytes() bytes; the run was just allocated to this test, so nothing else uses them.
         unsafe { std::ptr::write_bytes(ptr, i as u8 + 1, r.bytes()) };
         runs.push((r, i as u8 + 1));
     }
     for (r, v) in &runs {
-        // SAFETY: as above; no concurrent writers.
+        // SAFETY: `r` is still allocated to this test and inside the mapping (run_ptr checks),
+        // its bytes were initialized above, and no one writes them while `s` lives.
         let s = unsafe { std::slice::from_raw_parts(p.run_ptr(*r), r.bytes()) };
         assert!(s.iter().all(|b| b == v), "run {r:?} overwritten");
     }
@@ -452,7 +454,9 @@ fn threaded_stress_no_overlap() {
                 let mut held: Vec<(Run, u64)> = Vec::new();
                 let check = |r: &Run, tag: u64| {
                     for pg in 0..r.pages as usize {
-                        // SAFETY: page `pg` of a run this thread owns.
+                        // SAFETY: pg < r.pages, so the 8 bytes at page `pg` lie inside the
+                        // run (page-aligned, so aligned for u64); this thread allocated it and
+                        // wrote them, and no other thread touches them until it frees the run.
                         let v =
                             unsafe { (p.run_ptr(*r).add(pg << PAGE_SHIFT) as *const u64).read() };
                         assert_eq!(v, tag, "page {} of {r:?} clobbered", pg);
@@ -487,7 +491,8 @@ fn threaded_stress_no_overlap() {
                     }
                     for r in got {
                         for pg in 0..r.pages as usize {
-                            // SAFETY: freshly allocated run owned by this thread.
+                            // SAFETY: pg < r.pages, so the page-aligned 8 bytes lie inside the
+                            // run, just allocated to this thread; nobody else touches them.
                             unsafe { (p.run_ptr(r).add(pg << PAGE_SHIFT) as *mut u64).write(tag) };
                         }
                         held.push((r, tag));
@@ -516,7 +521,8 @@ fn thp_policy() {
     assert_eq!(p.backing(), Backing::Thp);
     assert_eq!(p.run_ptr(Run { first: 0, pages: 1 }) as usize % HUGE_2M, 0);
     let r = p.alloc_run(1024).unwrap();
-    // SAFETY: our run.
+    // SAFETY: run_ptr checked `r` lies inside the mapping, so it is valid for r.bytes()
+    // bytes; the run was just allocated to this test and nothing else uses it.
     unsafe { std::ptr::write_bytes(p.run_ptr(r), 7, r.bytes()) };
     let hb = p.huge_bytes();
     eprintln!("thp: huge_bytes after touching 4 MiB = {hb}");
@@ -549,12 +555,15 @@ fn hugetlb_policy_errors_or_works_and_auto_falls_back() {
 
 /// Fill the run with `byte` (a test owns its runs).
 fn fill(p: &PagePool, r: Run, byte: u8) {
-    // SAFETY: `r` is allocated to the test and inside the pool.
+    // SAFETY: run_ptr checked `r` lies inside the mapping, valid for r.bytes() bytes; callers
+    // pass runs allocated to their test, which no other thread touches meanwhile.
     unsafe { std::ptr::write_bytes(p.run_ptr(r), byte, r.bytes()) };
 }
 
 fn all_bytes(p: &PagePool, r: Run, byte: u8) -> bool {
-    // SAFETY: as in `fill`.
+    // SAFETY: as in `fill`, `r` is inside the mapping and used by this test alone; pool
+    // memory is always initialized (anonymous mmap is zero-filled), and the slice is dropped
+    // before anything writes the run.
     unsafe { std::slice::from_raw_parts(p.run_ptr(r), r.bytes()) }
         .iter()
         .all(|&b| b == byte)
