@@ -335,6 +335,64 @@ def main():
     print("results: %s/results.json, %s/results.md" % (res, res))
     for t in targets:
         print("%s %s" % (t["id"], t["status"]))
+    chart = draw_chart(res, ratios, meta)
+    if chart:
+        print("chart: %s" % chart)
+
+
+def draw_chart(res, ratios, meta):
+    """RESULTS/ratios.png: extentfs / peer per job, one panel per placement (matplotlib from
+    Debian's python3-matplotlib; skipped with a note when it is missing)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        print("chart: skipped (no matplotlib; apt-get install python3-matplotlib)")
+        return None
+    placements = [p for p in PLACEMENT_ORDER if any(r["placement"] == p for r in ratios)]
+    jobs = [j for j in JOB_ORDER if any(r["job"] == j for r in ratios)]
+    if not placements or not jobs:
+        return None
+    fig, axes = plt.subplots(1, len(placements), figsize=(max(9.0, 5.5 * len(placements)), 0.45 * len(jobs) + 1.8),
+                             sharey=True, squeeze=False)
+    colors = {"pool": "#1f77b4", "kernel": "#ff7f0e"}
+    values = [r["ratio_vs_peer"] for r in ratios if r["ratio_vs_peer"]]
+    lo = min(values + [1.0]) * 0.7
+    hi = max(values + [1.0]) * 1.4
+    for ax, pl in zip(axes[0], placements):
+        for k, fs in enumerate(["pool", "kernel"]):
+            ys, xs = [], []
+            for i, j in enumerate(jobs):
+                for r in ratios:
+                    if r["job"] == j and r["placement"] == pl and r["fs"] == fs and r["ratio_vs_peer"]:
+                        ys.append(i + (k - 0.5) * 0.38)
+                        xs.append(r["ratio_vs_peer"])
+            # Bars grow from the left edge of the log axis, not from 0.
+            ax.barh(ys, [x - lo for x in xs], left=lo, height=0.36, color=colors[fs],
+                    label="%s / %s" % (FS_LABEL[fs], FS_LABEL[PEER[fs]]) if pl == placements[0] else None)
+            for y, x in zip(ys, xs):
+                ax.text(x, y, " %.2fx" % x, va="center", fontsize="x-small")
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_xlim(lo, hi)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%gx"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xticks([t for t in (0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32) if lo <= t <= hi])
+        ax.set_title(PLACEMENT_LABEL[pl])
+        ax.set_xlabel("ratio to the peer (log scale; > 1: extentfs faster)")
+    axes[0][0].set_yticks(range(len(jobs)))
+    axes[0][0].set_yticklabels([JOB_LABEL.get(j, j) for j in jobs])
+    axes[0][0].invert_yaxis()
+    fig.legend(loc="lower center", ncol=2, fontsize="small")
+    fig.suptitle("extentfs vs passthrough_ll, same run (%s)" % meta.get("started", meta.get("date", "")),
+                 fontsize="medium")
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    path = os.path.join(res, "ratios.png")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 if __name__ == "__main__":

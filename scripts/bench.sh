@@ -33,7 +33,8 @@
 # Filesystems: native (tmpfs, or the disk directory for cold jobs, no FUSE), pool (extentfs
 # cache=pool), kernel (extentfs cache=kernel), ptnever / ptalways (passthrough_ll cache=never /
 # cache=always). Output: RESULTS/results.json, RESULTS/results.md (printed), raw fio JSON in
-# RESULTS/runs/, logs, perf reports.
+# RESULTS/runs/, logs, perf reports, and RESULTS/ratios.png (a chart of the ratios to the peer;
+# needs Debian's python3-matplotlib).
 set -euo pipefail
 export LC_ALL=C
 
