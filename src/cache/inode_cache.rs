@@ -162,11 +162,17 @@ pub struct InodeCache {
 }
 
 impl InodeCache {
-    pub fn new(key: InodeKey, pool: Arc<PagePool>, file: DataFile) -> io::Result<InodeCache> {
+    /// `dirty_total`: the mount's count of DIRTY bytes, which this file's tree keeps.
+    pub fn new(
+        key: InodeKey,
+        pool: Arc<PagePool>,
+        dirty_total: Arc<AtomicU64>,
+        file: DataFile,
+    ) -> io::Result<InodeCache> {
         let st = file.stat()?;
         Ok(InodeCache {
             key,
-            tree: ExtentStateTree::new(),
+            tree: ExtentStateTree::with_dirty_total(dirty_total),
             map: ExtentMap::new(pool),
             file,
             size: AtomicU64::new(st.st_size as u64),

@@ -79,8 +79,9 @@ pub struct CacheContext {
     pub stats: Counters,
     pub ops: OpCounters,
     caches: Mutex<HashMap<InodeKey, Arc<InodeCache>>>,
-    /// Sum of every file's DIRTY bytes (kept by the paths that set and clear DIRTY).
-    dirty: AtomicU64,
+    /// Sum of every file's DIRTY bytes, kept by the files' state trees themselves (see
+    /// `ExtentStateTree::with_dirty_total`).
+    dirty: Arc<AtomicU64>,
     /// Bumped whenever writeback or eviction makes progress; waiters sleep on `progress_cv`.
     progress: Mutex<u64>,
     progress_cv: Condvar,
@@ -100,7 +101,7 @@ impl CacheContext {
             stats: Counters::default(),
             ops: OpCounters::default(),
             caches: Mutex::new(HashMap::new()),
-            dirty: AtomicU64::new(0),
+            dirty: Arc::new(AtomicU64::new(0)),
             progress: Mutex::new(0),
             progress_cv: Condvar::new(),
             last_wb_errno: AtomicU64::new(0),
@@ -150,7 +151,12 @@ impl CacheContext {
             c.forgotten.store(false, Ordering::Relaxed);
             return Ok(c.clone());
         }
-        let c = Arc::new(InodeCache::new(key, self.pool.clone(), open_file()?)?);
+        let c = Arc::new(InodeCache::new(
+            key,
+            self.pool.clone(),
+            self.dirty.clone(),
+            open_file()?,
+        )?);
         m.insert(key, c.clone());
         Ok(c)
     }
@@ -215,17 +221,16 @@ impl CacheContext {
             .unwrap();
     }
 
-    // ---- DIRTY accounting: every DIRTY set/clear goes through these two ----
+    // ---- DIRTY: the trees count the bytes; these two also keep each file's dirty clock ----
 
     pub(crate) fn set_dirty(&self, c: &InodeCache, s: u64, e_incl: u64) {
         let added = c.tree.set_bits(s, e_incl, Bits::DIRTY);
         self.dirtied(c, added);
     }
 
-    /// Account `added` bytes that became DIRTY in `c`.
+    /// `added` bytes became DIRTY in `c`: start its dirty clock if it was clean.
     fn dirtied(&self, c: &InodeCache, added: u64) {
         if added > 0 {
-            self.dirty.fetch_add(added, Ordering::Relaxed);
             let _ = c.dirty_since.compare_exchange(
                 0,
                 self.now_ms(),
@@ -241,9 +246,6 @@ impl CacheContext {
         let removed = c.tree.clear_bits(s, e_incl, Bits::DIRTY);
         if !set.is_empty() {
             c.tree.set_bits(s, e_incl, set);
-        }
-        if removed > 0 {
-            self.dirty.fetch_sub(removed, Ordering::Relaxed);
         }
         if c.tree.dirty_bytes() == 0 {
             c.dirty_since.store(0, Ordering::Relaxed);

@@ -79,7 +79,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::{BitAnd, BitAndAssign, BitOr, BitOrAssign, Not};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 /// A set of extent state bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -271,10 +272,27 @@ struct Inner {
     writeback: u128,
     /// Threads currently blocked on the condvar (skip `notify_all` if zero).
     waiters: usize,
+    /// A total of DIRTY bytes shared by many trees (a mount's), kept by `account` so that no
+    /// path that sets or clears DIRTY can forget it.
+    dirty_total: Option<Arc<AtomicU64>>,
 }
 
 impl Inner {
     fn account(&mut self, old: Bits, new: Bits, len: u128) {
+        if let Some(total) = &self.dirty_total {
+            // Saturating like the byte counts (a range can span 2^64 bytes; DIRTY ones never
+            // do in a mount: they stop at the file size limit).
+            let n = len.min(u64::MAX as u128) as u64;
+            match (old.contains(Bits::DIRTY), new.contains(Bits::DIRTY)) {
+                (true, false) => {
+                    total.fetch_sub(n, Ordering::Relaxed);
+                }
+                (false, true) => {
+                    total.fetch_add(n, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+        }
         for (bit, ctr) in [
             (Bits::UPTODATE, &mut self.uptodate),
             (Bits::DIRTY, &mut self.dirty),
@@ -417,6 +435,15 @@ impl Default for ExtentStateTree {
     }
 }
 
+impl Drop for ExtentStateTree {
+    fn drop(&mut self) {
+        let inner = self.inner.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if let Some(total) = &inner.dirty_total {
+            total.fetch_sub(inner.dirty.min(u64::MAX as u128) as u64, Ordering::Relaxed);
+        }
+    }
+}
+
 impl fmt::Debug for ExtentStateTree {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let g = self.lock();
@@ -436,6 +463,15 @@ impl ExtentStateTree {
             inner: Mutex::new(Inner::default()),
             cv: Condvar::new(),
         }
+    }
+
+    /// A tree whose DIRTY bytes also count in `total` (shared by the trees of a mount), from
+    /// inside every set, clear, split and merge; what is still DIRTY when the tree is dropped
+    /// is taken off `total` then.
+    pub fn with_dirty_total(total: Arc<AtomicU64>) -> Self {
+        let t = Self::new();
+        t.lock().dirty_total = Some(total);
+        t
     }
 
     /// Critical sections never panic except on an internal bug, so a
@@ -843,6 +879,31 @@ impl MissingAcc {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_shared_dirty_total_follows_every_change() {
+        let total = Arc::new(AtomicU64::new(0));
+        let a = ExtentStateTree::with_dirty_total(total.clone());
+        let b = ExtentStateTree::with_dirty_total(total.clone());
+        a.set_bits(0, 99, Bits::DIRTY | Bits::UPTODATE);
+        b.set_bits(10, 19, Bits::DIRTY);
+        assert_eq!(total.load(Ordering::Relaxed), 110);
+        // Overlapping set: only the new bytes count; a split clear removes its part.
+        a.set_bits(50, 149, Bits::DIRTY);
+        assert_eq!(total.load(Ordering::Relaxed), 160);
+        a.clear_bits(40, 59, Bits::DIRTY);
+        assert_eq!(total.load(Ordering::Relaxed), 140);
+        // DIRTY turned into WRITEBACK under a lock, in the unlocking step.
+        a.lock_range_waiting(0, 9, Bits::NONE);
+        a.unlock_range_with(0, 9, Bits::WRITEBACK, Bits::DIRTY);
+        assert_eq!(total.load(Ordering::Relaxed), 130);
+        assert_eq!(a.dirty_bytes() + b.dirty_bytes(), 130);
+        drop(a);
+        assert_eq!(total.load(Ordering::Relaxed), 10);
+        drop(b);
+        assert_eq!(total.load(Ordering::Relaxed), 0);
+    }
+
     use super::*;
     use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
     use std::sync::mpsc;
