@@ -547,3 +547,86 @@ fn ctl_drop_gives_pool_memory_back() {
     check_bytes("after drop", &std::fs::read(m.path("f")).unwrap(), &data);
     assert!(stat(&mount_stats(&m), "pool_used_bytes") > 0);
 }
+
+/// (ctime, mtime) of `p` to the nanosecond.
+fn times_of(p: &Path) -> ((i64, i64), (i64, i64)) {
+    let st = crate::posix::lstat(p);
+    (
+        (st.st_ctime, st.st_ctime_nsec),
+        (st.st_mtime, st.st_mtime_nsec),
+    )
+}
+
+/// xfstests generic/003: create a file, `stat`, `cat`, `stat`: the times a user sees do not
+/// move because extentfs writes the data back to SOURCE (which moves SOURCE's ctime), whether
+/// the writeback runs at close (coherence=cto), later in the background (coherence=none) or on
+/// `ctl sync`. A write seen with fstat before the close keeps its times after the close too;
+/// a chmod afterwards still moves ctime. `attr_timeout=0` makes every stat ask the daemon.
+fn ctime_still_after_writeback(opts: &str) {
+    let m = Mount::new(&format!("cache_size=16M,attr_timeout=0,{opts}"));
+    for i in 0..10 {
+        let f = m.path(&format!("f{i}"));
+        std::fs::write(&f, b"hello\n").unwrap();
+        let before = times_of(&f);
+        assert_eq!(std::fs::read(&f).unwrap(), b"hello\n");
+        let after_read = times_of(&f);
+        // Wait until the data is in SOURCE (background writeback under coherence=none;
+        // there at close otherwise), then write everything back and stamp the mtime.
+        let src = m.src_path(&format!("f{i}"));
+        let t0 = std::time::Instant::now();
+        while std::fs::read(&src).unwrap() != b"hello\n" {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(30),
+                "[{opts}] f{i} never reached SOURCE"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        crate::posix::sync_mount(&m);
+        let after_wb = times_of(&f);
+        assert_eq!(
+            after_read, before,
+            "[{opts}] f{i}: times moved after the read"
+        );
+        assert_eq!(
+            after_wb, before,
+            "[{opts}] f{i}: times moved after writeback"
+        );
+    }
+    // Written through an open descriptor and stat'ed before the close (data still dirty).
+    let p = m.path("open");
+    let mut fh = std::fs::File::create(&p).unwrap();
+    use std::io::Write;
+    fh.write_all(&vec![b'w'; 100_000]).unwrap();
+    let st = fh.metadata().unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let open_times = ((st.ctime(), st.ctime_nsec()), (st.mtime(), st.mtime_nsec()));
+    drop(fh);
+    crate::posix::sync_mount(&m);
+    assert_eq!(times_of(&p), open_times, "[{opts}] times moved at close");
+    // A change of the user's own still shows.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let chmodded = times_of(&p);
+    assert!(
+        chmodded.0 > open_times.0,
+        "[{opts}] chmod did not move ctime"
+    );
+    assert_eq!(chmodded.1, open_times.1);
+}
+
+#[test]
+fn ctime_still_after_writeback_pool() {
+    ctime_still_after_writeback("cache=pool");
+}
+
+#[test]
+fn ctime_still_after_writeback_kernel() {
+    ctime_still_after_writeback("cache=kernel");
+}
+
+#[test]
+fn ctime_still_after_writeback_no_coherence() {
+    ctime_still_after_writeback("cache=pool,coherence=none");
+    ctime_still_after_writeback("cache=kernel,coherence=none");
+}

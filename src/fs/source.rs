@@ -676,14 +676,31 @@ impl DataFile {
     /// drops, checks answer `Busy`; then SOURCE's new state is recorded as extentfs's own.
     /// A foreign change made before the first of a burst of own changes is remembered.
     pub fn own_change(&self) -> OwnChange<'_> {
+        self.begin_own(false)
+    }
+
+    /// An own change whose ctime must not show: writeback of data a user already wrote, and
+    /// the stamp of its mtime (see [`Seen::shown_ctime`]).
+    fn own_change_hidden(&self) -> OwnChange<'_> {
+        self.begin_own(true)
+    }
+
+    fn begin_own(&self, hidden: bool) -> OwnChange<'_> {
         let mut s = self.lock_seen();
         let now = if s.wants_pre_check() {
             self.stat().ok().map(|st| Validator::of(&st))
         } else {
             None
         };
-        s.begin_own(now);
+        s.begin_own(now, hidden);
         OwnChange(self)
+    }
+
+    /// The ctime to show for SOURCE's stat `st` of this file: SOURCE's, unless it is the one
+    /// extentfs's own writeback gave it (then the one shown before).
+    pub fn shown_ctime(&self, st: &libc::stat) -> (i64, i64) {
+        self.lock_seen()
+            .shown_ctime((st.st_ctime, st.st_ctime_nsec))
     }
 
     fn end_own(&self) {
@@ -789,7 +806,7 @@ impl DataFile {
 
     /// Write all of `iov` at `off` (pwritev, retried on short writes).
     pub fn write_all(&self, iov: &mut [libc::iovec], off: u64) -> io::Result<()> {
-        let _own = self.own_change();
+        let _own = self.own_change_hidden();
         let total: usize = iov.iter().map(|v| v.iov_len).sum();
         match self.vectored(iov, off, libc::pwritev)? {
             n if n == total => Ok(()),
@@ -893,7 +910,7 @@ impl DataFile {
 
     /// Set mtime (and atime omitted) on the file.
     pub fn set_mtime(&self, mtime: libc::timespec) -> io::Result<()> {
-        let _own = self.own_change();
+        let _own = self.own_change_hidden();
         let times = [
             libc::timespec {
                 tv_sec: 0,
