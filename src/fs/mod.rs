@@ -86,6 +86,11 @@ pub struct ExtentFs {
 }
 
 type R<T> = Result<T, Errno>;
+
+/// How long a direct write waits for the kernel to drop its pages of the range (see
+/// `ExtentFs::invalidate_written`); normally microseconds.
+const INVAL_WAIT: Duration = Duration::from_secs(1);
+
 /// What an entry reply carries: the attributes and the generation for file handles.
 type Entry = (FileAttr, Generation);
 
@@ -271,6 +276,39 @@ impl ExtentFs {
             });
         if let Err(e) = spawned {
             tracing::warn!("kernel pages of node {} not invalidated: {e}", ino.0);
+        }
+    }
+
+    /// Drop the kernel's cached pages of `[off, off + len)` of `ino` after a direct write to
+    /// them (`cache=kernel`), before the write is answered, so nothing read once it completed
+    /// can come from a page cached before it reached the pool. The kernel locks each page to
+    /// drop it, so this runs on another thread and is waited for only a bounded time: a page
+    /// locked by a request that waits for this one must not block it forever.
+    fn invalidate_written(&self, ino: INodeNo, off: u64, len: u64) {
+        let Some(n) = self.notifier.get() else { return };
+        if len == 0 {
+            return;
+        }
+        let n = n.clone();
+        let (done, wait) = std::sync::mpsc::sync_channel::<()>(1);
+        let spawned = std::thread::Builder::new()
+            .name("inval".into())
+            .spawn(move || {
+                if let Err(e) = n.inval_inode(ino, off as i64, len as i64) {
+                    tracing::debug!("invalidating the kernel's pages of node {}: {e}", ino.0);
+                }
+                let _ = done.send(());
+            });
+        match spawned {
+            Ok(_) => {
+                if wait.recv_timeout(INVAL_WAIT).is_err() {
+                    tracing::debug!(
+                        "node {}: pages after a direct write still being dropped",
+                        ino.0
+                    );
+                }
+            }
+            Err(e) => tracing::warn!("kernel pages of node {} not invalidated: {e}", ino.0),
         }
     }
 
@@ -1316,6 +1354,15 @@ impl Filesystem for ExtentFs {
                 if at != offset && !pool {
                     // The kernel's pages hold the data where it thought the end was.
                     self.tell_kernel_changed(ino, true);
+                } else if !pool
+                    && flags.0 & libc::O_DIRECT != 0
+                    && !write_flags.contains(WriteFlags::FUSE_WRITE_CACHE)
+                {
+                    // An O_DIRECT write to a page-cached file: the kernel dropped its pages of
+                    // the range before sending it, but a buffered read meanwhile may have
+                    // cached the old bytes again, and after an asynchronous one (AIO) it
+                    // does not drop them (xfstests generic/451).
+                    self.invalidate_written(ino, at, n as u64);
                 }
                 Ok((at, n))
             })();
