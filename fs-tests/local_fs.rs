@@ -5,7 +5,7 @@
 use crate::harness::*;
 use crate::posix::{as_nobody, child_errno, cpath, getxattr_raw, listxattr, open_up};
 use std::ffi::CString;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -797,4 +797,93 @@ fn buffered_read_after_direct_write_kernel_no_coherence() {
 #[test]
 fn buffered_read_after_direct_write_pool() {
     buffered_read_after_direct_write("cache=pool");
+}
+
+/// A tmpfs mounted inside a test's SOURCE; unmounted on drop (after the Mount, which is
+/// declared after it), also when the test failed.
+struct TmpfsInside {
+    at: PathBuf,
+}
+
+impl TmpfsInside {
+    fn mount(at: &Path) -> TmpfsInside {
+        std::fs::create_dir(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16m", "posix2-tmpfs"])
+            .arg(at)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "mount tmpfs at {}", at.display());
+        TmpfsInside {
+            at: at.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for TmpfsInside {
+    fn drop(&mut self) {
+        if !umount(&self.at) {
+            umount_lazy(&self.at);
+        }
+        // The Mount's temporary directory could not remove SOURCE while this was mounted.
+        if let Some(tmp) = self.at.parent().and_then(Path::parent) {
+            let _ = std::fs::remove_dir_all(tmp);
+        }
+    }
+}
+
+/// Descriptors the process `pid` holds.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Issue 16 item 1: a filesystem mounted inside SOURCE (a tmpfs at SOURCE/sub, 700 files) under
+/// a small descriptor budget (`rlimit_nofile=256`): the daemon gives back descriptors of idle
+/// inodes there too and reopens them through that mount, so every file reads twice and every
+/// `O_PATH` descriptor of them stats (each getattr reaching the daemon), never ESTALE.
+#[test]
+fn submount_inodes_reopen_through_their_mount() {
+    let mut tmpfs = None;
+    let m = Mount::with_source("cache_size=16M,rlimit_nofile=256,attr_timeout=0", |src| {
+        let t = TmpfsInside::mount(&src.join("sub"));
+        for i in 0..700 {
+            std::fs::write(t.at.join(format!("f{i}")), format!("file {i}\n")).unwrap();
+        }
+        tmpfs = Some(t);
+    });
+    let pid = m.pid().unwrap();
+    let mut held = Vec::new();
+    for i in 0..700 {
+        let c = cpath(&m.path(&format!("sub/f{i}")));
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+        assert!(fd >= 0, "O_PATH f{i}: {}", std::io::Error::last_os_error());
+        // SAFETY: a descriptor just opened and owned by nobody else (closed on unwind too,
+        // which the unmount needs).
+        held.push(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+    }
+    for pass in 0..2 {
+        for i in 0..700 {
+            let got = std::fs::read(m.path(&format!("sub/f{i}")))
+                .unwrap_or_else(|e| panic!("pass {pass}: read f{i}: {e}"));
+            assert_eq!(got, format!("file {i}\n").into_bytes(), "pass {pass}: f{i}");
+        }
+    }
+    // The daemon did give descriptors back (it knows 700 inodes under a limit of 256).
+    let n = fd_count(pid);
+    assert!(n < 256, "daemon holds {n} descriptors");
+    for (i, fd) in held.iter().enumerate() {
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let r = unsafe { libc::fstat(fd.as_raw_fd(), &mut st) };
+        assert_eq!(r, 0, "fstat f{i}: {}", std::io::Error::last_os_error());
+        assert_eq!(st.st_size, format!("file {i}\n").len() as i64);
+    }
+    drop(held);
+    // The rest of SOURCE is unaffected.
+    std::fs::write(m.path("top"), b"top").unwrap();
+    assert_eq!(std::fs::read(m.src_path("top")).unwrap(), b"top");
+    drop(m);
+    drop(tmpfs);
 }

@@ -400,9 +400,17 @@ impl SourceHandle {
 
 /// The handle of the inode held by `fd`.
 pub fn handle_of(fd: BorrowedFd<'_>) -> io::Result<SourceHandle> {
+    handle_and_mount_of(fd).map(|(h, _)| h)
+}
+
+/// The handle of the inode held by `fd` and the id of the mount `fd` reaches it through: a
+/// handle is decoded only through a descriptor of a mount of the same filesystem.
+pub fn handle_and_mount_of(fd: BorrowedFd<'_>) -> io::Result<(SourceHandle, i32)> {
     let mut h = SourceHandle::new(0, &[]);
     h.len = MAX_HANDLE_SZ as u32;
     let mut mount_id: libc::c_int = 0;
+    // SAFETY: `h` is laid out as a `struct file_handle` with `handle_bytes` (len) saying how
+    // much room follows; the kernel writes at most that much, and the mount id into an int.
     cvt(unsafe {
         libc::name_to_handle_at(
             fd.as_raw_fd(),
@@ -412,7 +420,7 @@ pub fn handle_of(fd: BorrowedFd<'_>) -> io::Result<SourceHandle> {
             libc::AT_EMPTY_PATH,
         )
     })?;
-    Ok(h)
+    Ok((h, mount_id))
 }
 
 /// An `open_by_handle_at` failure as the caller should see it: a shortage (EMFILE, ENFILE,
