@@ -887,3 +887,141 @@ fn submount_inodes_reopen_through_their_mount() {
     drop(m);
     drop(tmpfs);
 }
+
+/// Run `f` in a forked child as uid/gid 65534 with supplementary `groups`; its exit code
+/// (0-249), 250 when the credentials could not be taken.
+fn as_nobody_in(groups: &[u32], f: impl FnOnce() -> i32) -> i32 {
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        // SAFETY: the child only makes system calls and exits, never returning into the test.
+        unsafe {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setresgid(65534, 65534, 65534) != 0
+                || libc::setresuid(65534, 65534, 65534) != 0
+            {
+                libc::_exit(250);
+            }
+            let r = f();
+            libc::_exit(r.clamp(0, 249));
+        }
+    }
+    let mut status = 0;
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status), "child died: status {status:#x}");
+    libc::WEXITSTATUS(status)
+}
+
+/// Issue 16 item 4: objects another user creates through the mount are theirs in SOURCE from
+/// the start (created with their fsuid, fsgid and groups, not created by the daemon and then
+/// chowned: SOURCE sees no attribute change after the creation), take the group of a
+/// set-group-ID directory (directories also its set-group-ID bit), and SOURCE's own
+/// permission checks see the caller's supplementary groups.
+#[test]
+fn created_objects_belong_to_their_creator() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    const SG_GID: u32 = 4242;
+    const MEMBER_GID: u32 = 4343;
+    let m = Mount::with_source("cache_size=16M,allow_other", |src| {
+        let mk = |name: &str, gid: u32, mode: u32| {
+            let d = src.join(name);
+            std::fs::create_dir(&d).unwrap();
+            std::os::unix::fs::chown(&d, Some(0), Some(gid)).unwrap();
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        mk("pub", 0, 0o1777);
+        mk("sg", SG_GID, 0o2777);
+        mk("grp", MEMBER_GID, 0o770);
+    });
+    open_up(&m);
+    // SOURCE reports every attribute change of the new objects.
+    let ino = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+    assert!(ino >= 0);
+    // SAFETY: a descriptor just opened, owned here (closed on unwind too).
+    let ino = unsafe { std::os::fd::OwnedFd::from_raw_fd(ino) };
+    for d in ["pub", "sg", "grp"] {
+        let c = cpath(&m.src_path(d));
+        let w = unsafe { libc::inotify_add_watch(ino.as_raw_fd(), c.as_ptr(), libc::IN_ATTRIB) };
+        assert!(w >= 0, "inotify watch: {}", std::io::Error::last_os_error());
+    }
+    let p = |rel: &str| cpath(&m.path(rel));
+    let (pf, pd, pp, pl, sf, sd, gf) = (
+        p("pub/f"),
+        p("pub/d"),
+        p("pub/p"),
+        p("pub/l"),
+        p("sg/f"),
+        p("sg/d"),
+        p("grp/f"),
+    );
+    let r = as_nobody_in(&[MEMBER_GID], || unsafe {
+        let create = |c: &CString| {
+            let fd = libc::open(
+                c.as_ptr(),
+                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                0o644,
+            );
+            if fd >= 0 {
+                libc::close(fd);
+            }
+            fd
+        };
+        let steps = [
+            create(&pf),
+            libc::mkdir(pd.as_ptr(), 0o755),
+            libc::mknod(pp.as_ptr(), libc::S_IFIFO | 0o644, 0),
+            libc::symlink(c"target".as_ptr(), pl.as_ptr()),
+            create(&sf),
+            libc::mkdir(sd.as_ptr(), 0o755),
+            create(&gf),
+        ];
+        match steps.iter().position(|&r| r < 0) {
+            Some(i) => 10 + i as i32,
+            None => 0,
+        }
+    });
+    assert_eq!(r, 0, "creations as nobody (10 + the step that failed)");
+    let owner = |rel: &str| {
+        let md = std::fs::symlink_metadata(m.src_path(rel)).unwrap();
+        (md.uid(), md.gid(), md.mode() & 0o7777)
+    };
+    for rel in ["pub/f", "pub/d", "pub/p", "pub/l", "grp/f"] {
+        let (uid, gid, _) = owner(rel);
+        assert_eq!((uid, gid), (65534, 65534), "{rel} in SOURCE");
+        let md = std::fs::symlink_metadata(m.path(rel)).unwrap();
+        assert_eq!(
+            (md.uid(), md.gid()),
+            (65534, 65534),
+            "{rel} through the mount"
+        );
+    }
+    assert_eq!(
+        owner("sg/f"),
+        (65534, SG_GID, 0o644),
+        "file in a setgid directory"
+    );
+    assert_eq!(
+        owner("sg/d"),
+        (65534, SG_GID, 0o2755),
+        "directory in a setgid one"
+    );
+    // Created as the caller: no chown or chmod after the creation.
+    let mut buf = [0u8; 4096];
+    let n = unsafe { libc::read(ino.as_raw_fd(), buf.as_mut_ptr() as *mut _, buf.len()) };
+    assert!(
+        n < 0,
+        "SOURCE saw {n} bytes of attribute-change events on the new objects"
+    );
+    // Without the group, SOURCE's directory stays closed (the kernel says so first).
+    let g2 = p("grp/g");
+    let r = as_nobody_in(&[], || unsafe {
+        let fd = libc::open(g2.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644);
+        if fd >= 0 {
+            libc::close(fd);
+            return 0;
+        }
+        child_errno(fd)
+    });
+    assert_eq!(r, libc::EACCES);
+    assert!(!m.src_path("grp/g").exists());
+}

@@ -501,8 +501,42 @@ impl ExtentFs {
         })
     }
 
-    /// After creating `name` in `parent` as root: give it to the caller, as a local
-    /// filesystem would (the group stays the directory's when it is setgid).
+    /// Become the caller of `req` for a creation in SOURCE (see [`source::UserCreds`]):
+    /// `Ok(Some(guard))` while the thread acts as the caller, `Ok(None)` when it need not (the
+    /// daemon is not root, or the caller is root with group 0: what the daemon creates is
+    /// the caller's anyway), `Err` when the switch was refused (then the creation runs as
+    /// the daemon and `chown_new` gives the object to the caller after).
+    fn become_caller(&self, req: &Request) -> io::Result<Option<source::UserCreds>> {
+        if !self.am_root || (req.uid() == 0 && req.gid() == 0) {
+            return Ok(None);
+        }
+        let groups = Caller::of(req).groups();
+        source::UserCreds::switch(req.uid(), req.gid(), &groups).map(Some)
+    }
+
+    /// Run `make`, a creation in SOURCE, as the caller of `req`; returns its result and
+    /// whether the new object still has to be given to the caller (`chown_new`).
+    fn create_as_caller<T>(&self, req: &Request, make: impl FnOnce() -> T) -> (T, bool) {
+        match self.become_caller(req) {
+            Ok(creds) => {
+                let r = make();
+                drop(creds);
+                (r, false)
+            }
+            Err(e) => {
+                tracing::debug!(
+                    "creating as uid {} gid {} refused ({e}): created by the daemon, then chowned",
+                    req.uid(),
+                    req.gid()
+                );
+                (make(), true)
+            }
+        }
+    }
+
+    /// After creating `name` in `parent` as root (when acting as the caller was refused):
+    /// give it to the caller, as a local filesystem would (the group stays the directory's
+    /// when it is setgid).
     fn chown_new(&self, req: &Request, parent: &Inode, name: &CStr, mode: u32) -> R<()> {
         if !self.am_root || (req.uid() == 0 && req.gid() == 0) {
             return Ok(());
@@ -586,8 +620,12 @@ impl ExtentFs {
         self.check_writable()?;
         let parent = self.inode(parent)?;
         let cname = source::name_cstr(name).map_err(err)?;
-        make(parent.fd()?.as_fd(), &cname).map_err(err)?;
-        self.chown_new(req, &parent, &cname, mode)?;
+        let dir = parent.fd()?;
+        let (made, chown) = self.create_as_caller(req, || make(dir.as_fd(), &cname));
+        made.map_err(err)?;
+        if chown {
+            self.chown_new(req, &parent, &cname, mode)?;
+        }
         self.do_lookup(&parent, &cname)
     }
 
@@ -718,14 +756,18 @@ impl ExtentFs {
         let parent = self.inode(parent)?;
         let cname = source::name_cstr(name).map_err(err)?;
         let excl = flags & libc::O_EXCL;
-        let created = match source::with_umask(mode & 0o7777, umask, |m| {
-            source::openat(
-                parent.fd()?.as_fd(),
-                &cname,
-                libc::O_CREAT | libc::O_EXCL | libc::O_RDONLY,
-                m,
-            )
-        }) {
+        let dir = parent.fd()?;
+        let (made, chown) = self.create_as_caller(req, || {
+            source::with_umask(mode & 0o7777, umask, |m| {
+                source::openat(
+                    dir.as_fd(),
+                    &cname,
+                    libc::O_CREAT | libc::O_EXCL | libc::O_RDONLY,
+                    m,
+                )
+            })
+        });
+        let created = match made {
             Ok(fd) => {
                 drop(fd);
                 true
@@ -733,7 +775,7 @@ impl ExtentFs {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) && excl == 0 => false,
             Err(e) => return Err(err(e)),
         };
-        if created {
+        if created && chown {
             self.chown_new(req, &parent, &cname, mode & !umask)?;
         }
         let (attr, generation) = self.do_lookup(&parent, &cname)?;
