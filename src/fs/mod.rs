@@ -401,10 +401,11 @@ impl ExtentFs {
                 if masked {
                     ctime = systime(shown.0, shown.1);
                 }
-                if let Some(t) = c.mtime_override() {
+                let written = c.mtime_override();
+                if let Some(t) = written {
                     mtime = systime(t.tv_sec, t.tv_nsec);
                 }
-                if (masked || c.mtime_override().is_some()) && mtime > ctime {
+                if (masked || written.is_some()) && mtime > ctime {
                     ctime = mtime;
                 }
             }

@@ -71,34 +71,36 @@ impl MountFd {
 /// filesystem there has no handles.
 pub fn mount_of_dir(dir: BorrowedFd<'_>) -> Option<Arc<MountFd>> {
     let (_, id) = source::handle_and_mount_of(dir).ok()?;
-    let mut mounts = lock(&MOUNTS);
-    if let Some(m) = mounts
-        .iter()
-        .find(|(i, _)| *i == id)
-        .and_then(|(_, w)| w.upgrade())
-    {
+    if let Some(m) = registered_mount(id) {
         return Some(m);
     }
-    let m = match MountFd::of_dir(dir) {
-        Ok(m) if m.id == id => Arc::new(m),
-        Ok(_) => return None,
+    let m = match source::reopen(dir, libc::O_RDONLY | libc::O_DIRECTORY) {
+        Ok(fd) => Arc::new(MountFd { fd, id }),
         Err(e) => {
             tracing::debug!("mount {id} inside SOURCE: no descriptor ({e}); its inodes are kept");
             return None;
         }
     };
+    let mut mounts = lock(&MOUNTS);
+    if let Some(other) = live_mount(&mounts, id) {
+        return Some(other); // another thread registered it meanwhile
+    }
     mounts.retain(|(_, w)| w.strong_count() > 0);
     mounts.push((id, Arc::downgrade(&m)));
     tracing::debug!("mount {id} inside SOURCE: its inodes are reopened through it");
     Some(m)
 }
 
-/// The registered descriptor of mount `id`, while a directory on it is known.
-fn registered_mount(id: i32) -> Option<Arc<MountFd>> {
-    lock(&MOUNTS)
+fn live_mount(mounts: &[(i32, Weak<MountFd>)], id: i32) -> Option<Arc<MountFd>> {
+    mounts
         .iter()
         .find(|(i, _)| *i == id)
         .and_then(|(_, w)| w.upgrade())
+}
+
+/// The registered descriptor of mount `id`, while a directory on it is known.
+fn registered_mount(id: i32) -> Option<Arc<MountFd>> {
+    live_mount(&lock(&MOUNTS), id)
 }
 
 /// I/O descriptors open for data (one per `DataFile` in use, see `note_io`).
