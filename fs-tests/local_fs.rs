@@ -5,6 +5,7 @@
 use crate::harness::*;
 use crate::posix::{as_nobody, child_errno, cpath, getxattr_raw, listxattr, open_up};
 use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -578,4 +579,493 @@ fn ctl_drop_gives_pool_memory_back() {
     // The data is read back from SOURCE into the given-back memory.
     check_bytes("after drop", &std::fs::read(m.path("f")).unwrap(), &data);
     assert!(stat(&mount_stats(&m), "pool_used_bytes") > 0);
+}
+
+/// (ctime, mtime) of `p` to the nanosecond.
+fn times_of(p: &Path) -> ((i64, i64), (i64, i64)) {
+    let st = crate::posix::lstat(p);
+    (
+        (st.st_ctime, st.st_ctime_nsec),
+        (st.st_mtime, st.st_mtime_nsec),
+    )
+}
+
+/// xfstests generic/003: create a file, `stat`, `cat`, `stat`: the times a user sees do not
+/// move because extentfs writes the data back to SOURCE (which moves SOURCE's ctime), whether
+/// the writeback runs at close (coherence=cto), later in the background (coherence=none) or on
+/// `ctl sync`. A write seen with fstat before the close keeps its times after the close too;
+/// a chmod afterwards still moves ctime. `attr_timeout=0` makes every stat ask the daemon.
+fn ctime_still_after_writeback(opts: &str) {
+    let m = Mount::new(&format!("cache_size=16M,attr_timeout=0,{opts}"));
+    for i in 0..10 {
+        let f = m.path(&format!("f{i}"));
+        std::fs::write(&f, b"hello\n").unwrap();
+        let before = times_of(&f);
+        assert_eq!(std::fs::read(&f).unwrap(), b"hello\n");
+        let after_read = times_of(&f);
+        // Wait until the data is in SOURCE (background writeback under coherence=none;
+        // there at close otherwise), then write everything back and stamp the mtime.
+        let src = m.src_path(&format!("f{i}"));
+        let t0 = std::time::Instant::now();
+        while std::fs::read(&src).unwrap() != b"hello\n" {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(30),
+                "[{opts}] f{i} never reached SOURCE"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        crate::posix::sync_mount(&m);
+        let after_wb = times_of(&f);
+        assert_eq!(
+            after_read, before,
+            "[{opts}] f{i}: times moved after the read"
+        );
+        assert_eq!(
+            after_wb, before,
+            "[{opts}] f{i}: times moved after writeback"
+        );
+    }
+    // Written through an open descriptor and stat'ed before the close (data still dirty).
+    let p = m.path("open");
+    let mut fh = std::fs::File::create(&p).unwrap();
+    use std::io::Write;
+    fh.write_all(&vec![b'w'; 100_000]).unwrap();
+    let st = fh.metadata().unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let open_times = ((st.ctime(), st.ctime_nsec()), (st.mtime(), st.mtime_nsec()));
+    drop(fh);
+    crate::posix::sync_mount(&m);
+    assert_eq!(times_of(&p), open_times, "[{opts}] times moved at close");
+    // A change of the user's own still shows.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let chmodded = times_of(&p);
+    assert!(
+        chmodded.0 > open_times.0,
+        "[{opts}] chmod did not move ctime"
+    );
+    assert_eq!(chmodded.1, open_times.1);
+}
+
+#[test]
+fn ctime_still_after_writeback_pool() {
+    ctime_still_after_writeback("cache=pool");
+}
+
+#[test]
+fn ctime_still_after_writeback_kernel() {
+    ctime_still_after_writeback("cache=kernel");
+}
+
+#[test]
+fn ctime_still_after_writeback_no_coherence() {
+    ctime_still_after_writeback("cache=pool,coherence=none");
+    ctime_still_after_writeback("cache=kernel,coherence=none");
+}
+
+/// Linux AIO's `struct iocb` (linux/aio_abi.h, little-endian field order).
+#[repr(C)]
+#[derive(Default)]
+struct Iocb {
+    data: u64,
+    key: u32,
+    rw_flags: i32,
+    opcode: u16,
+    reqprio: i16,
+    fildes: u32,
+    buf: u64,
+    nbytes: u64,
+    offset: i64,
+    reserved2: u64,
+    flags: u32,
+    resfd: u32,
+}
+
+/// Linux AIO's `struct io_event`.
+#[repr(C)]
+#[derive(Default)]
+struct IoEvent {
+    data: u64,
+    obj: u64,
+    res: i64,
+    res2: i64,
+}
+
+const IOCB_CMD_PWRITE: u16 = 1;
+
+/// One asynchronous O_DIRECT pwrite of `buf` at `off` through `fd` (io_submit), waited for;
+/// returns its result.
+fn aio_pwrite(ctx: libc::c_ulong, fd: i32, buf: &AlignedBuf, off: u64) -> i64 {
+    let mut cb = Iocb {
+        opcode: IOCB_CMD_PWRITE,
+        fildes: fd as u32,
+        buf: buf.as_slice().as_ptr() as u64,
+        nbytes: buf.as_slice().len() as u64,
+        offset: off as i64,
+        ..Default::default()
+    };
+    let mut cbs = [&mut cb as *mut Iocb];
+    // SAFETY: io_submit reads one iocb whose buffer (`buf`) outlives the request: the
+    // io_getevents below waits for its completion before `buf` can go.
+    let r = unsafe { libc::syscall(libc::SYS_io_submit, ctx, 1, cbs.as_mut_ptr()) };
+    assert_eq!(r, 1, "io_submit: {}", std::io::Error::last_os_error());
+    let mut ev = IoEvent::default();
+    // SAFETY: room for the one event asked for; no timeout.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_io_getevents,
+            ctx,
+            1,
+            1,
+            &mut ev as *mut IoEvent,
+            std::ptr::null_mut::<libc::timespec>(),
+        )
+    };
+    assert_eq!(r, 1, "io_getevents: {}", std::io::Error::last_os_error());
+    ev.res
+}
+
+/// xfstests generic/451 under `cache=kernel`: after an O_DIRECT write (synchronous or AIO)
+/// a buffered read sees the new bytes, also when buffered reads ran while the write was in
+/// flight (the kernel drops its pages before an asynchronous direct write but not after);
+/// and the other way round, an O_DIRECT read sees what a buffered write left in the kernel's
+/// pages.
+fn buffered_read_after_direct_write(opts: &str) {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let m = Mount::new(&format!("cache_size=16M,{opts}"));
+    const N: usize = 64 * 1024;
+    const ROUNDS: u32 = 500;
+    let p = m.path("f");
+    std::fs::write(&p, vec![b'a'; N]).unwrap();
+    let buffered = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&p)
+        .unwrap();
+    let direct = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&p)
+        .unwrap();
+    // Synchronous: pages cached by a buffered read, then 4 KiB written directly.
+    assert_eq!(read_at_full(&buffered, 0, N), vec![b'a'; N]);
+    let mut buf = AlignedBuf::new(4096);
+    buf.as_mut_slice().fill(b'B');
+    assert_eq!(direct.write_at(buf.as_slice(), 4096).unwrap(), 4096);
+    let mut want = vec![b'a'; N];
+    want[4096..8192].fill(b'B');
+    check_bytes(
+        &format!("[{opts}] buffered read after a direct write"),
+        &read_at_full(&buffered, 0, N),
+        &want,
+    );
+    // The other way round: a buffered write, then a direct read of the same pages.
+    buffered.write_at(&[b'c'; 100], 4000).unwrap();
+    want[4000..4100].fill(b'c');
+    let mut rbuf = AlignedBuf::new(N);
+    assert_eq!(direct.read_at(rbuf.as_mut_slice(), 0).unwrap(), N);
+    check_bytes(
+        &format!("[{opts}] direct read after a buffered write"),
+        rbuf.as_slice(),
+        &want,
+    );
+
+    // AIO direct writes of the whole file while another thread keeps reading it buffered.
+    let mut ctx: libc::c_ulong = 0;
+    // SAFETY: io_setup writes the new context into `ctx`.
+    let r = unsafe { libc::syscall(libc::SYS_io_setup, 4, &mut ctx as *mut libc::c_ulong) };
+    assert_eq!(r, 0, "io_setup: {}", std::io::Error::last_os_error());
+    let buffered = std::sync::Arc::new(buffered);
+    let mut wbuf = AlignedBuf::new(N);
+    let mut stale = Vec::new();
+    for round in 0..ROUNDS {
+        let fill = b'A' + (round % 26) as u8;
+        wbuf.as_mut_slice().fill(fill);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (f, stop) = (buffered.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut b = vec![0u8; N];
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = f.read_at(&mut b, 0);
+                }
+            })
+        };
+        let res = aio_pwrite(ctx, direct.as_raw_fd(), &wbuf, 0);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        reader.join().unwrap();
+        assert_eq!(res, N as i64, "[{opts}] AIO write result");
+        let got = read_at_full(&buffered, 0, N);
+        if got.iter().any(|&b| b != fill) {
+            stale.push(round);
+        }
+    }
+    // SAFETY: the context was set up above and has no request in flight.
+    unsafe { libc::syscall(libc::SYS_io_destroy, ctx) };
+    assert!(
+        stale.is_empty(),
+        "[{opts}] buffered reads after an AIO direct write returned old bytes in rounds {stale:?}"
+    );
+    drop(direct);
+    crate::posix::sync_mount(&m);
+    assert_eq!(
+        std::fs::read(m.src_path("f")).unwrap(),
+        vec![b'A' + ((ROUNDS - 1) % 26) as u8; N]
+    );
+}
+
+#[test]
+fn buffered_read_after_direct_write_kernel() {
+    buffered_read_after_direct_write("cache=kernel");
+}
+
+#[test]
+fn buffered_read_after_direct_write_kernel_no_coherence() {
+    buffered_read_after_direct_write("cache=kernel,coherence=none");
+}
+
+#[test]
+fn buffered_read_after_direct_write_pool() {
+    buffered_read_after_direct_write("cache=pool");
+}
+
+/// A tmpfs mounted inside a test's SOURCE; unmounted on drop (after the Mount, which is
+/// declared after it), also when the test failed.
+struct TmpfsInside {
+    at: PathBuf,
+}
+
+impl TmpfsInside {
+    fn mount(at: &Path) -> TmpfsInside {
+        std::fs::create_dir(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16m", "posix2-tmpfs"])
+            .arg(at)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "mount tmpfs at {}", at.display());
+        TmpfsInside {
+            at: at.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for TmpfsInside {
+    fn drop(&mut self) {
+        if !umount(&self.at) {
+            umount_lazy(&self.at);
+        }
+        // The Mount's temporary directory could not remove SOURCE while this was mounted.
+        if let Some(tmp) = self.at.parent().and_then(Path::parent) {
+            let _ = std::fs::remove_dir_all(tmp);
+        }
+    }
+}
+
+/// Descriptors the process `pid` holds.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Issue 16 item 1: a filesystem mounted inside SOURCE (a tmpfs at SOURCE/sub, 700 files) under
+/// a small descriptor budget (`rlimit_nofile=256`): the daemon gives back descriptors of idle
+/// inodes there too and reopens them through that mount, so every file reads twice and every
+/// `O_PATH` descriptor of them stats (each getattr reaching the daemon), never ESTALE.
+#[test]
+fn submount_inodes_reopen_through_their_mount() {
+    let mut tmpfs = None;
+    let m = Mount::with_source("cache_size=16M,rlimit_nofile=256,attr_timeout=0", |src| {
+        let t = TmpfsInside::mount(&src.join("sub"));
+        for i in 0..700 {
+            std::fs::write(t.at.join(format!("f{i}")), format!("file {i}\n")).unwrap();
+        }
+        tmpfs = Some(t);
+    });
+    let pid = m.pid().unwrap();
+    let mut held = Vec::new();
+    for i in 0..700 {
+        let c = cpath(&m.path(&format!("sub/f{i}")));
+        // SAFETY: `c` is a NUL-terminated path that lives across the call.
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+        assert!(fd >= 0, "O_PATH f{i}: {}", std::io::Error::last_os_error());
+        // SAFETY: a descriptor just opened and owned by nobody else (closed on unwind too,
+        // which the unmount needs).
+        held.push(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+    }
+    for pass in 0..2 {
+        for i in 0..700 {
+            let got = std::fs::read(m.path(&format!("sub/f{i}")))
+                .unwrap_or_else(|e| panic!("pass {pass}: read f{i}: {e}"));
+            assert_eq!(got, format!("file {i}\n").into_bytes(), "pass {pass}: f{i}");
+        }
+    }
+    // The daemon did give descriptors back (it knows 700 inodes under a limit of 256).
+    let n = fd_count(pid);
+    assert!(n < 256, "daemon holds {n} descriptors");
+    for (i, fd) in held.iter().enumerate() {
+        // SAFETY: stat is plain old data; all-zero is a valid value.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `fd` is an open descriptor this test holds; `st` is a live stat to fill.
+        let r = unsafe { libc::fstat(fd.as_raw_fd(), &mut st) };
+        assert_eq!(r, 0, "fstat f{i}: {}", std::io::Error::last_os_error());
+        assert_eq!(st.st_size, format!("file {i}\n").len() as i64);
+    }
+    drop(held);
+    // The rest of SOURCE is unaffected.
+    std::fs::write(m.path("top"), b"top").unwrap();
+    assert_eq!(std::fs::read(m.src_path("top")).unwrap(), b"top");
+    drop(m);
+    drop(tmpfs);
+}
+
+/// Run `f` in a forked child as uid/gid 65534 with supplementary `groups`; its exit code
+/// (0-249), 250 when the credentials could not be taken.
+fn as_nobody_in(groups: &[u32], f: impl FnOnce() -> i32) -> i32 {
+    // SAFETY: the child only makes system calls (setgroups/setresgid/setresuid, then `f`'s) and
+    // leaves with _exit, so nothing of the forked process's other threads is touched.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        // SAFETY: the child only makes system calls and exits, never returning into the test.
+        unsafe {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setresgid(65534, 65534, 65534) != 0
+                || libc::setresuid(65534, 65534, 65534) != 0
+            {
+                libc::_exit(250);
+            }
+            let r = f();
+            libc::_exit(r.clamp(0, 249));
+        }
+    }
+    let mut status = 0;
+    // SAFETY: `pid` is this test's child and `status` a live int.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status), "child died: status {status:#x}");
+    libc::WEXITSTATUS(status)
+}
+
+/// Issue 16 item 4: objects another user creates through the mount are theirs in SOURCE from
+/// the start (created with their fsuid, fsgid and groups, not created by the daemon and then
+/// chowned: SOURCE sees no attribute change after the creation), take the group of a
+/// set-group-ID directory (directories also its set-group-ID bit), and SOURCE's own
+/// permission checks see the caller's supplementary groups.
+#[test]
+fn created_objects_belong_to_their_creator() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    const SG_GID: u32 = 4242;
+    const MEMBER_GID: u32 = 4343;
+    let m = Mount::with_source("cache_size=16M,allow_other", |src| {
+        let mk = |name: &str, gid: u32, mode: u32| {
+            let d = src.join(name);
+            std::fs::create_dir(&d).unwrap();
+            std::os::unix::fs::chown(&d, Some(0), Some(gid)).unwrap();
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        mk("pub", 0, 0o1777);
+        mk("sg", SG_GID, 0o2777);
+        mk("grp", MEMBER_GID, 0o770);
+    });
+    open_up(&m);
+    // SOURCE reports every attribute change of the new objects.
+    // SAFETY: inotify_init1 takes no pointer; the descriptor is owned right below.
+    let ino = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+    assert!(ino >= 0);
+    // SAFETY: a descriptor just opened, owned here (closed on unwind too).
+    let ino = unsafe { std::os::fd::OwnedFd::from_raw_fd(ino) };
+    for d in ["pub", "sg", "grp"] {
+        let c = cpath(&m.src_path(d));
+        // SAFETY: the inotify descriptor is open and `c` a NUL-terminated path.
+        let w = unsafe { libc::inotify_add_watch(ino.as_raw_fd(), c.as_ptr(), libc::IN_ATTRIB) };
+        assert!(w >= 0, "inotify watch: {}", std::io::Error::last_os_error());
+    }
+    let p = |rel: &str| cpath(&m.path(rel));
+    let (pf, pd, pp, pl, sf, sd, gf) = (
+        p("pub/f"),
+        p("pub/d"),
+        p("pub/p"),
+        p("pub/l"),
+        p("sg/f"),
+        p("sg/d"),
+        p("grp/f"),
+    );
+    // SAFETY: the closure runs in the forked child and only makes system calls on paths
+    // that live across them.
+    let r = as_nobody_in(&[MEMBER_GID], || unsafe {
+        let create = |c: &CString| {
+            let fd = libc::open(
+                c.as_ptr(),
+                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                0o644,
+            );
+            if fd >= 0 {
+                libc::close(fd);
+            }
+            fd
+        };
+        let steps = [
+            create(&pf),
+            libc::mkdir(pd.as_ptr(), 0o755),
+            libc::mknod(pp.as_ptr(), libc::S_IFIFO | 0o644, 0),
+            libc::symlink(c"target".as_ptr(), pl.as_ptr()),
+            create(&sf),
+            libc::mkdir(sd.as_ptr(), 0o755),
+            create(&gf),
+        ];
+        match steps.iter().position(|&r| r < 0) {
+            Some(i) => 10 + i as i32,
+            None => 0,
+        }
+    });
+    assert_eq!(r, 0, "creations as nobody (10 + the step that failed)");
+    let owner = |rel: &str| {
+        let md = std::fs::symlink_metadata(m.src_path(rel)).unwrap();
+        (md.uid(), md.gid(), md.mode() & 0o7777)
+    };
+    for rel in ["pub/f", "pub/d", "pub/p", "pub/l", "grp/f"] {
+        let (uid, gid, _) = owner(rel);
+        assert_eq!((uid, gid), (65534, 65534), "{rel} in SOURCE");
+        let md = std::fs::symlink_metadata(m.path(rel)).unwrap();
+        assert_eq!(
+            (md.uid(), md.gid()),
+            (65534, 65534),
+            "{rel} through the mount"
+        );
+    }
+    assert_eq!(
+        owner("sg/f"),
+        (65534, SG_GID, 0o644),
+        "file in a setgid directory"
+    );
+    assert_eq!(
+        owner("sg/d"),
+        (65534, SG_GID, 0o2755),
+        "directory in a setgid one"
+    );
+    // Created as the caller: no chown or chmod after the creation.
+    let mut buf = [0u8; 4096];
+    // SAFETY: `buf` is a live buffer of `buf.len()` bytes and the descriptor is open.
+    let n = unsafe { libc::read(ino.as_raw_fd(), buf.as_mut_ptr() as *mut _, buf.len()) };
+    assert!(
+        n < 0,
+        "SOURCE saw {n} bytes of attribute-change events on the new objects"
+    );
+    // Without the group, SOURCE's directory stays closed (the kernel says so first).
+    let g2 = p("grp/g");
+    // SAFETY: as above: system calls only, in the forked child, on live paths.
+    let r = as_nobody_in(&[], || unsafe {
+        let fd = libc::open(g2.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644);
+        if fd >= 0 {
+            libc::close(fd);
+            return 0;
+        }
+        child_errno(fd)
+    });
+    assert_eq!(r, libc::EACCES);
+    assert!(!m.src_path("grp/g").exists());
 }

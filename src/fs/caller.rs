@@ -41,6 +41,14 @@ impl Caller {
         Caller { uid, gid, status }
     }
 
+    /// The caller's supplementary groups (just its gid when its status could not be read).
+    pub fn groups(&self) -> Vec<u32> {
+        match &self.status {
+            Some((_, _, groups)) => groups.clone(),
+            None => vec![self.gid],
+        }
+    }
+
     /// The capability `cap` is in the caller's effective set.
     pub fn has_cap(&self, cap: u32) -> bool {
         match &self.status {

@@ -18,7 +18,7 @@
 //! - descriptors: each inode's `O_PATH` descriptor is a [`PathFd`], given back while the inode
 //!   is idle once half of RLIMIT_NOFILE are open (see `path_fd`) when SOURCE has handles.
 
-use super::path_fd::{self, PathFd};
+use super::path_fd::{self, MountFd, PathFd};
 use super::source::{self, SourceHandle, FILEID_INO32_GEN};
 use crate::cache::inode_cache::InodeCache;
 use std::collections::{HashMap, VecDeque};
@@ -105,16 +105,14 @@ pub struct InodeTable {
     root_key: InodeKey,
     export: Export,
     /// The SOURCE root opened for real: open_by_handle_at takes no O_PATH descriptor.
-    mount_fd: Option<Arc<OwnedFd>>,
+    mount_fd: Option<Arc<MountFd>>,
     t: RwLock<Table>,
 }
 
 impl InodeTable {
     pub fn new(root_fd: OwnedFd, root_st: &libc::stat) -> InodeTable {
         let key = (root_st.st_dev, root_st.st_ino);
-        let mount_fd = source::reopen(root_fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
-            .ok()
-            .map(Arc::new);
+        let mount_fd = MountFd::of_dir(root_fd.as_fd()).ok().map(Arc::new);
         let export = match (source::handle_of(root_fd.as_fd()), &mount_fd) {
             (Ok(h), Some(_)) if is_ino32_gen(&h, root_st.st_ino) => Export::Ino32Gen,
             (Ok(_), Some(_)) => Export::Kept,
@@ -183,6 +181,7 @@ impl InodeTable {
             Export::Ino32Gen if key.0 == self.root_dev => ino32_generation(fd.as_fd(), st.st_ino),
             _ => None,
         };
+        let pin = self.mount_pin(fd.as_fd(), st);
         let mut t = self.t.write().unwrap();
         if let Some(id) = t.by_key.get(&key).copied() {
             let ino = t.by_id[&id].clone();
@@ -210,7 +209,7 @@ impl InodeTable {
                 t.next_generation
             }
         };
-        let ino = insert(&mut t, id, key, st, self.path_fd(fd, key), generation);
+        let ino = insert(&mut t, id, key, st, self.path_fd(fd, st, pin), generation);
         drop(t);
         path_fd::sweep_if_over_budget();
         ino
@@ -239,7 +238,7 @@ impl InodeTable {
             _ => return Err(stale()),
         };
         let mount_fd = self.mount_fd.as_ref().ok_or_else(stale)?;
-        let fd = source::open_by_handle(mount_fd.as_fd(), &handle)
+        let fd = source::open_by_handle(mount_fd.fd.as_fd(), &handle)
             .map_err(source::stale_unless_shortage)?;
         let st = source::fstat(fd.as_fd())?;
         let key = (st.st_dev, st.st_ino);
@@ -257,6 +256,7 @@ impl InodeTable {
             Some((_, g)) => g,
             None => ino32_generation(fd.as_fd(), st.st_ino).ok_or_else(stale)?,
         };
+        let pin = self.mount_pin(fd.as_fd(), &st);
         let mut t = self.t.write().unwrap();
         match t.by_key.get(&key).copied() {
             Some(other) if other != id => return Err(stale()),
@@ -269,14 +269,27 @@ impl InodeTable {
             None => {}
         }
         t.forgotten.remove(&id);
-        let ino = insert(&mut t, id, key, &st, self.path_fd(fd, key), generation);
+        let ino = insert(&mut t, id, key, &st, self.path_fd(fd, &st, pin), generation);
         drop(t);
         path_fd::sweep_if_over_budget();
         Ok(ino)
     }
 
-    fn path_fd(&self, fd: OwnedFd, key: InodeKey) -> Arc<PathFd> {
-        PathFd::new(fd, key, self.mount_fd.clone())
+    /// What a directory `st` on another filesystem than SOURCE's root (one mounted inside
+    /// SOURCE) keeps open: a descriptor of that mount, so that its inodes can be given back
+    /// and reopened through it (see `path_fd::mount_of_dir`). Found before taking the table's
+    /// lock: it costs a system call or two.
+    fn mount_pin(&self, fd: BorrowedFd<'_>, st: &libc::stat) -> Option<Arc<MountFd>> {
+        (self.mount_fd.is_some()
+            && st.st_dev != self.root_dev
+            && st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+            .then(|| path_fd::mount_of_dir(fd))
+            .flatten()
+    }
+
+    /// The holder of `fd`, the inode `st`, keeping `pin` (see `mount_pin`).
+    fn path_fd(&self, fd: OwnedFd, st: &libc::stat, pin: Option<Arc<MountFd>>) -> Arc<PathFd> {
+        PathFd::pinning(fd, (st.st_dev, st.st_ino), self.mount_fd.clone(), pin)
     }
 
     /// Whether the directory `fd` lies inside SOURCE (its ".." chain reaches the root).

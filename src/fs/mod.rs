@@ -91,6 +91,11 @@ pub struct ExtentFs {
 }
 
 type R<T> = Result<T, Errno>;
+
+/// How long a direct write waits for the kernel to drop its pages of the range (see
+/// `ExtentFs::invalidate_written`); normally microseconds.
+const INVAL_WAIT: Duration = Duration::from_secs(1);
+
 /// What an entry reply carries: the attributes and the generation for file handles.
 type Entry = (FileAttr, Generation);
 
@@ -293,6 +298,39 @@ impl ExtentFs {
         }
     }
 
+    /// Drop the kernel's cached pages of `[off, off + len)` of `ino` after a direct write to
+    /// them (`cache=kernel`), before the write is answered, so nothing read once it completed
+    /// can come from a page cached before it reached the pool. The kernel locks each page to
+    /// drop it, so this runs on another thread and is waited for only a bounded time: a page
+    /// locked by a request that waits for this one must not block it forever.
+    fn invalidate_written(&self, ino: INodeNo, off: u64, len: u64) {
+        let Some(n) = self.notifier.get() else { return };
+        if len == 0 {
+            return;
+        }
+        let n = n.clone();
+        let (done, wait) = std::sync::mpsc::sync_channel::<()>(1);
+        let spawned = std::thread::Builder::new()
+            .name("inval".into())
+            .spawn(move || {
+                if let Err(e) = n.inval_inode(ino, off as i64, len as i64) {
+                    tracing::debug!("invalidating the kernel's pages of node {}: {e}", ino.0);
+                }
+                let _ = done.send(());
+            });
+        match spawned {
+            Ok(_) => {
+                if wait.recv_timeout(INVAL_WAIT).is_err() {
+                    tracing::debug!(
+                        "node {}: pages after a direct write still being dropped",
+                        ino.0
+                    );
+                }
+            }
+            Err(e) => tracing::warn!("kernel pages of node {} not invalidated: {e}", ino.0),
+        }
+    }
+
     fn inode(&self, ino: INodeNo) -> R<Arc<Inode>> {
         self.inodes.get(ino.0).ok_or(Errno::ESTALE)
     }
@@ -375,11 +413,19 @@ impl ExtentFs {
                 if dirty > 0 {
                     blocks = blocks.max(size.div_ceil(512).min(blocks + dirty.div_ceil(512)));
                 }
-                if let Some(t) = c.mtime_override() {
+                // extentfs's own writeback moved SOURCE's ctime: not a change to show. What
+                // shows instead is the ctime from before, or the writes' mtime if later.
+                let shown = c.file.shown_ctime(st);
+                let masked = shown != (st.st_ctime, st.st_ctime_nsec);
+                if masked {
+                    ctime = systime(shown.0, shown.1);
+                }
+                let written = c.mtime_override();
+                if let Some(t) = written {
                     mtime = systime(t.tv_sec, t.tv_nsec);
-                    if mtime > ctime {
-                        ctime = mtime;
-                    }
+                }
+                if (masked || written.is_some()) && mtime > ctime {
+                    ctime = mtime;
                 }
             }
         }
@@ -475,8 +521,42 @@ impl ExtentFs {
         })
     }
 
-    /// After creating `name` in `parent` as root: give it to the caller, as a local
-    /// filesystem would (the group stays the directory's when it is setgid).
+    /// Become the caller of `req` for a creation in SOURCE (see [`source::UserCreds`]):
+    /// `Ok(Some(guard))` while the thread acts as the caller, `Ok(None)` when it need not (the
+    /// daemon is not root, or the caller is root with group 0: what the daemon creates is
+    /// the caller's anyway), `Err` when the switch was refused (then the creation runs as
+    /// the daemon and `chown_new` gives the object to the caller after).
+    fn become_caller(&self, req: &Request) -> io::Result<Option<source::UserCreds>> {
+        if !self.am_root || (req.uid() == 0 && req.gid() == 0) {
+            return Ok(None);
+        }
+        let groups = Caller::of(req).groups();
+        source::UserCreds::switch(req.uid(), req.gid(), &groups).map(Some)
+    }
+
+    /// Run `make`, a creation in SOURCE, as the caller of `req`; returns its result and
+    /// whether the new object still has to be given to the caller (`chown_new`).
+    fn create_as_caller<T>(&self, req: &Request, make: impl FnOnce() -> T) -> (T, bool) {
+        match self.become_caller(req) {
+            Ok(creds) => {
+                let r = make();
+                drop(creds);
+                (r, false)
+            }
+            Err(e) => {
+                tracing::debug!(
+                    "creating as uid {} gid {} refused ({e}): created by the daemon, then chowned",
+                    req.uid(),
+                    req.gid()
+                );
+                (make(), true)
+            }
+        }
+    }
+
+    /// After creating `name` in `parent` as root (when acting as the caller was refused):
+    /// give it to the caller, as a local filesystem would (the group stays the directory's
+    /// when it is setgid).
     fn chown_new(&self, req: &Request, parent: &Inode, name: &CStr, mode: u32) -> R<()> {
         if !self.am_root || (req.uid() == 0 && req.gid() == 0) {
             return Ok(());
@@ -560,8 +640,12 @@ impl ExtentFs {
         self.check_writable()?;
         let parent = self.inode(parent)?;
         let cname = source::name_cstr(name).map_err(err)?;
-        make(parent.fd()?.as_fd(), &cname).map_err(err)?;
-        self.chown_new(req, &parent, &cname, mode)?;
+        let dir = parent.fd()?;
+        let (made, chown) = self.create_as_caller(req, || make(dir.as_fd(), &cname));
+        made.map_err(err)?;
+        if chown {
+            self.chown_new(req, &parent, &cname, mode)?;
+        }
         self.do_lookup(&parent, &cname)
     }
 
@@ -692,14 +776,18 @@ impl ExtentFs {
         let parent = self.inode(parent)?;
         let cname = source::name_cstr(name).map_err(err)?;
         let excl = flags & libc::O_EXCL;
-        let created = match source::with_umask(mode & 0o7777, umask, |m| {
-            source::openat(
-                parent.fd()?.as_fd(),
-                &cname,
-                libc::O_CREAT | libc::O_EXCL | libc::O_RDONLY,
-                m,
-            )
-        }) {
+        let dir = parent.fd()?;
+        let (made, chown) = self.create_as_caller(req, || {
+            source::with_umask(mode & 0o7777, umask, |m| {
+                source::openat(
+                    dir.as_fd(),
+                    &cname,
+                    libc::O_CREAT | libc::O_EXCL | libc::O_RDONLY,
+                    m,
+                )
+            })
+        });
+        let created = match made {
             Ok(fd) => {
                 drop(fd);
                 true
@@ -707,7 +795,7 @@ impl ExtentFs {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) && excl == 0 => false,
             Err(e) => return Err(err(e)),
         };
-        if created {
+        if created && chown {
             self.chown_new(req, &parent, &cname, mode & !umask)?;
         }
         let (attr, generation) = self.do_lookup(&parent, &cname)?;
@@ -1348,6 +1436,15 @@ impl Filesystem for ExtentFs {
                 if at != offset && !pool {
                     // The kernel's pages hold the data where it thought the end was.
                     self.tell_kernel_changed(ino, true);
+                } else if !pool
+                    && flags.0 & libc::O_DIRECT != 0
+                    && !write_flags.contains(WriteFlags::FUSE_WRITE_CACHE)
+                {
+                    // An O_DIRECT write to a page-cached file: the kernel dropped its pages of
+                    // the range before sending it, but a buffered read meanwhile may have
+                    // cached the old bytes again, and after an asynchronous one (AIO) it
+                    // does not drop them (xfstests generic/451).
+                    self.invalidate_written(ino, at, n as u64);
                 }
                 Ok((at, n))
             })();

@@ -18,13 +18,17 @@
 //! - descriptors handed out by `get` are `Arc`s: a release never closes one in use;
 //! - without a mount descriptor (SOURCE has no handles, or the daemon may not decode them)
 //!   nothing is ever released;
+//! - a handle is reopened through a descriptor of the mount it was taken on (the id
+//!   `name_to_handle_at` gives with it): SOURCE's root mount, or a filesystem mounted inside
+//!   SOURCE, whose descriptor ([`MountFd`]) every known directory on it keeps open
+//!   ([`mount_of_dir`]); an inode on a mount with no such descriptor is never released;
 //! - `OPEN` counts the descriptors held by the process's `PathFd`s (one mount per process);
 //!   `REGISTRY` lists every live `PathFd` that may be released (weakly; dead entries are
 //!   pruned as it grows).
 
 use super::source::{self, SourceHandle};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -39,6 +43,65 @@ static SWEEPING: AtomicBool = AtomicBool::new(false);
 /// Every live `PathFd` that may be released, oldest first, and how many of them live.
 static REGISTRY: Mutex<Vec<Weak<PathFd>>> = Mutex::new(Vec::new());
 static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// The mounts inside SOURCE that known directories lie on, by mount id (see
+/// [`mount_of_dir`]); dead entries are pruned when one is added.
+static MOUNTS: Mutex<Vec<(i32, Weak<MountFd>)>> = Mutex::new(Vec::new());
+
+/// A real (not `O_PATH`) descriptor of a directory on a mount, which `open_by_handle_at`
+/// decodes handles through, and the mount's id.
+#[derive(Debug)]
+pub struct MountFd {
+    pub fd: OwnedFd,
+    pub id: i32,
+}
+
+impl MountFd {
+    /// The mount that the directory `dir` lies on (opened for reading).
+    pub fn of_dir(dir: BorrowedFd<'_>) -> io::Result<MountFd> {
+        let (_, id) = source::handle_and_mount_of(dir)?;
+        let fd = source::reopen(dir, libc::O_RDONLY | libc::O_DIRECTORY)?;
+        Ok(MountFd { fd, id })
+    }
+}
+
+/// The descriptor of the mount that the directory `dir` (on a filesystem mounted inside
+/// SOURCE) lies on, shared by every directory on it that holds the result: the inodes of that
+/// mount are then given back like the others, and reopened through it. None where SOURCE's
+/// filesystem there has no handles.
+pub fn mount_of_dir(dir: BorrowedFd<'_>) -> Option<Arc<MountFd>> {
+    let (_, id) = source::handle_and_mount_of(dir).ok()?;
+    if let Some(m) = registered_mount(id) {
+        return Some(m);
+    }
+    let m = match source::reopen(dir, libc::O_RDONLY | libc::O_DIRECTORY) {
+        Ok(fd) => Arc::new(MountFd { fd, id }),
+        Err(e) => {
+            tracing::debug!("mount {id} inside SOURCE: no descriptor ({e}); its inodes are kept");
+            return None;
+        }
+    };
+    let mut mounts = lock(&MOUNTS);
+    if let Some(other) = live_mount(&mounts, id) {
+        return Some(other); // another thread registered it meanwhile
+    }
+    mounts.retain(|(_, w)| w.strong_count() > 0);
+    mounts.push((id, Arc::downgrade(&m)));
+    tracing::debug!("mount {id} inside SOURCE: its inodes are reopened through it");
+    Some(m)
+}
+
+fn live_mount(mounts: &[(i32, Weak<MountFd>)], id: i32) -> Option<Arc<MountFd>> {
+    mounts
+        .iter()
+        .find(|(i, _)| *i == id)
+        .and_then(|(_, w)| w.upgrade())
+}
+
+/// The registered descriptor of mount `id`, while a directory on it is known.
+fn registered_mount(id: i32) -> Option<Arc<MountFd>> {
+    live_mount(&lock(&MOUNTS), id)
+}
 
 /// I/O descriptors open for data (one per `DataFile` in use, see `note_io`).
 static IO_OPEN: AtomicUsize = AtomicUsize::new(0);
@@ -123,13 +186,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 enum Slot {
     Open(Arc<OwnedFd>),
-    Released(SourceHandle),
+    /// Given back: the handle, and the mount it is decoded through.
+    Released(SourceHandle, Arc<MountFd>),
 }
 
 pub struct PathFd {
     slot: Mutex<Slot>,
-    /// SOURCE's root opened for `open_by_handle_at`; None: never released.
-    mount: Option<Arc<OwnedFd>>,
+    /// SOURCE's root mount, for `open_by_handle_at`; None: never released.
+    mount: Option<Arc<MountFd>>,
+    /// A directory on a filesystem mounted inside SOURCE keeps that mount's descriptor open.
+    _pin: Option<Arc<MountFd>>,
     /// (st_dev, st_ino) of the inode, checked after a reopen.
     key: (u64, u64),
     /// Descriptors open for I/O on the inode (by its `DataFile`): not idle while any are.
@@ -153,13 +219,26 @@ impl std::fmt::Debug for PathFd {
 }
 
 impl PathFd {
-    /// Hold `fd`, the inode `key`; with `mount`, its descriptor may be given back in sweeps.
-    pub fn new(fd: OwnedFd, key: (u64, u64), mount: Option<Arc<OwnedFd>>) -> Arc<PathFd> {
+    /// Hold `fd`, the inode `key`; with `mount` (SOURCE's root mount), its descriptor may be
+    /// given back in sweeps.
+    pub fn new(fd: OwnedFd, key: (u64, u64), mount: Option<Arc<MountFd>>) -> Arc<PathFd> {
+        PathFd::pinning(fd, key, mount, None)
+    }
+
+    /// As `new`, for a directory that keeps `pin`, the descriptor of the mount inside SOURCE
+    /// that it lies on, open while it lives (see [`mount_of_dir`]).
+    pub fn pinning(
+        fd: OwnedFd,
+        key: (u64, u64),
+        mount: Option<Arc<MountFd>>,
+        pin: Option<Arc<MountFd>>,
+    ) -> Arc<PathFd> {
         OPEN.fetch_add(1, Ordering::Relaxed);
         let releasable = mount.is_some();
         let p = Arc::new(PathFd {
             slot: Mutex::new(Slot::Open(Arc::new(fd))),
             mount,
+            _pin: pin,
             key,
             io_users: AtomicUsize::new(0),
         });
@@ -206,13 +285,12 @@ impl PathFd {
     /// The descriptor, and whether it was reopened.
     fn get_or_reopen(&self) -> io::Result<(Arc<OwnedFd>, bool)> {
         let mut slot = lock(&self.slot);
-        let handle = match &*slot {
+        let (handle, mount) = match &*slot {
             Slot::Open(fd) => return Ok((fd.clone(), false)),
-            Slot::Released(h) => *h,
+            Slot::Released(h, m) => (*h, m.clone()),
         };
         let stale = || io::Error::from_raw_os_error(libc::ESTALE);
-        let mount = self.mount.as_ref().ok_or_else(stale)?;
-        let fd = source::open_by_handle(mount.as_fd(), &handle)
+        let fd = source::open_by_handle(mount.fd.as_fd(), &handle)
             .map_err(source::stale_unless_shortage)?;
         let st = source::fstat(fd.as_fd())?;
         if (st.st_dev, st.st_ino) != self.key {
@@ -225,10 +303,14 @@ impl PathFd {
     }
 
     /// Give the descriptor back, keeping the file handle, if the inode is idle (nobody holds
-    /// the descriptor, no file of it is open for I/O) and has links; returns whether it did.
+    /// the descriptor, no file of it is open for I/O), has links and lies on a mount it can
+    /// be reopened through (SOURCE's root mount or a registered one); returns whether it did.
     /// Never blocks on a busy descriptor.
     pub fn release(&self) -> bool {
-        if self.mount.is_none() || self.io_users.load(Ordering::Relaxed) > 0 {
+        let Some(root) = &self.mount else {
+            return false;
+        };
+        if self.io_users.load(Ordering::Relaxed) > 0 {
             return false;
         }
         let Ok(mut slot) = self.slot.try_lock() else {
@@ -246,10 +328,17 @@ impl PathFd {
         if st.st_nlink == 0 {
             return false;
         }
-        let Ok(h) = source::handle_of(fd.as_fd()) else {
+        let Ok((h, id)) = source::handle_and_mount_of(fd.as_fd()) else {
             return false;
         };
-        *slot = Slot::Released(h);
+        let via = if id == root.id {
+            root.clone()
+        } else if let Some(m) = registered_mount(id) {
+            m
+        } else {
+            return false;
+        };
+        *slot = Slot::Released(h, via);
         OPEN.fetch_sub(1, Ordering::Relaxed);
         true
     }
@@ -260,7 +349,7 @@ impl PathFd {
         let Ok(mut slot) = self.slot.try_lock() else {
             return;
         };
-        if let Slot::Released(_) = &*slot {
+        if let Slot::Released(..) = &*slot {
             *slot = Slot::Open(Arc::new(fd));
             OPEN.fetch_add(1, Ordering::Relaxed);
             drop(slot);
@@ -272,7 +361,7 @@ impl PathFd {
     pub fn handle(&self) -> io::Result<SourceHandle> {
         match &*lock(&self.slot) {
             Slot::Open(fd) => source::handle_of(fd.as_fd()),
-            Slot::Released(h) => Ok(*h),
+            Slot::Released(h, _) => Ok(*h),
         }
     }
 
@@ -308,12 +397,14 @@ mod tests {
 
     use super::*;
 
-    fn setup() -> (tempfile::TempDir, Arc<OwnedFd>, OwnedFd, (u64, u64)) {
+    fn setup() -> (tempfile::TempDir, Arc<MountFd>, OwnedFd, (u64, u64)) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("f"), b"x").unwrap();
         let root = source::open_root(dir.path()).unwrap();
-        let mount =
-            Arc::new(source::reopen(root.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY).unwrap());
+        let mount = Arc::new(MountFd::of_dir(root.as_fd()).unwrap_or(MountFd {
+            fd: source::reopen(root.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY).unwrap(),
+            id: -1,
+        }));
         let fd = source::open_path(root.as_fd(), c"f").unwrap();
         let st = source::fstat(fd.as_fd()).unwrap();
         (dir, mount, fd, (st.st_dev, st.st_ino))
@@ -322,7 +413,7 @@ mod tests {
     #[test]
     fn released_and_reopened_as_the_same_inode() {
         let (dir, mount, fd, key) = setup();
-        if source::handle_of(mount.as_fd()).is_err() {
+        if source::handle_of(mount.fd.as_fd()).is_err() {
             return; // the test directory's filesystem has no handles
         }
         let p = PathFd::new(fd, key, Some(mount));
@@ -354,10 +445,54 @@ mod tests {
         let p = PathFd::new(fd, key, None);
         assert!(!p.release());
         assert!(p.is_open());
-        let fd = source::open_path(mount.as_fd(), c"f").unwrap();
+        let fd = source::open_path(mount.fd.as_fd(), c"f").unwrap();
         let q = PathFd::new(fd, key, Some(mount));
         std::fs::remove_file(dir.path().join("f")).unwrap();
         assert!(!q.release(), "an unlinked inode keeps its descriptor");
         assert!(q.is_open());
+    }
+
+    /// An inode on another mount than SOURCE's root (here /dev/shm, when it is a mount of
+    /// its own with handles) is kept until a directory on that mount registered it, then
+    /// given back and reopened through that mount as the same inode.
+    #[test]
+    fn other_mounts_reopen_through_their_own() {
+        let (_dir, mount, _fd, _) = setup();
+        let shm = std::path::Path::new("/dev/shm");
+        let Ok(other) = source::open_root(shm) else {
+            return;
+        };
+        let Ok((_, other_id)) = source::handle_and_mount_of(other.as_fd()) else {
+            return; // no handles there
+        };
+        if other_id == mount.id || mount.id < 0 {
+            return; // not another mount
+        }
+        let d = tempfile::Builder::new()
+            .prefix("posix2-pathfd-")
+            .tempdir_in(shm)
+            .unwrap();
+        std::fs::write(d.path().join("g"), b"y").unwrap();
+        let dfd = source::open_root(d.path()).unwrap();
+        let fd = source::open_path(dfd.as_fd(), c"g").unwrap();
+        let st = source::fstat(fd.as_fd()).unwrap();
+        let key = (st.st_dev, st.st_ino);
+        let p = PathFd::new(fd, key, Some(mount));
+        assert!(!p.release(), "no descriptor of that mount yet: kept");
+        assert!(p.is_open());
+        let pin = mount_of_dir(dfd.as_fd()).expect("a descriptor of /dev/shm's mount");
+        assert_eq!(pin.id, other_id);
+        let again = mount_of_dir(dfd.as_fd()).unwrap();
+        assert!(Arc::ptr_eq(&pin, &again), "one descriptor per mount");
+        drop(again);
+        assert!(p.release());
+        let fd = p.get().unwrap();
+        let st = source::fstat(fd.as_fd()).unwrap();
+        assert_eq!((st.st_dev, st.st_ino), key);
+        drop(fd);
+        // Released while pinned, then the pin goes: the handle still holds the mount.
+        assert!(p.release());
+        drop(pin);
+        assert!(p.get().is_ok());
     }
 }

@@ -45,6 +45,104 @@ pub fn with_umask<T>(mode: u32, umask: u32, f: impl FnOnce(u32) -> T) -> T {
     r
 }
 
+/// This thread's filesystem credentials switched to a caller's (see [`UserCreds::switch`]);
+/// the daemon's own come back on drop.
+pub struct UserCreds {
+    fsuid: u32,
+    fsgid: u32,
+    groups: Vec<libc::gid_t>,
+}
+
+/// Set this thread's fsuid (`gid` false) or fsgid to `id` (raw system calls: per thread);
+/// returns whether it now is `id`.
+fn set_fs_id(id: u32, gid: bool) -> bool {
+    let nr = if gid {
+        libc::SYS_setfsgid
+    } else {
+        libc::SYS_setfsuid
+    };
+    // SAFETY: setfsuid/setfsgid take an id by value and change only this thread's
+    // credentials; asking with -1 (an invalid id) changes nothing and returns the current one.
+    unsafe {
+        libc::syscall(nr, id as libc::c_long);
+        libc::syscall(nr, -1 as libc::c_long) as u32 == id
+    }
+}
+
+/// This thread's supplementary groups (the raw system call: per thread).
+fn thread_groups() -> io::Result<Vec<libc::gid_t>> {
+    // SAFETY: a size of 0 asks only for the count.
+    let n = unsafe { libc::syscall(libc::SYS_getgroups, 0, std::ptr::null_mut::<libc::gid_t>()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut g = vec![0 as libc::gid_t; n as usize];
+    // SAFETY: room for `n` groups; the count cannot change in between (only this thread
+    // changes its own groups).
+    let m = unsafe { libc::syscall(libc::SYS_getgroups, n, g.as_mut_ptr()) };
+    if m < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    g.truncate(m as usize);
+    Ok(g)
+}
+
+/// Set this thread's supplementary groups (the raw system call, not glibc's `setgroups`,
+/// which changes every thread of the process).
+fn set_thread_groups(g: &[libc::gid_t]) -> io::Result<()> {
+    // SAFETY: `g` holds `g.len()` groups, read by the kernel only during the call.
+    let r = unsafe { libc::syscall(libc::SYS_setgroups, g.len(), g.as_ptr()) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+impl UserCreds {
+    /// Make this thread's filesystem credentials those of a caller: fsuid `uid`, fsgid `gid`
+    /// and supplementary groups `groups` (per thread, as virtiofsd does: raw system calls, not
+    /// glibc's wrappers, which change every thread of the process). What SOURCE creates
+    /// meanwhile is owned as on a local filesystem (the group, and a directory's set-group-ID,
+    /// from a set-group-ID directory), passes SOURCE's own permission checks as that caller,
+    /// and is never the daemon's for a moment. Until the guard drops (also on an error or a
+    /// panic), which gives the daemon's credentials back. Fails when the switch is refused
+    /// (it needs CAP_SETUID and CAP_SETGID), with nothing changed.
+    pub fn switch(uid: u32, gid: u32, groups: &[u32]) -> io::Result<UserCreds> {
+        // SAFETY: setfsuid(-1) changes nothing and returns the thread's current fsuid; it
+        // takes no pointer.
+        let fsuid = unsafe { libc::syscall(libc::SYS_setfsuid, -1 as libc::c_long) } as u32;
+        // SAFETY: as above, for the fsgid.
+        let fsgid = unsafe { libc::syscall(libc::SYS_setfsgid, -1 as libc::c_long) } as u32;
+        let saved = UserCreds {
+            fsuid,
+            fsgid,
+            groups: thread_groups()?,
+        };
+        // (An early return drops `saved`, which undoes what was changed.)
+        set_thread_groups(groups)?;
+        if !set_fs_id(gid, true) || !set_fs_id(uid, false) {
+            drop(saved);
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
+        Ok(saved)
+    }
+}
+
+impl Drop for UserCreds {
+    fn drop(&mut self) {
+        // The fsuid first: back at 0 it gives back the capabilities it dropped.
+        let ok = set_fs_id(self.fsuid, false)
+            && set_fs_id(self.fsgid, true)
+            && set_thread_groups(&self.groups).is_ok();
+        if !ok {
+            // A request thread acting as someone else would create files for them later.
+            tracing::error!("bug: the thread's own credentials could not be restored; exiting");
+            std::process::abort();
+        }
+    }
+}
+
 /// Convert a libc return value (-1 = errno) into a Result.
 pub fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
@@ -452,6 +550,12 @@ impl SourceHandle {
 
 /// The handle of the inode held by `fd`.
 pub fn handle_of(fd: BorrowedFd<'_>) -> io::Result<SourceHandle> {
+    handle_and_mount_of(fd).map(|(h, _)| h)
+}
+
+/// The handle of the inode held by `fd` and the id of the mount `fd` reaches it through: a
+/// handle is decoded only through a descriptor of a mount of the same filesystem.
+pub fn handle_and_mount_of(fd: BorrowedFd<'_>) -> io::Result<(SourceHandle, i32)> {
     let mut h = SourceHandle::new(0, &[]);
     h.len = MAX_HANDLE_SZ as u32;
     let mut mount_id: libc::c_int = 0;
@@ -467,7 +571,7 @@ pub fn handle_of(fd: BorrowedFd<'_>) -> io::Result<SourceHandle> {
             libc::AT_EMPTY_PATH,
         )
     })?;
-    Ok(h)
+    Ok((h, mount_id))
 }
 
 /// An `open_by_handle_at` failure as the caller should see it: a shortage (EMFILE, ENFILE,
@@ -742,14 +846,31 @@ impl DataFile {
     /// drops, checks answer `Busy`; then SOURCE's new state is recorded as extentfs's own.
     /// A foreign change made before the first of a burst of own changes is remembered.
     pub fn own_change(&self) -> OwnChange<'_> {
+        self.begin_own(false)
+    }
+
+    /// An own change whose ctime must not show: writeback of data a user already wrote, and
+    /// the stamp of its mtime (see [`Seen::shown_ctime`]).
+    fn own_change_hidden(&self) -> OwnChange<'_> {
+        self.begin_own(true)
+    }
+
+    fn begin_own(&self, hidden: bool) -> OwnChange<'_> {
         let mut s = self.lock_seen();
         let now = if s.wants_pre_check() {
             self.stat().ok().map(|st| Validator::of(&st))
         } else {
             None
         };
-        s.begin_own(now);
+        s.begin_own(now, hidden);
         OwnChange(self)
+    }
+
+    /// The ctime to show for SOURCE's stat `st` of this file: SOURCE's, unless it is the one
+    /// extentfs's own writeback gave it (then the one shown before).
+    pub fn shown_ctime(&self, st: &libc::stat) -> (i64, i64) {
+        self.lock_seen()
+            .shown_ctime((st.st_ctime, st.st_ctime_nsec))
     }
 
     fn end_own(&self) {
@@ -865,7 +986,7 @@ impl DataFile {
 
     /// Write all of `iov` at `off` (pwritev, retried on short writes).
     pub fn write_all(&self, iov: &mut [libc::iovec], off: u64) -> io::Result<()> {
-        let _own = self.own_change();
+        let _own = self.own_change_hidden();
         let total: usize = iov.iter().map(|v| v.iov_len).sum();
         match self.vectored(iov, off, libc::pwritev)? {
             n if n == total => Ok(()),
@@ -990,7 +1111,7 @@ impl DataFile {
 
     /// Set mtime (and atime omitted) on the file.
     pub fn set_mtime(&self, mtime: libc::timespec) -> io::Result<()> {
-        let _own = self.own_change();
+        let _own = self.own_change_hidden();
         let times = [
             libc::timespec {
                 tv_sec: 0,
@@ -1173,5 +1294,44 @@ mod tests {
         assert_eq!(df.read_full(&mut iov, 20).unwrap(), 2);
         assert_eq!(&c, b"XY");
         assert!(df.io_open());
+    }
+
+    /// Switched credentials are this thread's only, creations are the caller's, and the
+    /// daemon's own come back when the guard drops.
+    #[test]
+    fn user_creds_are_per_thread_and_restored() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return; // switching needs root
+        }
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let before = thread_groups().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (back_tx, back_rx) = std::sync::mpsc::channel::<()>();
+        let d = dir.path().to_path_buf();
+        let t = std::thread::spawn(move || {
+            let g = UserCreds::switch(65534, 65534, &[4343]).unwrap();
+            assert_eq!(thread_groups().unwrap(), vec![4343]);
+            std::fs::write(d.join("theirs"), b"x").unwrap();
+            tx.send(()).unwrap();
+            back_rx.recv().unwrap();
+            drop(g);
+            std::fs::write(d.join("mine-again"), b"x").unwrap();
+        });
+        rx.recv().unwrap();
+        // Meanwhile this thread is still the daemon.
+        std::fs::write(dir.path().join("mine"), b"x").unwrap();
+        back_tx.send(()).unwrap();
+        t.join().unwrap();
+        let owner = |n: &str| {
+            let md = std::fs::metadata(dir.path().join(n)).unwrap();
+            (md.uid(), md.gid())
+        };
+        assert_eq!(owner("theirs"), (65534, 65534));
+        assert_eq!(owner("mine"), (0, 0));
+        assert_eq!(owner("mine-again"), (0, 0));
+        assert_eq!(thread_groups().unwrap(), before);
     }
 }
