@@ -849,8 +849,11 @@ impl DataFile {
         self.begin_own(false)
     }
 
-    /// An own change whose ctime must not show: writeback of data a user already wrote, and
-    /// the stamp of its mtime (see [`Seen::shown_ctime`]).
+    /// An own change whose ctime must not show (see [`Seen::shown_ctime`]). Not used: hiding
+    /// writeback's ctime made the ctime shown before and after a remount differ (xfstests
+    /// generic/003); under close-to-open the writeback happens at close, before a stat after
+    /// it can see the file's times, which is what keeps them still.
+    #[allow(dead_code)]
     fn own_change_hidden(&self) -> OwnChange<'_> {
         self.begin_own(true)
     }
@@ -986,7 +989,7 @@ impl DataFile {
 
     /// Write all of `iov` at `off` (pwritev, retried on short writes).
     pub fn write_all(&self, iov: &mut [libc::iovec], off: u64) -> io::Result<()> {
-        let _own = self.own_change_hidden();
+        let _own = self.own_change();
         let total: usize = iov.iter().map(|v| v.iov_len).sum();
         match self.vectored(iov, off, libc::pwritev)? {
             n if n == total => Ok(()),
@@ -1111,7 +1114,7 @@ impl DataFile {
 
     /// Set mtime (and atime omitted) on the file.
     pub fn set_mtime(&self, mtime: libc::timespec) -> io::Result<()> {
-        let _own = self.own_change_hidden();
+        let _own = self.own_change();
         let times = [
             libc::timespec {
                 tv_sec: 0,
