@@ -58,7 +58,7 @@
 # - Cleanup: unmounts every mount under WORK_DIR and kills the extentfs daemons whose command line
 #   names WORK_DIR (PIDs read from /proc), nothing else.
 # - Environment limits seen here: root cannot raise `ulimit -f` back (generic/394, 564 fail on
-#   every fs); without fsgqa users the tests needing them are "not run".
+#   every fs). The script creates the fsgqa, fsgqa2 and 123456-fsgqa users xfstests asks for.
 set -uo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -112,6 +112,14 @@ rm -rf "$W/test-src" "$W/scratch-src" "$W/results"
 mkdir -p "$W/test-src" "$W/scratch-src" "$W/test" "$W/scratch" "$W/bin" "$W/results" ||
     die "cannot prepare $W"
 [ -z "$(ls -A "$W/test")" ] && [ -z "$(ls -A "$W/scratch")" ] || die "mount points under $W are not empty"
+# The users xfstests runs commands as (its README: fsgqa, fsgqa2 and 123456-fsgqa, with home
+# directories); without them about 24 tests are "not run". Created once and kept, as on any
+# machine set up for xfstests.
+for u in fsgqa fsgqa2 123456-fsgqa; do
+    if ! id "$u" >/dev/null 2>&1; then
+        useradd --badname -m "$u" >/dev/null 2>&1 || echo "xfstests.sh: could not create user $u" >&2
+    fi
+done
 
 # --- wrappers -------------------------------------------------------------------------------
 opts="log_file=$W/extentfs.log"
