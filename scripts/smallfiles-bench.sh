@@ -36,14 +36,16 @@ EX=/usr/share/doc/libfuse3-dev/examples
 RESULTS=${RESULTS:-/tmp/extentfs-smallfiles-bench-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$RESULTS"
 WORK=$(mktemp -d "${BASE:-/var/tmp}/extentfs-sfbench-XXXXXX")
-MNT=""
-PID=""
 cleanup() {
-    if [ -n "$MNT" ]; then umount "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null || true; fi
-    if [ -n "$PID" ]; then
-        for _ in $(seq 300); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
-        kill "$PID" 2>/dev/null || true
-    fi
+    # Every mount under WORK (run_one runs in a subshell, so no variable can name them), then
+    # the daemons whose command line names WORK, by PID.
+    local m p
+    for m in $(awk -v w="$WORK/" 'index($2, w) == 1 {print $2}' /proc/mounts); do
+        umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+    done
+    for p in $(pgrep -f -- "$WORK/" || true); do
+        [ "$p" = $$ ] || kill "$p" 2>/dev/null || true
+    done
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -90,8 +92,8 @@ run_one() { # fs rep -> prints "create total"
     sync
     case $fs in
         native)
-            t0=$(now); c=$(taskset -c 0 "$WORK/mk" "$src" "$FILES"); t1=$(now)
-            echo "$c $(secs "$t0" "$t1")"; rm -rf "$src" "$mnt"; return ;;
+            t0=$(now); c=$(taskset -c 0 "$WORK/mk" "$src" "$FILES"); t2=$(now)
+            echo "$c $(secs "$t0" "$t2")"; rm -rf "$src" "$mnt"; return ;;
         passthrough_ll)
             taskset -c 0 "$WORK/passthrough_ll" -o source="$src" "$mnt"
             PID=$(pgrep -f -n "passthrough_ll -o source=$src ") ;;
@@ -99,18 +101,17 @@ run_one() { # fs rep -> prints "create total"
             taskset -c 0 "$BIN" "$src" "$mnt" -o "cache_size=1G,coherence=${fs#extentfs-}"
             PID=$(pgrep -f -n "^$BIN $src $mnt ") ;;
     esac
-    MNT=$mnt
     t0=$(now)
-    c=$(taskset -c 0 "$WORK/mk" "$mnt" "$FILES")
-    t1=$(now)
-    if [ "${fs%%-*}" = extentfs ]; then
-        "$BIN" sync "$mnt" >/dev/null
+    # A filesystem that fails the creates (passthrough_ll runs out of descriptors past about
+    # 20,000 inodes here) is reported as failed, and still unmounted.
+    c=$(taskset -c 0 "$WORK/mk" "$mnt" "$FILES" 2>>"$RESULTS/errors.txt") || c=failed
+    if [ "$c" != failed ] && [ "${fs%%-*}" = extentfs ]; then
+        "$BIN" sync "$mnt" >/dev/null || c=failed
     fi
     t2=$(now)
-    umount "$mnt"; MNT=""
+    umount "$mnt" 2>/dev/null || umount -l "$mnt"
     for _ in $(seq 300); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
-    PID=""
-    echo "$c $(secs "$t0" "$t2")"
+    if [ "$c" = failed ]; then echo "failed failed"; else echo "$c $(secs "$t0" "$t2")"; fi
     rm -rf "$src" "$mnt"
 }
 
@@ -126,11 +127,15 @@ for fs in $FSS; do
         read -r c t < <(run_one "$fs" "$k")
         echo "$c" >> "$WORK/c"; echo "$t" >> "$WORK/t"
     done
+    if grep -q failed "$WORK/c"; then C[$fs]=failed; T[$fs]=failed; continue; fi
     C[$fs]=$(median < "$WORK/c"); T[$fs]=$(median < "$WORK/t")
 done
 printf '%-16s %12s %18s %14s\n' fs "create s" "create+sync s" "/pt create" | tee -a "$RESULTS/results.txt"
 for fs in $FSS; do
-    printf '%-16s %12s %18s %14s\n' "$fs" "${C[$fs]}" "${T[$fs]}" \
-        "$(echo "scale=3; ${T[$fs]} / ${C[passthrough_ll]}" | bc)" | tee -a "$RESULTS/results.txt"
+    r=-
+    if [ "${T[$fs]}" != failed ] && [ "${C[passthrough_ll]}" != failed ]; then
+        r=$(echo "scale=3; ${T[$fs]} / ${C[passthrough_ll]}" | bc)
+    fi
+    printf '%-16s %12s %18s %14s\n' "$fs" "${C[$fs]}" "${T[$fs]}" "$r" | tee -a "$RESULTS/results.txt"
 done
 echo "results in $RESULTS/results.txt"
