@@ -96,36 +96,13 @@ fn parse_args<T: FromArgMatches>(cmd: clap::Command, args: &[String]) -> Result<
 }
 
 fn getxattr(path: &Path, name: &str) -> Result<Vec<u8>, String> {
-    let p = CString::new(path.as_os_str().as_bytes()).map_err(|_| "bad path".to_string())?;
-    let n = CString::new(name).unwrap();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        // SAFETY: `p` and `n` are NUL-terminated CStrings alive across the call; the kernel writes
-        // at most `buf.len()` bytes into `buf`, a live Vec.
-        let r = unsafe {
-            libc::getxattr(
-                p.as_ptr(),
-                n.as_ptr(),
-                buf.as_mut_ptr() as *mut libc::c_void,
-                buf.len(),
-            )
-        };
-        if r >= 0 {
-            buf.truncate(r as usize);
-            return Ok(buf);
-        }
-        let e = std::io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::ERANGE) => buf.resize(buf.len() * 4, 0),
-            Some(libc::ENODATA) | Some(libc::ENOTSUP) => {
-                return Err(format!(
-                    "{} is not on an extentfs mount (no {name} attribute)",
-                    path.display()
-                ))
-            }
-            _ => return Err(format!("{}: {e}", path.display())),
-        }
-    }
+    crate::control::getxattr(path, name).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENODATA) | Some(libc::ENOTSUP) => format!(
+            "{} is not on an extentfs mount (no {name} attribute)",
+            path.display()
+        ),
+        _ => format!("{}: {e}", path.display()),
+    })
 }
 
 /// Why `path` has no `name` attribute, in words.

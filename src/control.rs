@@ -59,7 +59,8 @@ fn cstr(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap_or_default()
 }
 
-fn getxattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
+/// The value of xattr `name` of `path`, however long (up to 64 MiB).
+pub(crate) fn getxattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
     let p = cstr(path);
     let n = CString::new(name).unwrap();
     let mut buf = vec![0u8; 1 << 16];

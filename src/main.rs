@@ -464,15 +464,18 @@ fn serve(
         }
         r => r,
     };
+    let cannot_mount = |e: &dyn std::fmt::Display| {
+        format!(
+            "cannot mount {} at {}: {e}",
+            source.display(),
+            mountpoint.display()
+        )
+    };
     let fd = match fd {
         Ok(fd) => fd,
         Err(e) => {
             // Nothing was mounted: nothing to unmount.
-            let m = format!(
-                "cannot mount {} at {}: {e}",
-                source.display(),
-                mountpoint.display()
-            );
+            let m = cannot_mount(&e);
             report(&mut reporter, &m);
             return Err(m);
         }
@@ -481,11 +484,7 @@ fn serve(
     let session = match session {
         Ok(s) => s,
         Err(e) => {
-            let m = format!(
-                "cannot mount {} at {}: {e}",
-                source.display(),
-                mountpoint.display()
-            );
+            let m = cannot_mount(&e);
             report(&mut reporter, &m);
             let _ = mount::unmount(mountpoint);
             return Err(m);

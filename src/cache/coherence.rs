@@ -213,12 +213,7 @@ impl CacheContext {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::{CacheConfig, WriteKind};
-    use crate::fs::path_fd::PathFd;
-    use crate::fs::source::{self, DataFile};
-    use crate::pool::{HugePagePolicy, PagePool, PoolConfig};
-    use std::ffi::CString;
-    use std::os::fd::AsFd;
+    use crate::cache::{test_util, WriteKind};
     use std::os::unix::fs::FileExt;
     use std::path::PathBuf;
     use std::sync::Arc;
@@ -235,17 +230,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, content).unwrap();
-        let pool = PagePool::new(&PoolConfig::new(16 << 20, HugePagePolicy::Off)).unwrap();
-        let ctx = CacheContext::new(Arc::new(pool), CacheConfig::new(16 << 20, 0.5));
-        let root = source::open_root(dir.path()).unwrap();
-        let fd = source::open_path(root.as_fd(), &CString::new("f").unwrap()).unwrap();
-        let st = source::fstat(fd.as_fd()).unwrap();
-        let pfd = PathFd::fixed(fd).unwrap();
-        let c = ctx
-            .get_or_create((st.st_dev, st.st_ino), || {
-                DataFile::open(pfd.clone(), false)
-            })
-            .unwrap();
+        let ctx = test_util::context();
+        let c = test_util::cache_of(&ctx, dir.path(), "f");
         Fixture {
             _dir: dir,
             path,

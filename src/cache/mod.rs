@@ -717,3 +717,35 @@ impl CacheContext {
 pub(crate) fn errno_of(e: &io::Error) -> i32 {
     e.raw_os_error().unwrap_or(libc::EIO)
 }
+
+/// For the cache's unit tests (no mount): a context over a small pool, and the cache of a file
+/// in a directory, opened as the FUSE layer opens it.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use super::{CacheConfig, CacheContext, InodeCache};
+    use crate::fs::path_fd::PathFd;
+    use crate::fs::source::{self, DataFile};
+    use crate::pool::{HugePagePolicy, PagePool, PoolConfig};
+    use std::ffi::CString;
+    use std::os::fd::AsFd;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    /// A context over a 16 MiB pool of 4 KiB pages, no writeback threads.
+    pub(crate) fn context() -> Arc<CacheContext> {
+        let pool = PagePool::new(&PoolConfig::new(16 << 20, HugePagePolicy::Off)).unwrap();
+        CacheContext::new(Arc::new(pool), CacheConfig::new(16 << 20, 0.5))
+    }
+
+    /// The cache of the existing file `dir/name` in `ctx`.
+    pub(crate) fn cache_of(ctx: &CacheContext, dir: &Path, name: &str) -> Arc<InodeCache> {
+        let root = source::open_root(dir).unwrap();
+        let fd = source::open_path(root.as_fd(), &CString::new(name).unwrap()).unwrap();
+        let st = source::fstat(fd.as_fd()).unwrap();
+        let pfd = PathFd::fixed(fd).unwrap();
+        ctx.get_or_create((st.st_dev, st.st_ino), || {
+            DataFile::open(pfd.clone(), false)
+        })
+        .unwrap()
+    }
+}

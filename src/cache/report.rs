@@ -124,15 +124,7 @@ impl CacheContext {
             .find_contiguous(from, Bits::DIRTY, self.cfg.max_writeback)
         {
             let guard = RangeGuard::lock(&c.tree, s, e, Bits::WRITEBACK);
-            let mut ranges = Vec::new();
-            c.tree.for_each(s, e, |st| {
-                if st.bits.contains(Bits::DIRTY) {
-                    ranges.push((st.start, st.end));
-                }
-            });
-            for &(rs, re) in &ranges {
-                self.clear_dirty(c, rs, re, Bits::WRITEBACK);
-            }
+            let ranges = self.dirty_to_writeback(c, s, e);
             drop(guard);
             for &(rs, re) in &ranges {
                 // A failure is logged with the path, and the range is DIRTY again.

@@ -222,15 +222,7 @@ impl CacheContext {
             .collect();
         let noted: Vec<Vec<(u64, u64)>> = group
             .iter()
-            .map(|c| {
-                let mut v = Vec::new();
-                c.tree.for_each(0, u64::MAX, |st| {
-                    if st.bits.contains(Bits::UNSTABLE) {
-                        v.push((st.start, st.end));
-                    }
-                });
-                v
-            })
+            .map(|c| c.tree.ranges_with(0, u64::MAX, Bits::UNSTABLE))
             .collect();
         let r = group[0].file.syncfs();
         if r.is_ok() {
@@ -269,7 +261,6 @@ impl CacheContext {
     pub(crate) fn writeback_pass(&self, c: &InodeCache, wait: bool) -> io::Result<()> {
         let mut from = 0u64;
         let mut result = Ok(());
-        let mut ranges: Vec<(u64, u64)> = Vec::new();
         while let Some((s, e)) = c
             .tree
             .find_contiguous(from, Bits::DIRTY, self.cfg.max_writeback)
@@ -288,16 +279,7 @@ impl CacheContext {
                     }
                 }
             };
-            // Under the lock: what in [s, e] is still dirty becomes WRITEBACK.
-            ranges.clear();
-            c.tree.for_each(s, e, |st| {
-                if st.bits.contains(Bits::DIRTY) {
-                    ranges.push((st.start, st.end));
-                }
-            });
-            for &(rs, re) in &ranges {
-                self.clear_dirty(c, rs, re, Bits::WRITEBACK);
-            }
+            let ranges = self.dirty_to_writeback(c, s, e);
             drop(guard);
             for &(rs, re) in &ranges {
                 if let Err(err) = self.write_range(c, rs, re) {
@@ -360,17 +342,21 @@ impl CacheContext {
     }
 
     fn writeback_locked_range(&self, c: &InodeCache, s: u64, e: u64) -> io::Result<()> {
-        let mut ranges = Vec::new();
-        c.tree.for_each(s, e, |st| {
-            if st.bits.contains(Bits::DIRTY) {
-                ranges.push((st.start, st.end));
-            }
-        });
-        for (rs, re) in ranges {
+        for (rs, re) in c.tree.ranges_with(s, e, Bits::DIRTY) {
             self.clear_dirty(c, rs, re, Bits::WRITEBACK);
             self.write_range(c, rs, re)?;
         }
         Ok(())
+    }
+
+    /// Under the caller's lock over `[s, e]`: what in it is still DIRTY becomes WRITEBACK.
+    /// Returns those ranges, for the caller to write (`write_range`) once it unlocked.
+    pub(crate) fn dirty_to_writeback(&self, c: &InodeCache, s: u64, e: u64) -> Vec<(u64, u64)> {
+        let ranges = c.tree.ranges_with(s, e, Bits::DIRTY);
+        for &(rs, re) in &ranges {
+            self.clear_dirty(c, rs, re, Bits::WRITEBACK);
+        }
+        ranges
     }
 
     /// pwritev `[s, e]` (inclusive, under WRITEBACK) from pool memory, then clear WRITEBACK.
@@ -423,15 +409,7 @@ impl CacheContext {
         always: bool,
         locked: bool,
     ) -> io::Result<()> {
-        let unstable_now = || {
-            let mut v: Vec<(u64, u64)> = Vec::new();
-            c.tree.for_each(0, u64::MAX, |st| {
-                if st.bits.contains(Bits::UNSTABLE) {
-                    v.push((st.start, st.end));
-                }
-            });
-            v
-        };
+        let unstable_now = || c.tree.ranges_with(0, u64::MAX, Bits::UNSTABLE);
         let _serial = c.commit_lock.lock().unwrap();
         let unstable = unstable_now();
         if unstable.is_empty() && !always {
@@ -552,31 +530,17 @@ mod idle_tests {
 #[cfg(test)]
 mod commit_tests {
     use super::*;
-    use crate::cache::{CacheConfig, WriteKind};
-    use crate::fs::path_fd::PathFd;
-    use crate::fs::source::{self, DataFile};
-    use crate::pool::{HugePagePolicy, PagePool, PoolConfig};
-    use std::ffi::CString;
-    use std::os::fd::AsFd;
+    use crate::cache::{test_util, WriteKind};
 
     #[test]
     fn one_syncfs_settles_every_file_of_a_filesystem() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = PagePool::new(&PoolConfig::new(16 << 20, HugePagePolicy::Off)).unwrap();
-        let ctx = CacheContext::new(Arc::new(pool), CacheConfig::new(16 << 20, 0.5));
-        let root = source::open_root(dir.path()).unwrap();
+        let ctx = test_util::context();
         let mut files = Vec::new();
         for i in 0..3 {
             let name = format!("f{i}");
             std::fs::write(dir.path().join(&name), b"").unwrap();
-            let fd = source::open_path(root.as_fd(), &CString::new(name).unwrap()).unwrap();
-            let st = source::fstat(fd.as_fd()).unwrap();
-            let pfd = PathFd::fixed(fd).unwrap();
-            let c = ctx
-                .get_or_create((st.st_dev, st.st_ino), || {
-                    DataFile::open(pfd.clone(), false)
-                })
-                .unwrap();
+            let c = test_util::cache_of(&ctx, dir.path(), &name);
             ctx.write(&c, 0, &[i as u8 + 1; 5000], WriteKind::At)
                 .unwrap();
             ctx.writeback_pass(&c, true).unwrap();

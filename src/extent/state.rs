@@ -628,6 +628,18 @@ impl ExtentStateTree {
         }
     }
 
+    /// The (inclusive) ranges within `[start, end]` whose states carry all of `bits`, in order
+    /// (neighbouring states are separate ranges).
+    pub fn ranges_with(&self, start: u64, end: u64, bits: Bits) -> Vec<(u64, u64)> {
+        let mut v = Vec::new();
+        self.for_each(start, end, |st| {
+            if st.bits.contains(bits) {
+                v.push((st.start, st.end));
+            }
+        });
+        v
+    }
+
     /// Visit the states overlapping `[start, end]`, clipped to it, in order.
     /// `f` runs outside the mutex (batches of 32 states per lock hold).
     pub fn for_each(&self, start: u64, end: u64, mut f: impl FnMut(ExtentState)) {
