@@ -413,19 +413,11 @@ impl ExtentFs {
                 if dirty > 0 {
                     blocks = blocks.max(size.div_ceil(512).min(blocks + dirty.div_ceil(512)));
                 }
-                // extentfs's own writeback moved SOURCE's ctime: not a change to show. What
-                // shows instead is the ctime from before, or the writes' mtime if later.
-                let shown = c.file.shown_ctime(st);
-                let masked = shown != (st.st_ctime, st.st_ctime_nsec);
-                if masked {
-                    ctime = systime(shown.0, shown.1);
-                }
-                let written = c.mtime_override();
-                if let Some(t) = written {
+                if let Some(t) = c.mtime_override() {
                     mtime = systime(t.tv_sec, t.tv_nsec);
-                }
-                if (masked || written.is_some()) && mtime > ctime {
-                    ctime = mtime;
+                    if mtime > ctime {
+                        ctime = mtime;
+                    }
                 }
             }
         }

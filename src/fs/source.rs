@@ -846,34 +846,14 @@ impl DataFile {
     /// drops, checks answer `Busy`; then SOURCE's new state is recorded as extentfs's own.
     /// A foreign change made before the first of a burst of own changes is remembered.
     pub fn own_change(&self) -> OwnChange<'_> {
-        self.begin_own(false)
-    }
-
-    /// An own change whose ctime must not show (see [`Seen::shown_ctime`]). Not used: hiding
-    /// writeback's ctime made the ctime shown before and after a remount differ (xfstests
-    /// generic/003); under close-to-open the writeback happens at close, before a stat after
-    /// it can see the file's times, which is what keeps them still.
-    #[allow(dead_code)]
-    fn own_change_hidden(&self) -> OwnChange<'_> {
-        self.begin_own(true)
-    }
-
-    fn begin_own(&self, hidden: bool) -> OwnChange<'_> {
         let mut s = self.lock_seen();
         let now = if s.wants_pre_check() {
             self.stat().ok().map(|st| Validator::of(&st))
         } else {
             None
         };
-        s.begin_own(now, hidden);
+        s.begin_own(now);
         OwnChange(self)
-    }
-
-    /// The ctime to show for SOURCE's stat `st` of this file: SOURCE's, unless it is the one
-    /// extentfs's own writeback gave it (then the one shown before).
-    pub fn shown_ctime(&self, st: &libc::stat) -> (i64, i64) {
-        self.lock_seen()
-            .shown_ctime((st.st_ctime, st.st_ctime_nsec))
     }
 
     fn end_own(&self) {

@@ -13,14 +13,6 @@
 //! recorded. While own changes are in flight a check cannot tell whose a change is and answers
 //! [`Check::Busy`]. Invariant: `foreign` is set exactly when a foreign change was seen and not
 //! yet reported by [`Seen::check`].
-//!
-//! Some own changes are *hidden*: writeback's `pwritev` and the stamp of the writes' mtime
-//! carry data a user already wrote, whose ctime the user already saw, so the ctime they give
-//! SOURCE must not show (xfstests generic/003: `stat`, `cat`, `stat` of a new file). After a
-//! burst of only hidden changes, [`Seen`] remembers SOURCE's new ctime together with the
-//! ctime that was shown before the burst, and [`Seen::shown_ctime`] answers the latter as
-//! long as SOURCE's ctime is the remembered one. A visible own change (chmod, truncate,
-//! utimens, ...) in the burst, or any change of SOURCE's ctime by someone else, ends that.
 
 /// The fields of a stat that any change of the file moves.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -65,21 +57,12 @@ pub enum Check {
     Changed,
 }
 
-/// A ctime as (seconds, nanoseconds).
-pub type Ctime = (i64, i64);
-
 /// The validator last recorded and the own changes in flight.
 #[derive(Debug, Default)]
 pub struct Seen {
     recorded: Validator,
     in_flight: u32,
     foreign: bool,
-    /// SOURCE's ctime when the burst of own changes in flight began (if it was stat'ed).
-    burst_ctime: Option<Ctime>,
-    /// The burst in flight holds a visible own change.
-    burst_visible: bool,
-    /// (SOURCE's ctime after hidden own changes, the ctime to show for it).
-    hidden: Option<(Ctime, Ctime)>,
 }
 
 impl Seen {
@@ -87,25 +70,6 @@ impl Seen {
         Seen {
             recorded: v,
             ..Seen::default()
-        }
-    }
-
-    /// The ctime to show for SOURCE's ctime `source`: the one shown before extentfs's own
-    /// hidden changes (writeback) moved it, or `source` itself. While a burst of only hidden
-    /// changes is in flight, the ctime shown before it.
-    pub fn shown_ctime(&self, source: Ctime) -> Ctime {
-        if self.in_flight > 0 && !self.burst_visible {
-            if let Some(c) = self.burst_ctime {
-                return self.mask(c);
-            }
-        }
-        self.mask(source)
-    }
-
-    fn mask(&self, c: Ctime) -> Ctime {
-        match self.hidden {
-            Some((src, shown)) if src == c => shown,
-            _ => c,
         }
     }
 
@@ -118,19 +82,13 @@ impl Seen {
         self.in_flight == 0
     }
 
-    /// An own change starts; `now` is SOURCE's validator when `wants_pre_check` said so;
-    /// `hidden`: its ctime must not show (see the module documentation).
-    pub fn begin_own(&mut self, now: Option<Validator>, hidden: bool) {
-        if self.in_flight == 0 {
-            self.burst_ctime = now.map(|v| v.ctime);
-            self.burst_visible = false;
-        }
+    /// An own change starts; `now` is SOURCE's validator when `wants_pre_check` said so.
+    pub fn begin_own(&mut self, now: Option<Validator>) {
         if let Some(v) = now {
             if v != self.recorded {
                 self.foreign = true;
             }
         }
-        self.burst_visible |= !hidden;
         self.in_flight += 1;
     }
 
@@ -152,14 +110,6 @@ impl Seen {
     /// SOURCE's validator after the last own change of a burst.
     pub fn record(&mut self, v: Validator) {
         self.recorded = v;
-        if self.burst_visible {
-            self.hidden = None;
-        } else if let Some(before) = self.burst_ctime.take() {
-            if v.ctime != before {
-                self.hidden = Some((v.ctime, self.mask(before)));
-            }
-        }
-        self.burst_visible = false;
     }
 
     /// Compare SOURCE's validator `now` with the recorded one.
@@ -208,7 +158,7 @@ mod tests {
     fn own_changes_are_not_foreign() {
         let mut s = Seen::new(v(10, 100, 0));
         assert!(s.wants_pre_check());
-        s.begin_own(Some(v(10, 100, 0)), false);
+        s.begin_own(Some(v(10, 100, 0)));
         // While writing back, a check cannot tell.
         assert_eq!(s.check(v(20, 101, 0)), Check::Busy);
         assert!(s.end_own());
@@ -220,7 +170,7 @@ mod tests {
     fn foreign_change_before_own_change_is_not_absorbed() {
         let mut s = Seen::new(v(10, 100, 0));
         // Someone appended; then extentfs writes back and records the result.
-        s.begin_own(Some(v(15, 100, 9)), false);
+        s.begin_own(Some(v(15, 100, 9)));
         assert!(s.end_own());
         s.record(v(20, 101, 0));
         assert_eq!(s.check(v(20, 101, 0)), Check::Changed);
@@ -230,9 +180,9 @@ mod tests {
     #[test]
     fn nested_own_changes_check_once_and_record_once() {
         let mut s = Seen::new(v(10, 100, 0));
-        s.begin_own(Some(v(10, 100, 0)), false);
+        s.begin_own(Some(v(10, 100, 0)));
         assert!(!s.wants_pre_check());
-        s.begin_own(None, false);
+        s.begin_own(None);
         assert!(!s.end_own());
         assert_eq!(s.check(v(12, 100, 1)), Check::Busy);
         assert!(s.end_own());
@@ -247,75 +197,17 @@ mod tests {
         let mut s = Seen::new(v(10, 100, 0));
         assert!(s.unchanged_per(v(10, 100, 0)));
         // Taken, then an own change runs and is recorded: the earlier stat no longer matches.
-        s.begin_own(Some(v(10, 100, 0)), true);
+        s.begin_own(Some(v(10, 100, 0)));
         assert!(!s.unchanged_per(v(10, 100, 0)), "in flight");
         assert!(s.end_own());
         s.record(v(20, 101, 0));
         assert!(!s.unchanged_per(v(10, 100, 0)));
         assert!(s.unchanged_per(v(20, 101, 0)));
         // A foreign change seen before an own change is still pending.
-        s.begin_own(Some(v(30, 102, 0)), true);
+        s.begin_own(Some(v(30, 102, 0)));
         assert!(s.end_own());
         s.record(v(31, 103, 0));
         assert!(!s.unchanged_per(v(31, 103, 0)));
-    }
-
-    #[test]
-    fn hidden_changes_keep_the_ctime_shown() {
-        let mut s = Seen::new(v(10, 100, 0));
-        assert_eq!(s.shown_ctime((100, 0)), (100, 0));
-        // Writeback: pwritev then the mtime stamp, each a burst of its own.
-        s.begin_own(Some(v(10, 100, 0)), true);
-        // In flight, SOURCE's ctime already moved: the one from before shows.
-        assert_eq!(s.shown_ctime((105, 1)), (100, 0));
-        assert!(s.end_own());
-        s.record(v(20, 105, 1));
-        assert_eq!(s.shown_ctime((105, 1)), (100, 0));
-        s.begin_own(Some(v(20, 105, 1)), true);
-        assert!(s.end_own());
-        s.record(v(20, 105, 2));
-        assert_eq!(s.shown_ctime((105, 2)), (100, 0));
-        // Nothing changed the ctime: still masked.
-        s.begin_own(Some(v(20, 105, 2)), true);
-        assert!(s.end_own());
-        s.record(v(20, 105, 2));
-        assert_eq!(s.shown_ctime((105, 2)), (100, 0));
-        // Someone else moved it: theirs shows.
-        assert_eq!(s.check(v(20, 105, 7)), Check::Changed);
-        assert_eq!(s.shown_ctime((105, 7)), (105, 7));
-        // A writeback after that hides its own move behind the foreign ctime.
-        s.begin_own(Some(v(20, 105, 7)), true);
-        assert!(s.end_own());
-        s.record(v(30, 106, 0));
-        assert_eq!(s.shown_ctime((106, 0)), (105, 7));
-    }
-
-    #[test]
-    fn visible_changes_show_their_ctime() {
-        let mut s = Seen::new(v(10, 100, 0));
-        s.begin_own(Some(v(10, 100, 0)), true);
-        assert!(s.end_own());
-        s.record(v(20, 105, 1));
-        assert_eq!(s.shown_ctime((105, 1)), (100, 0));
-        // A chmod through the mount: its ctime is the user's.
-        s.begin_own(Some(v(20, 105, 1)), false);
-        assert_eq!(s.shown_ctime((106, 0)), (106, 0));
-        assert!(s.end_own());
-        s.record(v(20, 105, 3));
-        assert_eq!(s.shown_ctime((105, 3)), (105, 3));
-        // A burst mixing a visible change with writeback shows SOURCE's.
-        s.begin_own(Some(v(20, 105, 3)), true);
-        s.begin_own(None, false);
-        assert!(!s.end_own());
-        assert!(s.end_own());
-        s.record(v(20, 107, 0));
-        assert_eq!(s.shown_ctime((107, 0)), (107, 0));
-        // A burst whose start could not be stat'ed hides nothing.
-        s.begin_own(None, true);
-        assert_eq!(s.shown_ctime((108, 0)), (108, 0));
-        assert!(s.end_own());
-        s.record(v(20, 108, 0));
-        assert_eq!(s.shown_ctime((108, 0)), (108, 0));
     }
 
     #[test]
