@@ -15,9 +15,9 @@
 use extentfs::cache::inode_cache::InodeCache;
 use extentfs::cache::{CacheConfig, CacheContext, WriteKind};
 use extentfs::extent::state::{Bits, ExtentStateTree};
-use extentfs::fs::path_fd::PathFd;
-use extentfs::fs::source::{self, DataFile};
 use extentfs::pool::{HugePagePolicy, PagePool, PoolConfig};
+use extentfs::source::path_fd::PathFd;
+use extentfs::source::{self, DataFile};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ffi::CString;
 use std::hint::black_box;

@@ -121,14 +121,16 @@ FSS="native passthrough_ll extentfs-cto extentfs-none"
     echo "# $(uname -r), $(nproc) CPUs, $("$BIN" --version 2>/dev/null | head -1)"
 } | tee "$RESULTS/results.txt"
 declare -A C T
-for fs in $FSS; do
-    : > "$WORK/c" ; : > "$WORK/t"
-    for ((k = 0; k < REPS; k++)); do
+# Rounds interleave the filesystems, so a noisy moment of a shared machine falls on all of them.
+for ((k = 0; k < REPS; k++)); do
+    for fs in $FSS; do
         read -r c t < <(run_one "$fs" "$k")
-        echo "$c" >> "$WORK/c"; echo "$t" >> "$WORK/t"
+        echo "$c" >> "$WORK/c-$fs"; echo "$t" >> "$WORK/t-$fs"
     done
-    if grep -q failed "$WORK/c"; then C[$fs]=failed; T[$fs]=failed; continue; fi
-    C[$fs]=$(median < "$WORK/c"); T[$fs]=$(median < "$WORK/t")
+done
+for fs in $FSS; do
+    if grep -q failed "$WORK/c-$fs"; then C[$fs]=failed; T[$fs]=failed; continue; fi
+    C[$fs]=$(median < "$WORK/c-$fs"); T[$fs]=$(median < "$WORK/t-$fs")
 done
 printf '%-16s %12s %18s %14s\n' fs "create s" "create+sync s" "/pt create" | tee -a "$RESULTS/results.txt"
 for fs in $FSS; do

@@ -4,7 +4,8 @@
 //! - [`pool`]: the page pool (huge-page backed mmap regions, contiguous run allocator).
 //! - [`extent`]: per-file extent state tree, extent map, and `ExtentPtr`.
 //! - [`cache`]: per-inode caches, the read/write paths, writeback and eviction.
-//! - [`fs`]: the FUSE adapter and all access to SOURCE.
+//! - [`fs`]: the FUSE adapter.
+//! - [`source`]: all access to SOURCE (the only module making system calls on it).
 //! - [`options`], [`stats`]: mount options and counters.
 //! - [`cli`], [`control`]: the `stats`/`extents` and `sync`/`umount` commands.
 //! - [`report`]: the figures' catalogue and their renderings (summary, OpenMetrics, cache map).
@@ -22,4 +23,5 @@ pub mod notify;
 pub mod options;
 pub mod pool;
 pub mod report;
+pub mod source;
 pub mod stats;

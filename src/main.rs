@@ -8,10 +8,10 @@
 use clap::{CommandFactory, FromArgMatches, Parser};
 use extentfs::cache::{CacheConfig, CacheContext};
 use extentfs::fs::mount::{self, MountPointState};
-use extentfs::fs::source::AtimeMode;
 use extentfs::fs::{ExtentFs, FsConfig};
 use extentfs::options::{format_size, MountConfig};
 use extentfs::pool::{PagePool, PoolConfig};
+use extentfs::source::AtimeMode;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -321,7 +321,7 @@ fn detach_stdio() {
 }
 
 /// The daemon holds a descriptor per inode the kernel knows and per file in use (the inode
-/// table gives back idle ones past half the limit, see `fs::path_fd`). Take as many as the
+/// table gives back idle ones past half the limit, see `source::path_fd`). Take as many as the
 /// system allows one process: `fs.nr_open` when privileged (as virtiofsd does), else the
 /// hard limit; or exactly `-o rlimit_nofile=N`.
 fn set_fd_limit(want: Option<u64>) {

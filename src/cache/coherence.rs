@@ -1,6 +1,6 @@
 //! Coherence with a SOURCE that others also change (close-to-open, as NFS).
 //!
-//! Each file's [`DataFile`](crate::fs::source::DataFile) records a validator of SOURCE's file
+//! Each file's [`DataFile`](crate::source::DataFile) records a validator of SOURCE's file
 //! after extentfs's own changes. [`CacheContext::revalidate`] compares SOURCE's file with it
 //! (one fstat); when someone else changed the file, [`CacheContext::adopt_source_change`]
 //! makes the cache agree with SOURCE again:
@@ -18,7 +18,7 @@
 use super::inode_cache::{ceil_page, floor_page, InodeCache, RangeGuard, P};
 use super::CacheContext;
 use crate::extent::state::Bits;
-use crate::fs::validator::Check;
+use crate::source::validator::Check;
 use crate::stats;
 use std::io;
 use std::sync::atomic::Ordering;
@@ -192,7 +192,7 @@ impl CacheContext {
         // The mtime of the writes is stamped now too, not after the close, when it could
         // land over a change someone else made in between.
         c.apply_pending_mtime();
-        use crate::fs::path_fd::{io_descriptors, IoDescriptors};
+        use crate::source::path_fd::{io_descriptors, IoDescriptors};
         match io_descriptors() {
             // Its descriptor must not wait: so many files are being closed that descriptors
             // run out.

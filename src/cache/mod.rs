@@ -17,8 +17,8 @@ pub mod space;
 pub mod writeback;
 
 use crate::extent::state::Bits;
-use crate::fs::source::DataFile;
 use crate::pool::PagePool;
+use crate::source::DataFile;
 use crate::stats::{self, Counters, OpCounters};
 use inode_cache::{
     ceil_page, floor_page, Again, InodeCache, InodeKey, RangeGuard, MAX_FILE_SIZE, P,
@@ -723,9 +723,9 @@ pub(crate) fn errno_of(e: &io::Error) -> i32 {
 #[cfg(test)]
 pub(crate) mod test_util {
     use super::{CacheConfig, CacheContext, InodeCache};
-    use crate::fs::path_fd::PathFd;
-    use crate::fs::source::{self, DataFile};
     use crate::pool::{HugePagePolicy, PagePool, PoolConfig};
+    use crate::source::path_fd::PathFd;
+    use crate::source::{self, DataFile};
     use std::ffi::CString;
     use std::os::fd::AsFd;
     use std::path::Path;

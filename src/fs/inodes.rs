@@ -18,9 +18,9 @@
 //! - descriptors: each inode's `O_PATH` descriptor is a [`PathFd`], given back while the inode
 //!   is idle once half of RLIMIT_NOFILE are open (see `path_fd`) when SOURCE has handles.
 
-use super::path_fd::{self, MountFd, PathFd};
-use super::source::{self, SourceHandle, FILEID_INO32_GEN};
 use crate::cache::inode_cache::InodeCache;
+use crate::source::path_fd::{self, MountFd, PathFd};
+use crate::source::{self, SourceHandle, FILEID_INO32_GEN};
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

@@ -10,15 +10,13 @@
 pub mod caller;
 pub mod inodes;
 pub mod mount;
-pub mod path_fd;
-pub mod source;
 pub mod spin;
-pub mod validator;
 pub mod xattr;
 
 use crate::cache::inode_cache::InodeCache;
 use crate::cache::{CacheContext, WriteKind};
 use crate::options::{CacheMode, Coherence};
+use crate::source;
 use crate::stats::Op;
 use caller::Caller;
 use fuser::{

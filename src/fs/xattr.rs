@@ -13,8 +13,9 @@
 //! Our names are never listed, never stored in SOURCE, and cannot be set except `ctl`.
 
 use super::caller::{Caller, CAP_SYS_ADMIN};
-use super::{err, inodes, source, ExtentFs, R};
+use super::{err, inodes, ExtentFs, R};
 use crate::cache::inode_cache::InodeCache;
+use crate::source;
 use crate::stats;
 use fuser::{Errno, INodeNo, ReplyXattr, Request};
 use std::ffi::{CString, OsStr};

@@ -7,14 +7,17 @@
 //! `O_PATH` descriptors; operations that need a real open file reopen them through
 //! `/proc/self/fd/N`, which names the very inode already held, not a path.
 
-use super::path_fd::PathFd;
-use super::validator::{Check, Seen, Validator};
+pub mod path_fd;
+pub mod validator;
+
+use path_fd::PathFd;
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use validator::{Check, Seen, Validator};
 
 /// Run `f` (a create/mkdir/mknod) with the caller's umask, as the kernel would: SOURCE's
 /// filesystem then applies the parent's default ACL instead of the umask where there is one.

@@ -26,7 +26,7 @@
 //!   `REGISTRY` lists every live `PathFd` that may be released (weakly; dead entries are
 //!   pruned as it grows).
 
-use super::source::{self, SourceHandle};
+use super::{self as source, SourceHandle};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
