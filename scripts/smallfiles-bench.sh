@@ -9,7 +9,9 @@
 # the disk, where an fsync per file costs what it costs on a real SOURCE). Each (fs, rep)
 # starts from an empty directory after a `sync`; reported: the median of K reps, and the
 # ratio of extentfs's create + sync time to passthrough_ll's create time (issue target:
-# <= 1.2x). Daemons and the client run pinned to cpu 0.
+# <= 1.2x). Daemons and the client run pinned to cpu 0. Also reported: the CPU time the
+# daemon and the client spent (from /proc/PID/stat and the client's rusage), which a shared
+# machine's load moves much less than the elapsed time.
 #
 #   EXTENTFS_BIN=path   binary to test (default: target/release/extentfs, built if missing)
 set -euo pipefail
@@ -86,14 +88,21 @@ now() { date +%s%N; }
 secs() { echo "scale=6; ($2 - $1) / 1000000000" | bc; }
 median() { sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 
-run_one() { # fs rep -> prints "create total"
-    local fs=$1 src=$WORK/src-$1-$2 mnt=$WORK/mnt-$1-$2 t0 t1 t2 c
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime of PID, in clock ticks
+HZ=$(getconf CLK_TCK)
+client() { # DIR: run the client pinned; prints its elapsed seconds, leaves its CPU seconds in $WORK/ccpu
+    /usr/bin/time -f '%U %S' -o "$WORK/rusage" taskset -c 0 "$WORK/mk" "$1" "$FILES" || return 1
+    awk '{print $1 + $2}' "$WORK/rusage" > "$WORK/ccpu"
+}
+
+run_one() { # fs rep -> prints "create total cpu"
+    local fs=$1 src=$WORK/src-$1-$2 mnt=$WORK/mnt-$1-$2 t0 t1 t2 c d0 d1
     mkdir -p "$src" "$mnt"
     sync
     case $fs in
         native)
-            t0=$(now); c=$(taskset -c 0 "$WORK/mk" "$src" "$FILES"); t2=$(now)
-            echo "$c $(secs "$t0" "$t2")"; rm -rf "$src" "$mnt"; return ;;
+            t0=$(now); c=$(client "$src"); t2=$(now)
+            echo "$c $(secs "$t0" "$t2") $(cat "$WORK/ccpu")"; rm -rf "$src" "$mnt"; return ;;
         passthrough_ll)
             taskset -c 0 "$WORK/passthrough_ll" -o source="$src" "$mnt"
             PID=$(pgrep -f -n "passthrough_ll -o source=$src ") ;;
@@ -101,17 +110,23 @@ run_one() { # fs rep -> prints "create total"
             taskset -c 0 "$BIN" "$src" "$mnt" -o "cache_size=1G,coherence=${fs#extentfs-}"
             PID=$(pgrep -f -n "^$BIN $src $mnt ") ;;
     esac
+    d0=$(ticks "$PID")
     t0=$(now)
     # A filesystem that fails the creates (passthrough_ll runs out of descriptors past about
     # 20,000 inodes here) is reported as failed, and still unmounted.
-    c=$(taskset -c 0 "$WORK/mk" "$mnt" "$FILES" 2>>"$RESULTS/errors.txt") || c=failed
+    c=$(client "$mnt" 2>>"$RESULTS/errors.txt") || c=failed
     if [ "$c" != failed ] && [ "${fs%%-*}" = extentfs ]; then
         "$BIN" sync "$mnt" >/dev/null || c=failed
     fi
     t2=$(now)
+    d1=$(ticks "$PID")
     umount "$mnt" 2>/dev/null || umount -l "$mnt"
     for _ in $(seq 300); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
-    if [ "$c" = failed ]; then echo "failed failed"; else echo "$c $(secs "$t0" "$t2")"; fi
+    if [ "$c" = failed ]; then
+        echo "failed failed failed"
+    else
+        echo "$c $(secs "$t0" "$t2") $(echo "scale=3; $(cat "$WORK/ccpu") + ($d1 - $d0) / $HZ" | bc)"
+    fi
     rm -rf "$src" "$mnt"
 }
 
@@ -120,24 +135,25 @@ FSS="native passthrough_ll extentfs-cto extentfs-none"
     echo "# small files, $(date -u +%Y-%m-%dT%H:%MZ): $FILES x 4 KiB, median of $REPS, SOURCE on $(df -T "$WORK" | awk 'NR==2{print $2}')"
     echo "# $(uname -r), $(nproc) CPUs, $("$BIN" --version 2>/dev/null | head -1)"
 } | tee "$RESULTS/results.txt"
-declare -A C T
+declare -A C T U
 # Rounds interleave the filesystems, so a noisy moment of a shared machine falls on all of them.
 for ((k = 0; k < REPS; k++)); do
     for fs in $FSS; do
-        read -r c t < <(run_one "$fs" "$k")
-        echo "$c" >> "$WORK/c-$fs"; echo "$t" >> "$WORK/t-$fs"
+        read -r c t u < <(run_one "$fs" "$k")
+        echo "$c" >> "$WORK/c-$fs"; echo "$t" >> "$WORK/t-$fs"; echo "$u" >> "$WORK/u-$fs"
     done
 done
 for fs in $FSS; do
-    if grep -q failed "$WORK/c-$fs"; then C[$fs]=failed; T[$fs]=failed; continue; fi
-    C[$fs]=$(median < "$WORK/c-$fs"); T[$fs]=$(median < "$WORK/t-$fs")
+    if grep -q failed "$WORK/c-$fs"; then C[$fs]=failed; T[$fs]=failed; U[$fs]=failed; continue; fi
+    C[$fs]=$(median < "$WORK/c-$fs"); T[$fs]=$(median < "$WORK/t-$fs"); U[$fs]=$(median < "$WORK/u-$fs")
 done
-printf '%-16s %12s %18s %14s\n' fs "create s" "create+sync s" "/pt create" | tee -a "$RESULTS/results.txt"
+printf '%-16s %12s %18s %14s %10s %10s\n' fs "create s" "create+sync s" "/pt create" "cpu s" "cpu /pt" | tee -a "$RESULTS/results.txt"
 for fs in $FSS; do
-    r=-
+    r=- ru=-
     if [ "${T[$fs]}" != failed ] && [ "${C[passthrough_ll]}" != failed ]; then
         r=$(echo "scale=3; ${T[$fs]} / ${C[passthrough_ll]}" | bc)
+        ru=$(echo "scale=3; ${U[$fs]} / ${U[passthrough_ll]}" | bc)
     fi
-    printf '%-16s %12s %18s %14s\n' "$fs" "${C[$fs]}" "${T[$fs]}" "$r" | tee -a "$RESULTS/results.txt"
+    printf '%-16s %12s %18s %14s %10s %10s\n' "$fs" "${C[$fs]}" "${T[$fs]}" "$r" "${U[$fs]}" "$ru" | tee -a "$RESULTS/results.txt"
 done
 echo "results in $RESULTS/results.txt"

@@ -260,17 +260,23 @@ fn sync_mount(cmd: &str, mnt: &Path) -> Result<(), Vec<String>> {
     }
     let mut progress = Progress::new();
     let ctl = |mnt: &Path| setxattr(mnt, xattr::CTL, b"sync");
+    // The sync runs in a thread; this one samples progress every 250 ms until it answers
+    // (at once when it answers: a short sync costs no wait).
     let mut result = std::thread::scope(|s| {
-        let h = s.spawn(|| ctl(mnt));
+        let (tx, rx) = std::sync::mpsc::channel();
+        s.spawn(move || {
+            let _ = tx.send(ctl(mnt));
+        });
         progress.sample(cmd, mnt);
-        while !h.is_finished() {
-            std::thread::sleep(Duration::from_millis(250));
-            if !h.is_finished() {
-                progress.sample(cmd, mnt);
+        loop {
+            match rx.recv_timeout(Duration::from_millis(250)) {
+                Ok(r) => break r,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => progress.sample(cmd, mnt),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    break Err(std::io::Error::other("panic"))
+                }
             }
         }
-        h.join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("panic")))
     });
     progress.done(cmd, mnt);
     if let Err(e) = &result {
