@@ -15,7 +15,6 @@ use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use validator::{Check, Seen, Validator};
 
@@ -746,8 +745,10 @@ impl Drop for OwnChange<'_> {
     }
 }
 
-/// The last answer of [`max_file_size`]: the next file is most likely on the same filesystem.
-static LAST_MAX_SIZE: AtomicU64 = AtomicU64::new(0);
+/// The last answer of [`max_file_size`] and the device (st_dev) it was found on: the limit is
+/// the filesystem's (its superblock's `s_maxbytes`), so the next file on that device needs no
+/// probe, and a file elsewhere is checked against it first (two calls when right).
+static LAST_MAX_SIZE: Mutex<(u64, u64)> = Mutex::new((u64::MAX, 0));
 
 /// The largest size a file may have on the filesystem of `fd` (the kernel's `s_maxbytes`:
 /// ext4 with 4 KiB blocks 16 TiB - 4 KiB, with 1 KiB blocks 4 TiB - 1 KiB; tmpfs, xfs,
@@ -827,8 +828,14 @@ impl DataFile {
     pub fn open(path: Arc<PathFd>, read_only: bool) -> io::Result<DataFile> {
         let (fd, writable) = open_io(path.get()?.as_fd(), read_only)?;
         let st = fstat(fd.as_fd())?;
-        let max_size = max_file_size(fd.as_fd(), LAST_MAX_SIZE.load(Ordering::Relaxed));
-        LAST_MAX_SIZE.store(max_size, Ordering::Relaxed);
+        let (dev, hint) = *LAST_MAX_SIZE.lock().unwrap_or_else(|p| p.into_inner());
+        let max_size = if dev == st.st_dev as u64 {
+            hint
+        } else {
+            let max = max_file_size(fd.as_fd(), hint);
+            *LAST_MAX_SIZE.lock().unwrap_or_else(|p| p.into_inner()) = (st.st_dev as u64, max);
+            max
+        };
         path.note_io(true);
         Ok(DataFile {
             path,
