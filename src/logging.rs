@@ -258,6 +258,17 @@ impl Syslog {
     }
 }
 
+/// A path for a log line or a report: lossy UTF-8, with control characters (a newline in a
+/// name) escaped so one message stays one line.
+pub fn display_name(name: &[u8]) -> String {
+    let s = String::from_utf8_lossy(name);
+    if s.chars().any(char::is_control) {
+        s.escape_debug().to_string()
+    } else {
+        s.into_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,6 @@
 //! Coherence with a SOURCE that others also change (close-to-open, as NFS).
 //!
-//! Each file's [`DataFile`](crate::source::DataFile) records a validator of SOURCE's file
+//! Each file's [`Backing`](super::backing::Backing) records a validator of SOURCE's file
 //! after extentfs's own changes. [`CacheContext::revalidate`] compares SOURCE's file with it
 //! (one fstat); when someone else changed the file, [`CacheContext::adopt_source_change`]
 //! makes the cache agree with SOURCE again:
@@ -15,10 +15,11 @@
 //! half-adopted state. When and how often to revalidate is the filesystem's policy (open,
 //! getattr, lookup, reads of a file held open, size-extending writes).
 
+use super::backing::IoDescriptors;
 use super::inode_cache::{ceil_page, floor_page, InodeCache, RangeGuard, P};
+use super::validator::Check;
 use super::CacheContext;
 use crate::extent::state::Bits;
-use crate::source::validator::Check;
 use crate::stats;
 use std::io;
 use std::sync::atomic::Ordering;
@@ -192,8 +193,7 @@ impl CacheContext {
         // The mtime of the writes is stamped now too, not after the close, when it could
         // land over a change someone else made in between.
         c.apply_pending_mtime();
-        use crate::source::path_fd::{io_descriptors, IoDescriptors};
-        match io_descriptors() {
+        match c.file.descriptors() {
             // Its descriptor must not wait: so many files are being closed that descriptors
             // run out.
             IoDescriptors::Short => return self.commit(c, true, false, false),

@@ -14,12 +14,12 @@
 //! - SOURCE's size never exceeds `size` (truncation reaches SOURCE at once; extension reaches
 //!   it by writeback).
 
+use super::backing::Backing;
 use super::mapped::MappedPages;
 use crate::extent::map::{ExtentMap, NoMemory};
 use crate::extent::ptr::ExtentPtr;
 use crate::extent::state::{Bits, ExtentStateTree};
 use crate::pool::{PagePool, PAGE_SIZE};
-use crate::source::DataFile;
 use std::cell::RefCell;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -120,7 +120,8 @@ pub struct InodeCache {
     pub key: InodeKey,
     pub tree: ExtentStateTree,
     pub map: ExtentMap,
-    pub file: DataFile,
+    /// SOURCE's file, the only way to it.
+    pub file: Box<dyn Backing>,
     size: AtomicU64,
     /// Monotonic ms when the file last went from clean to dirty (0 = clean).
     pub(crate) dirty_since: AtomicU64,
@@ -167,7 +168,7 @@ impl InodeCache {
         key: InodeKey,
         pool: Arc<PagePool>,
         dirty_total: Arc<AtomicU64>,
-        file: DataFile,
+        file: Box<dyn Backing>,
     ) -> io::Result<InodeCache> {
         let st = file.stat()?;
         Ok(InodeCache {
@@ -253,7 +254,7 @@ impl InodeCache {
     /// lives in the pool and needs no descriptor until its writeback, so a tree of freshly
     /// written files holds no descriptor per file while the writeback catches up.
     pub fn close_file_if_idle(&self) {
-        self.file.close_io(|| {
+        self.file.close_io(&|| {
             self.open_handles.load(Ordering::Relaxed) == 0 && self.nothing_awaits_fsync()
         });
     }

@@ -8,18 +8,22 @@
 //! writeback while holding a range lock (it unlocks, reclaims or waits, and retries), so a
 //! full pool cannot deadlock the writers against the writeback threads.
 
+pub mod backing;
 pub mod coherence;
+#[cfg(test)]
+mod error_paths;
 pub mod evict;
 pub mod inode_cache;
 pub mod mapped;
 pub mod report;
 pub mod space;
+pub mod validator;
 pub mod writeback;
 
 use crate::extent::state::Bits;
 use crate::pool::PagePool;
-use crate::source::DataFile;
 use crate::stats::{self, Counters, OpCounters};
+use backing::Backing;
 use inode_cache::{
     ceil_page, floor_page, Again, InodeCache, InodeKey, RangeGuard, MAX_FILE_SIZE, P,
 };
@@ -141,10 +145,10 @@ impl CacheContext {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub fn get_or_create(
+    pub fn get_or_create<B: Backing + 'static>(
         &self,
         key: InodeKey,
-        open_file: impl FnOnce() -> io::Result<DataFile>,
+        open_file: impl FnOnce() -> io::Result<B>,
     ) -> io::Result<Arc<InodeCache>> {
         let mut m = self.registry();
         if let Some(c) = m.get(&key) {
@@ -155,7 +159,7 @@ impl CacheContext {
             key,
             self.pool.clone(),
             self.dirty.clone(),
-            open_file()?,
+            Box::new(open_file()?),
         )?);
         m.insert(key, c.clone());
         Ok(c)

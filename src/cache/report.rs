@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 /// it (resolved now: one readlink, only when something is reported).
 pub fn file_name(c: &InodeCache) -> String {
     match c.file.name() {
-        Some(n) => crate::source::display_name(&n),
+        Some(n) => crate::logging::display_name(&n),
         None => format!("inode {}:{} (path unknown)", c.key.0, c.key.1),
     }
 }
@@ -42,7 +42,7 @@ pub struct Unwritten {
 
 impl Unwritten {
     /// One line: `BYTES<TAB>ERRNO<TAB>PATH` (errno 0: none). Paths carry no tab or newline
-    /// ([`crate::source::display_name`] escapes control characters).
+    /// ([`crate::logging::display_name`] escapes control characters).
     pub fn line(&self) -> String {
         format!(
             "{}\t{}\t{}\n",

@@ -8,15 +8,15 @@
 //! `/proc/self/fd/N`, which names the very inode already held, not a path.
 
 pub mod path_fd;
-pub mod validator;
 
+use crate::cache::backing::{Backing, IoDescriptors, OwnChange};
+use crate::cache::validator::{Check, Seen, Validator};
 use path_fd::PathFd;
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, Mutex, RwLock};
-use validator::{Check, Seen, Validator};
 
 /// Run `f` (a create/mkdir/mknod) with the caller's umask, as the kernel would: SOURCE's
 /// filesystem then applies the parent's default ACL instead of the umask where there is one.
@@ -702,16 +702,7 @@ fn relative_name(link: &[u8], root: &[u8], detached: bool) -> Option<Vec<u8>> {
     })
 }
 
-/// A path for a log line or a report: lossy UTF-8, with control characters (a newline in a
-/// name) escaped so one message stays one line.
-pub fn display_name(name: &[u8]) -> String {
-    let s = String::from_utf8_lossy(name);
-    if s.chars().any(char::is_control) {
-        s.escape_debug().to_string()
-    } else {
-        s.into_owned()
-    }
-}
+pub use crate::logging::display_name;
 
 /// A regular file of SOURCE that the cache reads from and writes back to.
 ///
@@ -734,15 +725,6 @@ pub struct DataFile {
     seen_idle: std::sync::Condvar,
     /// The largest size SOURCE's filesystem allows this file (see [`max_file_size`]).
     max_size: u64,
-}
-
-/// An own change of the file in progress (see [`DataFile::own_change`]); ends on drop.
-pub struct OwnChange<'a>(&'a DataFile);
-
-impl Drop for OwnChange<'_> {
-    fn drop(&mut self) {
-        self.0.end_own();
-    }
 }
 
 /// The last answer of [`max_file_size`] and the device (st_dev) it was found on: the limit is
@@ -851,89 +833,6 @@ impl DataFile {
         self.seen.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Bracket a change extentfs makes to the file (a write, truncate, chmod, ...; also
-    /// metadata changes made through other descriptors of the same inode): until the guard
-    /// drops, checks answer `Busy`; then SOURCE's new state is recorded as extentfs's own.
-    /// A foreign change made before the first of a burst of own changes is remembered.
-    pub fn own_change(&self) -> OwnChange<'_> {
-        let mut s = self.lock_seen();
-        let now = if s.wants_pre_check() {
-            self.stat().ok().map(|st| Validator::of(&st))
-        } else {
-            None
-        };
-        s.begin_own(now);
-        OwnChange(self)
-    }
-
-    fn end_own(&self) {
-        let mut s = self.lock_seen();
-        if s.end_own() {
-            // If the stat fails, the next check sees a change: at worst clean data is
-            // dropped and read again.
-            if let Ok(st) = self.stat() {
-                s.record(Validator::of(&st));
-            }
-            self.seen_idle.notify_all();
-        }
-    }
-
-    /// Stat SOURCE's file and compare it with what extentfs last recorded of it. An own
-    /// change in flight (one system call) is waited for, up to a few seconds (then `Busy`).
-    /// Never call it while holding an [`OwnChange`] of the same file.
-    pub fn check(&self) -> io::Result<(Check, libc::stat)> {
-        let mut s = self.lock_seen();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while !s.wants_pre_check() {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            s = self
-                .seen_idle
-                .wait_timeout(s, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        let st = self.stat()?;
-        Ok((s.check(Validator::of(&st)), st))
-    }
-
-    /// As [`DataFile::check`], given `st`, a stat of the same inode the caller took a moment
-    /// ago: when it shows just what was recorded, no fstat is needed (see
-    /// [`Seen::unchanged_per`]); otherwise a fresh check.
-    pub fn check_taken(&self, st: &libc::stat) -> io::Result<(Check, libc::stat)> {
-        if self.lock_seen().unchanged_per(Validator::of(st)) {
-            return Ok((Check::Unchanged, *st));
-        }
-        self.check()
-    }
-
-    /// The validator last recorded (stats).
-    pub fn validator(&self) -> Validator {
-        self.lock_seen().recorded()
-    }
-
-    pub fn writable(&self) -> bool {
-        self.writable
-    }
-
-    /// The largest size SOURCE's filesystem allows this file: a write, truncate, fallocate or
-    /// copy past it answers EFBIG, as SOURCE itself would.
-    pub fn max_size(&self) -> u64 {
-        self.max_size
-    }
-
-    /// statvfs of the filesystem holding the file.
-    pub fn statvfs(&self) -> io::Result<libc::statvfs> {
-        statvfs(self.path.get()?.as_fd())
-    }
-
-    /// The file's path relative to SOURCE, for messages (see [`name_in_source`]).
-    pub fn name(&self) -> Option<Vec<u8>> {
-        name_in_source(self.path.get().ok()?.as_fd())
-    }
-
     /// Run `f` on the I/O descriptor, reopening it if `close_io` gave it back.
     fn with_io<T>(&self, f: impl FnOnce(RawFd) -> io::Result<T>) -> io::Result<T> {
         {
@@ -954,37 +853,6 @@ impl DataFile {
             self.path.note_io(true);
         }
         f(g.as_ref().unwrap().as_raw_fd())
-    }
-
-    /// Close the I/O descriptor unless it is in use or `idle()`, asked with no I/O running,
-    /// says no. `idle` must be false while data written through it awaits an fsync: a fresh
-    /// descriptor's fsync would not report an error that happened before it was opened.
-    pub fn close_io(&self, idle: impl FnOnce() -> bool) {
-        if let Ok(mut g) = self.io.try_write() {
-            if idle() && g.take().is_some() {
-                self.path.note_io(false);
-            }
-        }
-    }
-
-    /// Whether the I/O descriptor is open (for tests and stats).
-    pub fn io_open(&self) -> bool {
-        self.io.read().unwrap().is_some()
-    }
-
-    /// Read into `iov` at `off` until it is full or EOF; returns bytes read.
-    pub fn read_full(&self, iov: &mut [libc::iovec], off: u64) -> io::Result<usize> {
-        self.vectored(iov, off, libc::preadv)
-    }
-
-    /// Write all of `iov` at `off` (pwritev, retried on short writes).
-    pub fn write_all(&self, iov: &mut [libc::iovec], off: u64) -> io::Result<()> {
-        let _own = self.own_change();
-        let total: usize = iov.iter().map(|v| v.iov_len).sum();
-        match self.vectored(iov, off, libc::pwritev)? {
-            n if n == total => Ok(()),
-            _ => Err(io::Error::from_raw_os_error(libc::EIO)),
-        }
     }
 
     /// Run `op` (preadv or pwritev) over `iov` from `off` until all of it is moved or `op`
@@ -1032,8 +900,123 @@ impl DataFile {
         }
         Ok(done)
     }
+}
 
-    pub fn sync(&self, datasync: bool) -> io::Result<()> {
+impl Backing for DataFile {
+    fn begin_own(&self) {
+        let mut s = self.lock_seen();
+        let now = if s.wants_pre_check() {
+            self.stat().ok().map(|st| Validator::of(&st))
+        } else {
+            None
+        };
+        s.begin_own(now);
+    }
+
+    fn end_own(&self) {
+        let mut s = self.lock_seen();
+        if s.end_own() {
+            // If the stat fails, the next check sees a change: at worst clean data is
+            // dropped and read again.
+            if let Ok(st) = self.stat() {
+                s.record(Validator::of(&st));
+            }
+            self.seen_idle.notify_all();
+        }
+    }
+
+    /// Stat SOURCE's file and compare it with what extentfs last recorded of it. An own
+    /// change in flight (one system call) is waited for, up to a few seconds (then `Busy`).
+    /// Never call it while holding an [`OwnChange`] of the same file.
+    fn check(&self) -> io::Result<(Check, libc::stat)> {
+        let mut s = self.lock_seen();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !s.wants_pre_check() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            s = self
+                .seen_idle
+                .wait_timeout(s, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        let st = self.stat()?;
+        Ok((s.check(Validator::of(&st)), st))
+    }
+
+    /// As [`DataFile::check`], given `st`, a stat of the same inode the caller took a moment
+    /// ago: when it shows just what was recorded, no fstat is needed (see
+    /// [`Seen::unchanged_per`]); otherwise a fresh check.
+    fn check_taken(&self, st: &libc::stat) -> io::Result<(Check, libc::stat)> {
+        if self.lock_seen().unchanged_per(Validator::of(st)) {
+            return Ok((Check::Unchanged, *st));
+        }
+        self.check()
+    }
+
+    /// The validator last recorded (stats).
+    fn validator(&self) -> Validator {
+        self.lock_seen().recorded()
+    }
+
+    fn writable(&self) -> bool {
+        self.writable
+    }
+
+    /// The largest size SOURCE's filesystem allows this file: a write, truncate, fallocate or
+    /// copy past it answers EFBIG, as SOURCE itself would.
+    fn max_size(&self) -> u64 {
+        self.max_size
+    }
+
+    /// statvfs of the filesystem holding the file.
+    fn statvfs(&self) -> io::Result<libc::statvfs> {
+        statvfs(self.path.get()?.as_fd())
+    }
+
+    /// The file's path relative to SOURCE, for messages (see [`name_in_source`]).
+    fn name(&self) -> Option<Vec<u8>> {
+        name_in_source(self.path.get().ok()?.as_fd())
+    }
+
+    /// Close the I/O descriptor unless it is in use or `idle()`, asked with no I/O running,
+    /// says no. `idle` must be false while data written through it awaits an fsync: a fresh
+    /// descriptor's fsync would not report an error that happened before it was opened.
+    fn close_io(&self, idle: &dyn Fn() -> bool) {
+        if let Ok(mut g) = self.io.try_write() {
+            if idle() && g.take().is_some() {
+                self.path.note_io(false);
+            }
+        }
+    }
+
+    /// Whether the I/O descriptor is open (for tests and stats).
+    fn descriptors(&self) -> IoDescriptors {
+        path_fd::io_descriptors()
+    }
+
+    fn io_open(&self) -> bool {
+        self.io.read().unwrap().is_some()
+    }
+
+    /// Read into `iov` at `off` until it is full or EOF; returns bytes read.
+    fn read_full(&self, iov: &mut [libc::iovec], off: u64) -> io::Result<usize> {
+        self.vectored(iov, off, libc::preadv)
+    }
+
+    /// Write all of `iov` at `off` (pwritev, retried on short writes).
+    fn write_all(&self, iov: &mut [libc::iovec], off: u64) -> io::Result<()> {
+        let _own = OwnChange::begin(self);
+        let total: usize = iov.iter().map(|v| v.iov_len).sum();
+        match self.vectored(iov, off, libc::pwritev)? {
+            n if n == total => Ok(()),
+            _ => Err(io::Error::from_raw_os_error(libc::EIO)),
+        }
+    }
+
+    fn sync(&self, datasync: bool) -> io::Result<()> {
         self.with_io(|fd| {
             let r = if datasync {
                 // SAFETY: fdatasync takes no pointers; `fd` is kept open by `with_io`'s lock guard.
@@ -1049,24 +1032,24 @@ impl DataFile {
     /// syncfs(2) of the filesystem holding the file: everything written to it before the
     /// call is durable when it returns Ok. An error may be any file's on that filesystem
     /// since this descriptor was opened.
-    pub fn syncfs(&self) -> io::Result<()> {
+    fn syncfs(&self) -> io::Result<()> {
         // SAFETY: syncfs only reads the descriptor, which `with_io` keeps open for the call.
         self.with_io(|fd| cvt(unsafe { libc::syncfs(fd) }).map(drop))
     }
 
-    pub fn chmod(&self, mode: u32) -> io::Result<()> {
-        let _own = self.own_change();
+    fn chmod(&self, mode: u32) -> io::Result<()> {
+        let _own = OwnChange::begin(self);
         chmod(self.path.get()?.as_fd(), mode)
     }
 
-    pub fn set_len(&self, size: u64) -> io::Result<()> {
-        let _own = self.own_change();
+    fn set_len(&self, size: u64) -> io::Result<()> {
+        let _own = OwnChange::begin(self);
         // SAFETY: ftruncate takes no pointers; `fd` is kept open by `with_io`'s lock guard.
         self.with_io(|fd| cvt(unsafe { libc::ftruncate(fd, size as libc::off_t) }).map(drop))
     }
 
-    pub fn fallocate(&self, mode: i32, off: u64, len: u64) -> io::Result<()> {
-        let _own = self.own_change();
+    fn fallocate(&self, mode: i32, off: u64, len: u64) -> io::Result<()> {
+        let _own = OwnChange::begin(self);
         self.with_io(|fd| {
             // SAFETY: fallocate takes no pointers; `fd` is kept open by `with_io`'s lock guard.
             cvt(unsafe { libc::fallocate(fd, mode, off as libc::off_t, len as libc::off_t) })
@@ -1074,7 +1057,7 @@ impl DataFile {
         })
     }
 
-    pub fn lseek(&self, off: i64, whence: i32) -> io::Result<i64> {
+    fn lseek(&self, off: i64, whence: i32) -> io::Result<i64> {
         self.with_io(|fd| {
             // SAFETY: lseek takes no pointers; `fd` is kept open by `with_io`'s lock guard.
             let r = unsafe { libc::lseek(fd, off, whence) };
@@ -1086,14 +1069,14 @@ impl DataFile {
         })
     }
 
-    pub fn stat(&self) -> io::Result<libc::stat> {
+    fn stat(&self) -> io::Result<libc::stat> {
         fstat(self.path.get()?.as_fd())
     }
 
     /// Let SOURCE record a read access (reads are served from the pool, and the I/O
     /// descriptor is O_NOATIME): read one byte through a fresh descriptor, so SOURCE's mount
     /// options decide whether atime moves. (Setting atime explicitly would move ctime too.)
-    pub fn touch_atime(&self) -> io::Result<()> {
+    fn touch_atime(&self) -> io::Result<()> {
         let fd = reopen(self.path.get()?.as_fd(), libc::O_RDONLY)?;
         let mut b = 0u8;
         // SAFETY: `b` is a live one-byte buffer and the count is 1; `fd` is owned here until the
@@ -1103,8 +1086,8 @@ impl DataFile {
     }
 
     /// Set mtime (and atime omitted) on the file.
-    pub fn set_mtime(&self, mtime: libc::timespec) -> io::Result<()> {
-        let _own = self.own_change();
+    fn set_mtime(&self, mtime: libc::timespec) -> io::Result<()> {
+        let _own = OwnChange::begin(self);
         let times = [
             libc::timespec {
                 tv_sec: 0,
@@ -1275,9 +1258,9 @@ mod tests {
         df.write_all(&mut iov, 20).unwrap();
         assert_eq!(df.stat().unwrap().st_size, 22);
         // Given back when idle, reopened by the next I/O.
-        df.close_io(|| false);
+        df.close_io(&|| false);
         assert!(df.io_open());
-        df.close_io(|| true);
+        df.close_io(&|| true);
         assert!(!df.io_open());
         let mut c = [0u8; 2];
         let mut iov = [libc::iovec {

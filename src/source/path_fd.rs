@@ -107,14 +107,8 @@ fn registered_mount(id: i32) -> Option<Arc<MountFd>> {
 static IO_OPEN: AtomicUsize = AtomicUsize::new(0);
 
 /// How close the I/O descriptors open are to exhausting RLIMIT_NOFILE (the `O_PATH`
-/// budget is half of it): `Ample`, `Low` (more than a quarter of the budget: settle what
-/// keeps descriptors soon) or `Short` (more than three quarters: settle it now).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IoDescriptors {
-    Ample,
-    Low,
-    Short,
-}
+/// budget is half of it): `Low` past a quarter of the budget, `Short` past three quarters.
+pub use crate::cache::backing::IoDescriptors;
 
 pub fn io_descriptors() -> IoDescriptors {
     io_descriptors_of(
