@@ -168,6 +168,8 @@ impl InodeCache {
         key: InodeKey,
         pool: Arc<PagePool>,
         dirty_total: Arc<AtomicU64>,
+        space: Arc<super::space::SpaceAccounts>,
+        bases: Arc<super::mapped::Budget>,
         file: Box<dyn Backing>,
     ) -> io::Result<InodeCache> {
         let st = file.stat()?;
@@ -190,9 +192,9 @@ impl InodeCache {
             hit_bytes: AtomicU64::new(0),
             miss_bytes: AtomicU64::new(0),
             evict_hand: AtomicU64::new(0),
-            space: Default::default(),
+            space: super::space::FileSpace::new(space),
             atime_touched: AtomicU64::new(0),
-            mapped: Mutex::new(MappedPages::default()),
+            mapped: Mutex::new(MappedPages::with_budget(bases)),
             mapped_any: AtomicBool::new(false),
             revalidated_ms: AtomicU64::new(0),
             commit_due: AtomicBool::new(false),

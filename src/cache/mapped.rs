@@ -16,8 +16,8 @@
 //! - a byte's base is the value the kernel's copy of the page holds: saved by the first direct
 //!   write after the page was read, dropped when the page is read again (the kernel only reads
 //!   a page it does not hold);
-//! - at most `MAX_SAVED` bytes of bases per file, and `BASES.limit` in the whole daemon
-//!   (counted in `BASES.used`, given back when bases are dropped); past either, nothing new is
+//! - at most `MAX_SAVED` bytes of bases per file, and `BASES_LIMIT` in the whole mount
+//!   (a [`Budget`] shared by its files, given back when bases are dropped); past either, nothing new is
 //!   saved (a page writeback is then applied whole, as without this record) and a debug line
 //!   says so, once per file.
 //!
@@ -26,6 +26,7 @@
 use std::collections::BTreeMap;
 use std::ops::Bound::{Excluded, Included, Unbounded};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// Bytes of bases kept per file at most.
 pub const MAX_SAVED: usize = 1 << 20;
@@ -37,13 +38,17 @@ pub struct Budget {
     limit: usize,
 }
 
-/// The daemon's budget: 16 MiB.
-pub static BASES: Budget = Budget {
-    used: AtomicUsize::new(0),
-    limit: 16 << 20,
-};
+/// A mount's budget (see [`crate::cache::CacheContext`]).
+pub const BASES_LIMIT: usize = 16 << 20;
 
 impl Budget {
+    pub fn new(limit: usize) -> Budget {
+        Budget {
+            used: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
     fn take(&self, n: usize) -> bool {
         self.used
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
@@ -65,12 +70,14 @@ pub struct MappedPages {
     bases: BTreeMap<u64, Vec<u8>>,
     saved: usize,
     full_logged: bool,
-    budget: &'static Budget,
+    budget: Arc<Budget>,
 }
 
+#[cfg(test)]
 impl Default for MappedPages {
+    /// With a budget of its own.
     fn default() -> MappedPages {
-        MappedPages::with_budget(&BASES)
+        MappedPages::with_budget(Arc::new(Budget::new(BASES_LIMIT)))
     }
 }
 
@@ -81,7 +88,7 @@ impl Drop for MappedPages {
 }
 
 impl MappedPages {
-    pub fn with_budget(budget: &'static Budget) -> MappedPages {
+    pub fn with_budget(budget: Arc<Budget>) -> MappedPages {
         MappedPages {
             faulted: BTreeMap::new(),
             bases: BTreeMap::new(),
@@ -363,27 +370,24 @@ mod tests {
 
     #[test]
     fn the_daemon_budget_is_shared_and_given_back() {
-        static SMALL: Budget = Budget {
-            used: AtomicUsize::new(0),
-            limit: 10_000,
-        };
+        let small = Arc::new(Budget::new(10_000));
         let file = vec![1u8; 16384];
-        let mut a = MappedPages::with_budget(&SMALL);
-        let mut b = MappedPages::with_budget(&SMALL);
+        let mut a = MappedPages::with_budget(small.clone());
+        let mut b = MappedPages::with_budget(small.clone());
         a.note_page_cache_read(0, 16384);
         b.note_page_cache_read(0, 16384);
         save(&mut a, &file, 0, 8000);
         save(&mut b, &file, 0, 4000); // over the shared limit: nothing saved
         assert_eq!((a.saved_bytes(), b.saved_bytes()), (8000, 0));
         a.note_page_cache_read(4096, 8192); // drops 3,904 of a's bytes
-        assert_eq!(SMALL.used.load(Ordering::Relaxed), 4096);
+        assert_eq!(small.used.load(Ordering::Relaxed), 4096);
         save(&mut b, &file, 0, 4000);
         assert_eq!(b.saved_bytes(), 4000);
         drop(a);
         b.truncate(1000);
-        assert_eq!(SMALL.used.load(Ordering::Relaxed), 1000);
+        assert_eq!(small.used.load(Ordering::Relaxed), 1000);
         drop(b);
-        assert_eq!(SMALL.used.load(Ordering::Relaxed), 0);
+        assert_eq!(small.used.load(Ordering::Relaxed), 0);
     }
 
     #[test]

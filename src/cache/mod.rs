@@ -86,6 +86,10 @@ pub struct CacheContext {
     /// Sum of every file's DIRTY bytes, kept by the files' state trees themselves (see
     /// `ExtentStateTree::with_dirty_total`).
     dirty: Arc<AtomicU64>,
+    /// SOURCE space reserved by dirty data, per SOURCE filesystem (see [`space`]).
+    pub space: Arc<space::SpaceAccounts>,
+    /// Bytes the files may keep for shared mappings (see [`mapped`]).
+    bases: Arc<mapped::Budget>,
     /// Bumped whenever writeback or eviction makes progress; waiters sleep on `progress_cv`.
     progress: Mutex<u64>,
     progress_cv: Condvar,
@@ -106,6 +110,8 @@ impl CacheContext {
             ops: OpCounters::default(),
             caches: Mutex::new(HashMap::new()),
             dirty: Arc::new(AtomicU64::new(0)),
+            space: Arc::default(),
+            bases: Arc::new(mapped::Budget::new(mapped::BASES_LIMIT)),
             progress: Mutex::new(0),
             progress_cv: Condvar::new(),
             last_wb_errno: AtomicU64::new(0),
@@ -159,6 +165,8 @@ impl CacheContext {
             key,
             self.pool.clone(),
             self.dirty.clone(),
+            self.space.clone(),
+            self.bases.clone(),
             Box::new(open_file()?),
         )?);
         m.insert(key, c.clone());

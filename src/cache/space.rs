@@ -28,7 +28,7 @@ use crate::extent::state::Bits;
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Below this much estimated free space, SOURCE's statvfs is read on every reservation.
@@ -56,80 +56,94 @@ impl DevSpace {
     }
 }
 
+#[derive(Debug)]
 struct DevEntry {
     space: DevSpace,
     read_at: Option<Instant>,
 }
 
-/// Accounting of every SOURCE filesystem, by st_dev (a process serves one mount).
-static DEVS: Mutex<Option<HashMap<u64, DevEntry>>> = Mutex::new(None);
-
-fn with_devs<T>(f: impl FnOnce(&mut HashMap<u64, DevEntry>) -> T) -> T {
-    let mut g = DEVS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    f(g.get_or_insert_with(HashMap::new))
+/// One mount's accounting of every SOURCE filesystem it writes to, by st_dev. Shared by the
+/// mount's `CacheContext` and each file's [`FileSpace`] (which gives its reservation back when
+/// the file's cache is dropped).
+#[derive(Debug, Default)]
+pub struct SpaceAccounts {
+    devs: Mutex<HashMap<u64, DevEntry>>,
 }
 
-/// Reserve `need` bytes on `dev`; `statvfs` reads SOURCE's free bytes. ENOSPC when they do
-/// not fit.
-fn reserve(dev: u64, need: u64, statvfs: impl Fn() -> io::Result<u64>) -> io::Result<()> {
-    with_devs(|devs| {
-        let e = devs.entry(dev).or_insert(DevEntry {
-            space: DevSpace::default(),
-            read_at: None,
-        });
-        let stale = e.read_at.is_none_or(|t| t.elapsed() >= REFRESH);
-        let mut fresh = false;
-        if stale || e.space.free() < NEAR_FULL.saturating_add(need) {
-            e.space.avail = statvfs()?;
-            e.space.landed = 0;
-            e.read_at = Some(Instant::now());
-            fresh = true;
-        }
-        if need > e.space.free() {
-            if !fresh {
+impl SpaceAccounts {
+    fn with_devs<T>(&self, f: impl FnOnce(&mut HashMap<u64, DevEntry>) -> T) -> T {
+        let mut g = self
+            .devs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut g)
+    }
+
+    /// Reserve `need` bytes on `dev`; `statvfs` reads SOURCE's free bytes. ENOSPC when they do
+    /// not fit.
+    fn reserve(
+        &self,
+        dev: u64,
+        need: u64,
+        statvfs: impl Fn() -> io::Result<u64>,
+    ) -> io::Result<()> {
+        self.with_devs(|devs| {
+            let e = devs.entry(dev).or_insert(DevEntry {
+                space: DevSpace::default(),
+                read_at: None,
+            });
+            let stale = e.read_at.is_none_or(|t| t.elapsed() >= REFRESH);
+            let mut fresh = false;
+            if stale || e.space.free() < NEAR_FULL.saturating_add(need) {
                 e.space.avail = statvfs()?;
                 e.space.landed = 0;
                 e.read_at = Some(Instant::now());
+                fresh = true;
             }
             if need > e.space.free() {
-                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
-            }
-        }
-        e.space.reserved += need;
-        Ok(())
-    })
-}
-
-/// Adjust `dev`'s reservation by `delta` without checking (the state tree decided).
-fn adjust(dev: u64, delta: i64, landed: bool) {
-    if delta == 0 {
-        return;
-    }
-    with_devs(|devs| {
-        if let Some(e) = devs.get_mut(&dev) {
-            if delta > 0 {
-                e.space.reserved += delta as u64;
-            } else {
-                let d = delta.unsigned_abs().min(e.space.reserved);
-                e.space.reserved -= d;
-                if landed {
-                    e.space.landed += d;
+                if !fresh {
+                    e.space.avail = statvfs()?;
+                    e.space.landed = 0;
+                    e.read_at = Some(Instant::now());
+                }
+                if need > e.space.free() {
+                    return Err(io::Error::from_raw_os_error(libc::ENOSPC));
                 }
             }
+            e.space.reserved += need;
+            Ok(())
+        })
+    }
+
+    /// Adjust `dev`'s reservation by `delta` without checking (the state tree decided).
+    fn adjust(&self, dev: u64, delta: i64, landed: bool) {
+        if delta == 0 {
+            return;
         }
-    })
-}
+        self.with_devs(|devs| {
+            if let Some(e) = devs.get_mut(&dev) {
+                if delta > 0 {
+                    e.space.reserved += delta as u64;
+                } else {
+                    let d = delta.unsigned_abs().min(e.space.reserved);
+                    e.space.reserved -= d;
+                    if landed {
+                        e.space.landed += d;
+                    }
+                }
+            }
+        })
+    }
 
-/// The accounting of `dev` (stats and tests).
-pub fn dev_space(dev: u64) -> Option<DevSpace> {
-    with_devs(|devs| devs.get(&dev).map(|e| e.space))
-}
+    /// The accounting of `dev` (stats and tests).
+    pub fn dev_space(&self, dev: u64) -> Option<DevSpace> {
+        self.with_devs(|devs| devs.get(&dev).map(|e| e.space))
+    }
 
-/// Bytes reserved on every SOURCE filesystem.
-pub fn reserved_total() -> u64 {
-    with_devs(|devs| devs.values().map(|e| e.space.reserved).sum())
+    /// Bytes reserved on every SOURCE filesystem.
+    pub fn reserved_total(&self) -> u64 {
+        self.with_devs(|devs| devs.values().map(|e| e.space.reserved).sum())
+    }
 }
 
 /// One file's part: its allocated prefix and the bytes its RESERVED pages hold (given back
@@ -141,29 +155,30 @@ pub struct FileSpace {
     dev: AtomicU64,
     /// Serializes finding `alloc_end` in SOURCE with lowering it (truncate, punch).
     find: Mutex<()>,
-}
-
-impl Default for FileSpace {
-    fn default() -> FileSpace {
-        FileSpace {
-            alloc_end: AtomicU64::new(UNKNOWN),
-            reserved: AtomicU64::new(0),
-            dev: AtomicU64::new(0),
-            find: Mutex::new(()),
-        }
-    }
+    accounts: Arc<SpaceAccounts>,
 }
 
 impl Drop for FileSpace {
     fn drop(&mut self) {
         let r = *self.reserved.get_mut();
         if r > 0 {
-            adjust(*self.dev.get_mut(), -(r as i64), false);
+            self.accounts
+                .adjust(*self.dev.get_mut(), -(r as i64), false);
         }
     }
 }
 
 impl FileSpace {
+    pub fn new(accounts: Arc<SpaceAccounts>) -> FileSpace {
+        FileSpace {
+            alloc_end: AtomicU64::new(UNKNOWN),
+            reserved: AtomicU64::new(0),
+            dev: AtomicU64::new(0),
+            find: Mutex::new(()),
+            accounts,
+        }
+    }
+
     fn lock_find(&self) -> std::sync::MutexGuard<'_, ()> {
         self.find
             .lock()
@@ -225,7 +240,7 @@ impl FileSpace {
             self.reserved
                 .fetch_sub(delta.unsigned_abs(), Ordering::AcqRel);
         }
-        adjust(dev, delta, landed);
+        self.accounts.adjust(dev, delta, landed);
     }
 }
 
@@ -245,14 +260,14 @@ impl CacheContext {
             return Ok(());
         }
         let dev = c.key.0;
-        reserve(dev, need, || {
+        self.space.reserve(dev, need, || {
             let st = c.file.statvfs()?;
             Ok(st.f_bavail.saturating_mul(st.f_frsize))
         })?;
         // Under the caller's lock the tree says exactly what became RESERVED (a writeback
         // may have released an edge page in between): account that.
         let set = c.tree.set_bits(from, b - 1, Bits::RESERVED);
-        adjust(dev, set as i64 - need as i64, false);
+        self.space.adjust(dev, set as i64 - need as i64, false);
         c.space.dev.store(dev, Ordering::Relaxed);
         c.space.reserved.fetch_add(set, Ordering::AcqRel);
         Ok(())
@@ -319,52 +334,59 @@ impl CacheContext {
 mod tests {
     use super::*;
 
-    // Each test uses its own made-up st_dev: the table is per process.
-
     #[test]
     fn reservations_fit_in_what_statvfs_says() {
+        let a = SpaceAccounts::default();
         let dev = 0xdead_0001;
         let avail = 100 << 20;
-        reserve(dev, 60 << 20, || Ok(avail)).unwrap();
-        let e = reserve(dev, 50 << 20, || Ok(avail)).unwrap_err();
+        a.reserve(dev, 60 << 20, || Ok(avail)).unwrap();
+        let e = a.reserve(dev, 50 << 20, || Ok(avail)).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
-        assert_eq!(dev_space(dev).unwrap().reserved, 60 << 20, "nothing taken");
-        reserve(dev, 40 << 20, || Ok(avail)).unwrap();
-        assert_eq!(dev_space(dev).unwrap().free(), 0);
+        assert_eq!(
+            a.dev_space(dev).unwrap().reserved,
+            60 << 20,
+            "nothing taken"
+        );
+        a.reserve(dev, 40 << 20, || Ok(avail)).unwrap();
+        assert_eq!(a.dev_space(dev).unwrap().free(), 0);
         // 30 MiB written back: SOURCE's figure drops by as much as the reservation.
-        adjust(dev, -(30 << 20), true);
-        let s = dev_space(dev).unwrap();
+        a.adjust(dev, -(30 << 20), true);
+        let s = a.dev_space(dev).unwrap();
         assert_eq!((s.reserved, s.landed, s.free()), (70 << 20, 30 << 20, 0));
         // Read again (near full): SOURCE says 30 MiB left, all of it reserved.
-        let e = reserve(dev, 1, || Ok(30 << 20)).unwrap_err();
+        let e = a.reserve(dev, 1, || Ok(30 << 20)).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
         // Dropped data gives its reservation back without landing anywhere.
-        adjust(dev, -(70 << 20), false);
-        reserve(dev, 30 << 20, || Ok(30 << 20)).unwrap();
+        a.adjust(dev, -(70 << 20), false);
+        a.reserve(dev, 30 << 20, || Ok(30 << 20)).unwrap();
     }
 
     #[test]
     fn a_statvfs_error_fails_the_reservation() {
+        let a = SpaceAccounts::default();
         let dev = 0xdead_0002;
-        let e = reserve(dev, 4096, || Err(io::Error::from_raw_os_error(libc::EIO))).unwrap_err();
+        let e = a
+            .reserve(dev, 4096, || Err(io::Error::from_raw_os_error(libc::EIO)))
+            .unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EIO));
-        assert_eq!(dev_space(dev).unwrap().reserved, 0);
+        assert_eq!(a.dev_space(dev).unwrap().reserved, 0);
     }
 
     #[test]
     fn a_dropped_file_gives_its_reservation_back() {
+        let a = Arc::new(SpaceAccounts::default());
         let dev = 0xdead_0003;
-        reserve(dev, 0, || Ok(1 << 30)).unwrap();
-        let f = FileSpace::default();
+        a.reserve(dev, 0, || Ok(1 << 30)).unwrap();
+        let f = FileSpace::new(a.clone());
         f.account(dev, 8192, false);
-        assert_eq!(dev_space(dev).unwrap().reserved, 8192);
+        assert_eq!(a.dev_space(dev).unwrap().reserved, 8192);
         drop(f);
-        assert_eq!(dev_space(dev).unwrap().reserved, 0);
+        assert_eq!(a.dev_space(dev).unwrap().reserved, 0);
     }
 
     #[test]
     fn the_allocated_prefix_moves() {
-        let f = FileSpace::default();
+        let f = FileSpace::new(Default::default());
         f.alloc_end.store(8 * P, Ordering::Relaxed);
         f.raise(8 * P, 8 * P + 10);
         assert_eq!(

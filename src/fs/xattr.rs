@@ -190,7 +190,7 @@ impl ExtentFs {
             ("pool_released_bytes".into(), Int(pool.released_bytes())),
             (
                 "source_reserved_bytes".into(),
-                Int(crate::cache::space::reserved_total()),
+                Int(ctx.space.reserved_total()),
             ),
             ("pool_backing".into(), Text(pool.backing().as_str().into())),
             ("huge_page_bytes".into(), Int(pool.huge_bytes())),
