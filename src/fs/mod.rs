@@ -29,7 +29,7 @@ use inodes::{Inode, InodeTable};
 use std::collections::HashMap;
 use std::ffi::{CStr, OsStr};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,32 +54,11 @@ pub struct FsConfig {
     pub coherence: Coherence,
 }
 
-/// An open directory stream.
-struct DirHandle {
-    dir: *mut libc::DIR,
-    /// Position the stream is at (telldir cookie of the next entry).
-    offset: u64,
-}
-
-// SAFETY: a glibc DIR stream is not tied to the thread that opened it; it may be used from
-// another thread as long as no two use it at once. DirHandle is only Send, not Sync, and
-// lives in `Arc<Mutex<_>>`, so every use (readdir, seekdir, closedir on drop) is serialized.
-unsafe impl Send for DirHandle {}
-
-impl Drop for DirHandle {
-    fn drop(&mut self) {
-        // SAFETY: `self.dir` is the non-null stream fdopendir returned in open_dir and is closed
-        // only here, once, when the last Arc to the handle goes; closedir also closes the
-        // descriptor the stream took over.
-        unsafe { libc::closedir(self.dir) };
-    }
-}
-
 pub struct ExtentFs {
     pub(crate) inodes: InodeTable,
     pub(crate) ctx: Arc<CacheContext>,
     pub(crate) cfg: FsConfig,
-    dirs: Mutex<HashMap<u64, Arc<Mutex<DirHandle>>>>,
+    dirs: Mutex<HashMap<u64, Arc<Mutex<source::dir::DirStream>>>>,
     next_fh: AtomicU64,
     /// Set once the session exists: tells the kernel when attributes it caches changed behind
     /// its back (set-ID bits dropped by a write).
@@ -204,13 +183,7 @@ fn resolve_now(t: libc::timespec) -> libc::timespec {
     if t.tv_nsec != libc::UTIME_NOW {
         return t;
     }
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a live, writable timespec; CLOCK_REALTIME_COARSE is always supported.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut now) };
-    now
+    source::now_coarse()
 }
 
 impl ExtentFs {
@@ -224,8 +197,7 @@ impl ExtentFs {
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             notifier: Arc::new(std::sync::OnceLock::new()),
-            // SAFETY: geteuid takes no arguments, touches no memory and cannot fail.
-            am_root: unsafe { libc::geteuid() } == 0,
+            am_root: source::running_as_root(),
             spinner: None,
         })
     }
@@ -913,25 +885,16 @@ impl ExtentFs {
     }
 
     fn open_dir(&self, inode: &Inode) -> R<u64> {
-        let fd: OwnedFd =
-            source::reopen(inode.fd()?.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY).map_err(err)?;
-        let raw = fd.as_raw_fd();
-        // SAFETY: `raw` is an open directory descriptor owned by `fd`; on success the stream takes
-        // it over (hence the forget below), on failure it is left to `fd`, which closes it.
-        let dir = unsafe { libc::fdopendir(raw) };
-        if dir.is_null() {
-            return Err(err(io::Error::last_os_error()));
-        }
-        std::mem::forget(fd); // owned by the DIR stream now
+        let dir = source::dir::DirStream::open(inode.fd()?.as_fd()).map_err(err)?;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.dirs
             .lock()
             .unwrap()
-            .insert(fh, Arc::new(Mutex::new(DirHandle { dir, offset: 0 })));
+            .insert(fh, Arc::new(Mutex::new(dir)));
         Ok(fh)
     }
 
-    fn dir_handle(&self, fh: FileHandle) -> R<Arc<Mutex<DirHandle>>> {
+    fn dir_handle(&self, fh: FileHandle) -> R<Arc<Mutex<source::dir::DirStream>>> {
         self.dirs
             .lock()
             .unwrap()
@@ -946,48 +909,11 @@ impl ExtentFs {
         &self,
         fh: FileHandle,
         offset: u64,
-        mut add: impl FnMut(&[u8], u64, u8, u64) -> bool,
+        add: impl FnMut(&[u8], u64, u8, u64) -> bool,
     ) -> R<()> {
         let h = self.dir_handle(fh)?;
         let mut h = h.lock().unwrap();
-        if offset != h.offset {
-            // SAFETY: `h.dir` is a live stream (closed only on drop of the handle we hold an Arc
-            // to) and the guard on its Mutex makes this the only user; any offset is accepted (a
-            // bad one makes readdir fail or end).
-            unsafe { libc::seekdir(h.dir, offset as libc::c_long) };
-            h.offset = offset;
-        }
-        loop {
-            // SAFETY: __errno_location returns this thread's errno, valid for the thread's life; it
-            // is cleared to tell readdir's end from its error.
-            unsafe { *libc::__errno_location() = 0 };
-            // SAFETY: `h.dir` is a live stream and its Mutex guard makes this the only user.
-            let ent = unsafe { libc::readdir(h.dir) };
-            if ent.is_null() {
-                // SAFETY: __errno_location returns this thread's errno, valid for the thread's
-                // life.
-                let e = unsafe { *libc::__errno_location() };
-                if e != 0 {
-                    return Err(errno(e));
-                }
-                return Ok(());
-            }
-            // SAFETY: readdir returned non-null: a dirent inside the stream's buffer, valid until
-            // the next readdir/seekdir/closedir on `h.dir`, none of which runs while `ent` is in
-            // use (we hold the guard).
-            let ent = unsafe { &*ent };
-            // SAFETY: glibc NUL-terminates d_name inside the dirent, and `name` is used only before
-            // the next readdir or seekdir on the stream.
-            let name = unsafe { CStr::from_ptr(ent.d_name.as_ptr()) }.to_bytes();
-            let next = ent.d_off as u64;
-            if add(name, ent.d_ino, ent.d_type, next) {
-                // SAFETY: `h.dir` is a live stream, its Mutex guard is held, and `h.offset` is a
-                // telldir cookie from the same stream (0 or an earlier d_off).
-                unsafe { libc::seekdir(h.dir, h.offset as libc::c_long) };
-                return Ok(());
-            }
-            h.offset = next;
-        }
+        h.walk(offset, add).map_err(err)
     }
 }
 
@@ -1657,18 +1583,7 @@ impl Filesystem for ExtentFs {
         self.guard(op, move || {
             let r = (|| {
                 let inode = self.inode(ino)?;
-                let fd = source::reopen(inode.fd()?.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
-                    .map_err(err)?;
-                // SAFETY: `fd` is an open directory descriptor owned here until the end of the
-                // closure; fdatasync/fsync take no pointers.
-                let rc = unsafe {
-                    if datasync {
-                        libc::fdatasync(fd.as_raw_fd())
-                    } else {
-                        libc::fsync(fd.as_raw_fd())
-                    }
-                };
-                source::cvt(rc).map(drop).map_err(err)
+                source::fsync_dir(inode.fd()?.as_fd(), datasync).map_err(err)
             })();
             self.answer(op, reply, r, |reply, ()| reply.ok())
         });
