@@ -7,25 +7,24 @@
 //!
 //! Nothing outside this module knows about FUSE.
 
-pub mod caller;
-pub mod inodes;
 pub mod mount;
 pub mod spin;
 pub mod xattr;
 
 use crate::cache::inode_cache::InodeCache;
 use crate::cache::{CacheContext, WriteKind};
+use crate::core::caller::Caller;
+use crate::core::inodes::{self, Inode, InodeTable};
+use crate::core::Ctx;
 use crate::options::{CacheMode, Coherence};
 use crate::source;
 use crate::stats::Op;
-use caller::Caller;
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
     ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use inodes::{Inode, InodeTable};
 use std::collections::HashMap;
 use std::ffi::{CStr, OsStr};
 use std::io;
@@ -119,6 +118,15 @@ fn systime(sec: i64, nsec: i64) -> SystemTime {
         UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
     } else {
         UNIX_EPOCH - Duration::from_secs((-sec) as u64) + Duration::from_nanos(nsec as u64)
+    }
+}
+
+/// The request context the core takes.
+fn ctx_of(req: &Request) -> Ctx {
+    Ctx {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
     }
 }
 
@@ -370,7 +378,10 @@ impl ExtentFs {
         let mut ctime = systime(st.st_ctime, st.st_ctime_nsec);
         inode
             .xattr_absent
-            .note_ctime(xattr::ctime_stamp(st.st_ctime, st.st_ctime_nsec));
+            .note_ctime(crate::core::xattr::ctime_stamp(
+                st.st_ctime,
+                st.st_ctime_nsec,
+            ));
         if inode.is_file() {
             if let Some(c) = inode
                 .cache
@@ -492,7 +503,7 @@ impl ExtentFs {
         if !self.am_root || (req.uid() == 0 && req.gid() == 0) {
             return Ok(None);
         }
-        let groups = Caller::of(req).groups();
+        let groups = Caller::of(&ctx_of(req)).groups();
         source::UserCreds::switch(req.uid(), req.gid(), &groups).map(Some)
     }
 
@@ -551,7 +562,7 @@ impl ExtentFs {
             return Ok(());
         }
         let changed = c
-            .kill_setid(|mode, gid| Caller::of(req).setid_to_drop(mode, gid))
+            .kill_setid(|mode, gid| Caller::of(&ctx_of(req)).setid_to_drop(mode, gid))
             .map_err(err)?;
         if changed {
             if let Some(n) = self.notifier.get() {

@@ -1,4 +1,4 @@
-//! The inode table: FUSE node ids <-> SOURCE inodes held as `O_PATH` descriptors.
+//! The inode table (the core's): node ids <-> SOURCE inodes held as `O_PATH` descriptors.
 //!
 //! Invariants:
 //! - one entry per SOURCE inode (keyed by st_dev, st_ino), so hard links are one inode;
