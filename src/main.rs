@@ -445,7 +445,7 @@ fn serve(
         fuser::SessionACL::Owner
     };
     fcfg.acl = acl;
-    let notifier_slot = fs.notifier_slot();
+    let install_notifier = fs.notifier_installer();
     let fd = match mount::mount_fuse(source, mountpoint, cfg) {
         Err(e) if mount::use_fusermount(&e) => {
             // Unprivileged (mount(2) refused, or /dev/fuse is 0600): the setuid helper
@@ -490,7 +490,7 @@ fn serve(
             return Err(m);
         }
     };
-    let _ = notifier_slot.set(session.notifier());
+    install_notifier(session.notifier());
     let wb = match ctx.start_writeback() {
         Ok(wb) => wb,
         Err(e) => {
