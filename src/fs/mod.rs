@@ -1,7 +1,7 @@
 //! The FUSE adapter, and the only module that names `fuser`: each request is decoded, handed
 //! to the filesystem core ([`crate::core::Core`]), and answered; a failed request is counted
 //! against its opcode and logged at its error's level ([`ExtentFs::fail`]). The adapter also
-//! owns mounting ([`mount`]) and the idle poller ([`spin`]).
+//! owns the session set-up ([`session`]), mounting ([`mount`]) and the idle poller ([`spin`]).
 //!
 //! Invariants: no POSIX or cache policy here and no system call on SOURCE (those are the
 //! core's and the source layer's); every request is counted once (`stats::Op`) and answered
@@ -9,6 +9,7 @@
 //! go out straight from pool memory.
 
 pub mod mount;
+pub mod session;
 pub mod spin;
 
 use crate::core::{self, Attr, Core, Ctx, DirPlus, OpenReply, SetAttr, TimeSet, WriteFrom};
