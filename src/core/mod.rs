@@ -6,8 +6,8 @@
 //!
 //! What lives here: the inode table ([`inodes`]); the POSIX policy (objects created as the
 //! caller, set-ID clearing, the victim of an unlink or rename held open, ACLs: [`names`],
-//! [`attr`], [`file`], [`xattr`]); the cache policy (revalidation against SOURCE, write back
-//! before a punch, discard at unlink and release: [`file`]); directory streams ([`dir`]);
+//! [`attr`], [`file`](mod@file), [`xattr`]); the cache policy (revalidation against SOURCE, write back
+//! before a punch, discard at unlink and release: [`file`](mod@file)); directory streams ([`dir`]);
 //! `user.extentfs.*` ([`ctl`]).
 //!
 //! Invariants: nothing here names `fuser` or `crate::fs`; SOURCE is reached only through

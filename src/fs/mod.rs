@@ -1,6 +1,6 @@
 //! The FUSE adapter, and the only module that names `fuser`: each request is decoded, handed
 //! to the filesystem core ([`crate::core::Core`]), and answered; a failed request is counted
-//! against its opcode and logged at its error's level ([`ExtentFs::fail`]). The adapter also
+//! against its opcode and logged at its error's level (`ExtentFs::fail`). The adapter also
 //! owns the session set-up ([`session`]), mounting ([`mount`]) and the idle poller ([`spin`]).
 //!
 //! Invariants: no POSIX or cache policy here and no system call on SOURCE (those are the
@@ -85,15 +85,15 @@ fn ctx_of(req: &Request) -> Ctx {
     }
 }
 
-/// Log a failed request at its error's level.
-fn log_failure(op: Op, e: &core::Error) {
+/// Log a failed request of node `node` at its error's level.
+fn log_failure(op: Op, node: u64, e: &core::Error) {
     let name = op.name();
     match e.level() {
-        Level::ERROR => tracing::error!("{name} failed: {e}"),
-        Level::WARN => tracing::warn!("{name} failed: {e}"),
-        Level::INFO => tracing::info!("{name} failed: {e}"),
-        Level::DEBUG => tracing::debug!("{name} failed: {e}"),
-        _ => tracing::trace!("{name} failed: {e}"),
+        Level::ERROR => tracing::error!("{name} of node {node} failed: {e}"),
+        Level::WARN => tracing::warn!("{name} of node {node} failed: {e}"),
+        Level::INFO => tracing::info!("{name} of node {node} failed: {e}"),
+        Level::DEBUG => tracing::debug!("{name} of node {node} failed: {e}"),
+        _ => tracing::trace!("{name} of node {node} failed: {e}"),
     }
 }
 
@@ -204,9 +204,9 @@ impl ExtentFs {
 
     /// Count `e` against `op`, log it at its level and answer it (mountpoint-s3's
     /// `fuse_error!`): every failed request goes through here.
-    fn fail<P: ErrorReply>(&self, op: Op, reply: P, e: core::Error) {
+    fn fail<P: ErrorReply>(&self, op: Op, node: u64, reply: P, e: core::Error) {
         self.core.context().ops.error(op);
-        log_failure(op, &e);
+        log_failure(op, node, &e);
         reply.fail(Errno::from_i32(e.raw_errno()));
     }
 
@@ -214,18 +214,19 @@ impl ExtentFs {
     fn answer<T, P: ErrorReply>(
         &self,
         op: Op,
+        node: u64,
         reply: P,
         r: core::Result<T>,
         ok: impl FnOnce(P, T),
     ) {
         match r {
             Ok(v) => ok(reply, v),
-            Err(e) => self.fail(op, reply, e),
+            Err(e) => self.fail(op, node, reply, e),
         }
     }
 
-    fn reply_entry(&self, op: Op, reply: ReplyEntry, r: core::Result<core::Entry>) {
-        self.answer(op, reply, r, |reply, e| {
+    fn reply_entry(&self, op: Op, node: u64, reply: ReplyEntry, r: core::Result<core::Entry>) {
+        self.answer(op, node, reply, r, |reply, e| {
             reply.entry(self.ttl(), &file_attr(&e.attr), Generation(e.generation))
         })
     }
@@ -313,7 +314,7 @@ impl Filesystem for ExtentFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let op = Op::Lookup;
         self.guard(op, move || {
-            self.reply_entry(op, reply, self.core.lookup(parent.0, name));
+            self.reply_entry(op, parent.0, reply, self.core.lookup(parent.0, name));
         });
     }
 
@@ -325,7 +326,7 @@ impl Filesystem for ExtentFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let op = Op::Getattr;
         self.guard(op, move || {
-            self.answer(op, reply, self.core.getattr(ino.0), |reply, a| {
+            self.answer(op, ino.0, reply, self.core.getattr(ino.0), |reply, a| {
                 reply.attr(self.ttl(), &file_attr(&a))
             })
         });
@@ -361,7 +362,7 @@ impl Filesystem for ExtentFs {
                 ctime,
             };
             let r = self.core.setattr(&ctx_of(req), ino.0, &set);
-            self.answer(op, reply, r, |reply, a| {
+            self.answer(op, ino.0, reply, r, |reply, a| {
                 reply.attr(self.ttl(), &file_attr(&a))
             })
         });
@@ -370,7 +371,7 @@ impl Filesystem for ExtentFs {
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let op = Op::Readlink;
         self.guard(op, move || {
-            self.answer(op, reply, self.core.readlink(ino.0), |reply, t| {
+            self.answer(op, ino.0, reply, self.core.readlink(ino.0), |reply, t| {
                 reply.data(&t)
             })
         });
@@ -391,7 +392,7 @@ impl Filesystem for ExtentFs {
             let r = self
                 .core
                 .mknod(&ctx_of(req), parent.0, name, mode, umask, rdev);
-            self.reply_entry(op, reply, r);
+            self.reply_entry(op, parent.0, reply, r);
         });
     }
 
@@ -407,25 +408,33 @@ impl Filesystem for ExtentFs {
         let op = Op::Mkdir;
         self.guard(op, move || {
             let r = self.core.mkdir(&ctx_of(req), parent.0, name, mode, umask);
-            self.reply_entry(op, reply, r);
+            self.reply_entry(op, parent.0, reply, r);
         });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let op = Op::Unlink;
         self.guard(op, move || {
-            self.answer(op, reply, self.core.unlink(parent.0, name), |reply, ()| {
-                reply.ok()
-            })
+            self.answer(
+                op,
+                parent.0,
+                reply,
+                self.core.unlink(parent.0, name),
+                |reply, ()| reply.ok(),
+            )
         });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let op = Op::Rmdir;
         self.guard(op, move || {
-            self.answer(op, reply, self.core.rmdir(parent.0, name), |reply, ()| {
-                reply.ok()
-            })
+            self.answer(
+                op,
+                parent.0,
+                reply,
+                self.core.rmdir(parent.0, name),
+                |reply, ()| reply.ok(),
+            )
         });
     }
 
@@ -440,7 +449,7 @@ impl Filesystem for ExtentFs {
         let op = Op::Symlink;
         self.guard(op, move || {
             let r = self.core.symlink(&ctx_of(req), parent.0, link_name, target);
-            self.reply_entry(op, reply, r);
+            self.reply_entry(op, parent.0, reply, r);
         });
     }
 
@@ -459,7 +468,7 @@ impl Filesystem for ExtentFs {
             let r = self
                 .core
                 .rename(parent.0, name, newparent.0, newname, flags.bits());
-            self.answer(op, reply, r, |reply, ()| reply.ok())
+            self.answer(op, parent.0, reply, r, |reply, ()| reply.ok())
         });
     }
 
@@ -473,16 +482,25 @@ impl Filesystem for ExtentFs {
     ) {
         let op = Op::Link;
         self.guard(op, move || {
-            self.reply_entry(op, reply, self.core.link(ino.0, newparent.0, newname));
+            self.reply_entry(
+                op,
+                ino.0,
+                reply,
+                self.core.link(ino.0, newparent.0, newname),
+            );
         });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let op = Op::Open;
         self.guard(op, move || {
-            self.answer(op, reply, self.core.open(ino.0, flags.0), |reply, o| {
-                reply.opened(FileHandle(0), fopen_flags(o))
-            })
+            self.answer(
+                op,
+                ino.0,
+                reply,
+                self.core.open(ino.0, flags.0),
+                |reply, o| reply.opened(FileHandle(0), fopen_flags(o)),
+            )
         });
     }
 
@@ -510,7 +528,7 @@ impl Filesystem for ExtentFs {
                 });
             if let Err(e) = r {
                 if let Some(reply) = reply.take() {
-                    self.fail(op, reply, e);
+                    self.fail(op, ino.0, reply, e);
                 }
             }
         });
@@ -539,7 +557,7 @@ impl Filesystem for ExtentFs {
                 }
             };
             let r = self.core.write(&ctx_of(req), ino.0, offset, data, from);
-            self.answer(op, reply, r, |reply, n| reply.written(n))
+            self.answer(op, ino.0, reply, r, |reply, n| reply.written(n))
         });
     }
 
@@ -553,7 +571,9 @@ impl Filesystem for ExtentFs {
     ) {
         let op = Op::Flush;
         self.guard(op, move || {
-            self.answer(op, reply, self.core.flush(ino.0), |reply, ()| reply.ok())
+            self.answer(op, ino.0, reply, self.core.flush(ino.0), |reply, ()| {
+                reply.ok()
+            })
         });
     }
 
@@ -584,16 +604,20 @@ impl Filesystem for ExtentFs {
     ) {
         let op = Op::Fsync;
         self.guard(op, move || {
-            self.answer(op, reply, self.core.fsync(ino.0, datasync), |reply, ()| {
-                reply.ok()
-            })
+            self.answer(
+                op,
+                ino.0,
+                reply,
+                self.core.fsync(ino.0, datasync),
+                |reply, ()| reply.ok(),
+            )
         });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let op = Op::Opendir;
         self.guard(op, move || {
-            self.answer(op, reply, self.core.opendir(ino.0), |reply, fh| {
+            self.answer(op, ino.0, reply, self.core.opendir(ino.0), |reply, fh| {
                 reply.opened(FileHandle(fh), FopenFlags::empty())
             })
         });
@@ -602,7 +626,7 @@ impl Filesystem for ExtentFs {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
@@ -617,7 +641,7 @@ impl Filesystem for ExtentFs {
                     OsStr::from_bytes(e.name),
                 )
             });
-            self.answer(op, reply, r, |reply, ()| reply.ok())
+            self.answer(op, ino.0, reply, r, |reply, ()| reply.ok())
         });
     }
 
@@ -672,7 +696,7 @@ impl Filesystem for ExtentFs {
                         Generation(entry.generation),
                     ),
                 });
-            self.answer(op, reply, r, |reply, ()| reply.ok())
+            self.answer(op, ino.0, reply, r, |reply, ()| reply.ok())
         });
     }
 
@@ -703,6 +727,7 @@ impl Filesystem for ExtentFs {
         self.guard(op, move || {
             self.answer(
                 op,
+                ino.0,
                 reply,
                 self.core.fsyncdir(ino.0, datasync),
                 |reply, ()| reply.ok(),
@@ -713,7 +738,7 @@ impl Filesystem for ExtentFs {
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
         let op = Op::Statfs;
         self.guard(op, move || {
-            self.answer(op, reply, self.core.statfs(ino.0), |reply, s| {
+            self.answer(op, ino.0, reply, self.core.statfs(ino.0), |reply, s| {
                 reply.statfs(
                     s.f_blocks,
                     s.f_bfree,
@@ -741,7 +766,7 @@ impl Filesystem for ExtentFs {
         let op = Op::Setxattr;
         self.guard(op, move || {
             let r = self.core.setxattr(&ctx_of(req), ino.0, name, value, flags);
-            self.answer(op, reply, r, |reply, ()| reply.ok())
+            self.answer(op, ino.0, reply, r, |reply, ()| reply.ok())
         });
     }
 
@@ -751,7 +776,7 @@ impl Filesystem for ExtentFs {
             match self.core.getxattr(&ctx_of(req), ino.0, name, size) {
                 // An absent attribute is an answer, not a failure (the core counts it).
                 Err(e) if e.is(libc::ENODATA) => reply.error(Errno::NO_XATTR),
-                r => self.answer(op, reply, r, |reply, v| reply_value(reply, &v, size)),
+                r => self.answer(op, ino.0, reply, r, |reply, v| reply_value(reply, &v, size)),
             }
         });
     }
@@ -761,6 +786,7 @@ impl Filesystem for ExtentFs {
         self.guard(op, move || {
             self.answer(
                 op,
+                ino.0,
                 reply,
                 self.core.listxattr(&ctx_of(req), ino.0),
                 |reply, v| reply_value(reply, &v, size),
@@ -773,6 +799,7 @@ impl Filesystem for ExtentFs {
         self.guard(op, move || {
             self.answer(
                 op,
+                ino.0,
                 reply,
                 self.core.removexattr(ino.0, name),
                 |reply, ()| reply.ok(),
@@ -783,7 +810,9 @@ impl Filesystem for ExtentFs {
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         let op = Op::Access;
         self.guard(op, move || {
-            self.answer(op, reply, self.core.access(ino.0), |reply, ()| reply.ok())
+            self.answer(op, ino.0, reply, self.core.access(ino.0), |reply, ()| {
+                reply.ok()
+            })
         });
     }
 
@@ -802,7 +831,7 @@ impl Filesystem for ExtentFs {
             let r = self
                 .core
                 .create(&ctx_of(req), parent.0, name, mode, umask, flags);
-            self.answer(op, reply, r, |reply, (e, o)| {
+            self.answer(op, parent.0, reply, r, |reply, (e, o)| {
                 reply.created(
                     self.ttl(),
                     &file_attr(&e.attr),
@@ -829,7 +858,7 @@ impl Filesystem for ExtentFs {
             let r = self
                 .core
                 .fallocate(&ctx_of(req), ino.0, offset, length, mode);
-            self.answer(op, reply, r, |reply, ()| reply.ok())
+            self.answer(op, ino.0, reply, r, |reply, ()| reply.ok())
         });
     }
 
@@ -846,6 +875,7 @@ impl Filesystem for ExtentFs {
         self.guard(op, move || {
             self.answer(
                 op,
+                ino.0,
                 reply,
                 self.core.lseek(ino.0, offset, whence),
                 |reply, o| reply.offset(o),
@@ -876,7 +906,7 @@ impl Filesystem for ExtentFs {
                 offset_out,
                 len,
             );
-            self.answer(op, reply, r, |reply, n| {
+            self.answer(op, ino_in.0, reply, r, |reply, n| {
                 reply.written(n.min(u32::MAX as u64) as u32)
             })
         });
