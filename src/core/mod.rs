@@ -10,7 +10,8 @@
 //! before a punch, discard at unlink and release: [`file`](mod@file)); directory streams ([`dir`]);
 //! `user.extentfs.*` ([`ctl`]).
 //!
-//! Invariants: nothing here names `fuser` or `crate::fs`; SOURCE is reached only through
+//! Invariants: nothing here names `fuser` or `crate::fs`, calls libc or holds an `unsafe`
+//! block (the one file read is the caller's `/proc` status); SOURCE is reached only through
 //! [`crate::source`] and file data only through [`crate::cache`]; the kernel's caches are
 //! told of changes only through the [`KernelCache`] the adapter installs (none in tests).
 
