@@ -176,7 +176,7 @@ fn extents(a: &ExtentsArgs) -> ExitCode {
                 return ExitCode::from(1);
             }
         }
-        let text = match getxattr(p, crate::fs::xattr::EXTENTS) {
+        let text = match getxattr(p, crate::core::ctl::EXTENTS) {
             Ok(v) => String::from_utf8_lossy(&v).into_owned(),
             Err(e) => {
                 eprintln!("extentfs extents: {e}");
@@ -200,9 +200,9 @@ fn extents(a: &ExtentsArgs) -> ExitCode {
 
 fn read_figures(p: &Path, json: bool) -> Result<String, String> {
     let name = if json {
-        crate::fs::xattr::STATS_JSON
+        crate::core::ctl::STATS_JSON
     } else {
-        crate::fs::xattr::STATS
+        crate::core::ctl::STATS
     };
     match getxattr(p, name) {
         Ok(v) => Ok(String::from_utf8_lossy(&v).into_owned()),

@@ -16,7 +16,7 @@
 //! recovery directory); 2 usage error, or MOUNTPOINT is not a live extentfs mount; 3 (umount)
 //! the mount is busy and stays mounted.
 
-use crate::fs::xattr;
+use crate::core::ctl as xattr;
 use crate::options::format_size;
 use std::ffi::CString;
 use std::io::{IsTerminal, Read, Write};

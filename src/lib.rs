@@ -4,7 +4,8 @@
 //! - [`pool`]: the page pool (huge-page backed mmap regions, contiguous run allocator).
 //! - [`extent`]: per-file extent state tree, extent map, and `ExtentPtr`.
 //! - [`cache`]: per-inode caches, the read/write paths, writeback and eviction.
-//! - [`fs`]: the FUSE adapter.
+//! - [`core`]: the filesystem core (every operation, POSIX and cache policy; no FUSE types).
+//! - [`fs`]: the FUSE adapter (decode, call the core, reply; session set-up).
 //! - [`source`]: all access to SOURCE (the only module making system calls on it).
 //! - [`options`], [`stats`]: mount options and counters.
 //! - [`cli`], [`control`]: the `stats`/`extents` and `sync`/`umount` commands.
@@ -16,6 +17,7 @@
 pub mod cache;
 pub mod cli;
 pub mod control;
+pub mod core;
 pub mod extent;
 pub mod fs;
 pub mod logging;

@@ -8,7 +8,7 @@
 use clap::{CommandFactory, FromArgMatches, Parser};
 use extentfs::cache::{CacheConfig, CacheContext};
 use extentfs::fs::mount::{self, MountPointState};
-use extentfs::fs::{ExtentFs, FsConfig};
+use extentfs::fs::{session, FsConfig};
 use extentfs::options::{format_size, MountConfig};
 use extentfs::pool::{PagePool, PoolConfig};
 use extentfs::source::AtimeMode;
@@ -428,69 +428,13 @@ fn serve(
         nodiratime: cfg.nodiratime,
         spin: cfg.spin,
     };
-    let fs = match ExtentFs::new(source, ctx.clone(), fscfg) {
-        Ok(fs) => fs,
-        Err(e) => {
-            let m = format!("cannot open SOURCE {}: {e}", source.display());
+    let mounted = match session::mount(cfg, source, mountpoint, ctx.clone(), fscfg) {
+        Ok(m) => m,
+        Err(m) => {
             report(&mut reporter, &m);
             return Err(m);
         }
     };
-    let mut fcfg = fuser::Config::default();
-    fcfg.n_threads = Some(cfg.threads);
-    fcfg.clone_fd = true;
-    let acl = if cfg.allow_other {
-        fuser::SessionACL::All
-    } else {
-        fuser::SessionACL::Owner
-    };
-    fcfg.acl = acl;
-    let notifier_slot = fs.notifier_slot();
-    let fd = match mount::mount_fuse(source, mountpoint, cfg) {
-        Err(e) if mount::use_fusermount(&e) => {
-            // Unprivileged (mount(2) refused, or /dev/fuse is 0600): the setuid helper
-            // mounts for us and hands over the descriptor.
-            tracing::debug!(
-                "mounting directly failed ({e}); asking {}",
-                mount::FUSERMOUNT
-            );
-            let opts = mount::fusermount_options(source, cfg);
-            mount::mount_with_helper(mount::FUSERMOUNT, &opts, mountpoint).map_err(|e2| {
-                std::io::Error::new(
-                    e2.kind(),
-                    format!("{e}, and through {e2}{}", mount::dev_fuse_hint()),
-                )
-            })
-        }
-        r => r,
-    };
-    let cannot_mount = |e: &dyn std::fmt::Display| {
-        format!(
-            "cannot mount {} at {}: {e}",
-            source.display(),
-            mountpoint.display()
-        )
-    };
-    let fd = match fd {
-        Ok(fd) => fd,
-        Err(e) => {
-            // Nothing was mounted: nothing to unmount.
-            let m = cannot_mount(&e);
-            report(&mut reporter, &m);
-            return Err(m);
-        }
-    };
-    let session = fuser::Session::from_fd(fs, fd, acl, fcfg);
-    let session = match session {
-        Ok(s) => s,
-        Err(e) => {
-            let m = cannot_mount(&e);
-            report(&mut reporter, &m);
-            let _ = mount::unmount(mountpoint);
-            return Err(m);
-        }
-    };
-    let _ = notifier_slot.set(session.notifier());
     let wb = match ctx.start_writeback() {
         Ok(wb) => wb,
         Err(e) => {
@@ -559,9 +503,7 @@ fn serve(
             })
             .map_err(|e| e.to_string())?;
     }
-    if let Err(e) = session.run() {
-        tracing::warn!("session ended: {e}");
-    }
+    mounted.run();
     extentfs::notify::stopping();
     // Unmounted: let go of SOURCE's files at once where nothing is left to write (a program
     // may delete them in SOURCE right after umount returns), then write back the rest; what

@@ -5,10 +5,19 @@
 //! Generic options that `mount(8)`/`mount.fuse3` pass (`rw`, `dev`, `suid`, `noatime`, ...) are
 //! accepted and mapped onto mount flags; `x-*` and `comment=` options are ignored, as mount does.
 
-pub use crate::fs::spin::SpinMode;
 use crate::pool::HugePagePolicy;
 use std::fmt;
 use std::time::Duration;
+
+/// When the adapter polls idly after requests (see `fs::spin`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpinMode {
+    Off,
+    /// While the daemon's CPU affinity is a strict subset of the online CPUs that the latest
+    /// client cannot run on.
+    Auto(Duration),
+    Always(Duration),
+}
 
 /// Smallest pool that can serve 1 MiB requests from several threads with room to evict.
 pub const MIN_CACHE_SIZE: u64 = 16 << 20;

@@ -1,7 +1,7 @@
 //! Mount-wide counters: plain relaxed atomics, bumped on the hot path without any lock.
 //!
 //! Each counter only ever grows (except gauges computed on demand by whoever renders them).
-//! Rendering them for the `user.extentfs.stats` xattr lives in the FUSE layer.
+//! Rendering them for the `user.extentfs.stats` xattr lives in the core (`core::ctl`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -22,19 +22,10 @@
 //! Invariant: `asleep` is true only while the thread is (about to be) blocked on `cv`; a
 //! request that sees it set (while `polling`) wakes the thread.
 
+pub use crate::options::SpinMode;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
-
-/// When to poll.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SpinMode {
-    Off,
-    /// While the daemon's CPU affinity is a strict subset of the online CPUs that the latest
-    /// client cannot run on.
-    Auto(Duration),
-    Always(Duration),
-}
 
 /// How often `spin=auto` looks again at the CPUs while it polls.
 const RECHECK: Duration = Duration::from_millis(100);

@@ -7,6 +7,7 @@
 //! `O_PATH` descriptors; operations that need a real open file reopen them through
 //! `/proc/self/fd/N`, which names the very inode already held, not a path.
 
+pub mod dir;
 pub mod path_fd;
 
 use crate::cache::backing::{Backing, IoDescriptors, OwnChange};
@@ -516,6 +517,38 @@ pub fn statvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
     // call.
     cvt(unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut st) })?;
     Ok(st)
+}
+
+/// fsync (or fdatasync) the directory held by `fd`, reopened for reading.
+pub fn fsync_dir(fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
+    let fd = reopen(fd, libc::O_RDONLY | libc::O_DIRECTORY)?;
+    // SAFETY: `fd` is an open directory descriptor owned here until the end of the function;
+    // fdatasync/fsync take no pointers.
+    let rc = unsafe {
+        if datasync {
+            libc::fdatasync(fd.as_raw_fd())
+        } else {
+            libc::fsync(fd.as_raw_fd())
+        }
+    };
+    cvt(rc).map(drop)
+}
+
+/// Whether the daemon runs as root (effective uid 0).
+pub fn running_as_root() -> bool {
+    // SAFETY: geteuid takes no arguments, touches no memory and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The wall-clock time now, as the coarse clock the kernel stamps files with.
+pub fn now_coarse() -> libc::timespec {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a live, writable timespec; CLOCK_REALTIME_COARSE is always supported.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut now) };
+    now
 }
 
 // ---- file handles (what open_by_handle_at on the mount is answered from) ----

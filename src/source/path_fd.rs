@@ -132,6 +132,22 @@ pub fn open_count() -> usize {
     OPEN.load(Ordering::Relaxed)
 }
 
+/// Half of RLIMIT_NOFILE for `O_PATH` descriptors: the rest is for files open for I/O,
+/// directories being read and the daemon's own.
+pub fn default_budget() -> usize {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `rl` is a live, writable rlimit the kernel fills.
+    let limit = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
+        rl.rlim_cur.min(1 << 30) as usize
+    } else {
+        1024
+    };
+    (limit / 2).max(64)
+}
+
 /// Sweep once more than `n` descriptors are open.
 pub fn set_budget(n: usize) {
     BUDGET.store(n, Ordering::Relaxed);

@@ -1,4 +1,4 @@
-//! The inode table: FUSE node ids <-> SOURCE inodes held as `O_PATH` descriptors.
+//! The inode table (the core's): node ids <-> SOURCE inodes held as `O_PATH` descriptors.
 //!
 //! Invariants:
 //! - one entry per SOURCE inode (keyed by st_dev, st_ino), so hard links are one inode;
@@ -130,7 +130,7 @@ impl InodeTable {
             unlinked_via_mount: AtomicBool::new(false),
             xattr_absent: Default::default(),
         });
-        path_fd::set_budget(fd_budget());
+        path_fd::set_budget(path_fd::default_budget());
         let mut by_id = HashMap::new();
         by_id.insert(ROOT_ID, root);
         let mut by_key = HashMap::new();
@@ -365,22 +365,6 @@ fn is_ino32_gen(h: &SourceHandle, ino: u64) -> bool {
         && h.bytes().len() == 8
         && ino <= u32::MAX as u64
         && h.bytes()[..4] == (ino as u32).to_ne_bytes()
-}
-
-/// Half of RLIMIT_NOFILE for `O_PATH` descriptors: the rest is for files open for I/O,
-/// directories being read and the daemon's own.
-fn fd_budget() -> usize {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `rl` is a live, writable rlimit the kernel fills.
-    let limit = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
-        rl.rlim_cur.min(1 << 30) as usize
-    } else {
-        1024
-    };
-    (limit / 2).max(64)
 }
 
 fn insert(

@@ -3,7 +3,7 @@
 //! id) only when a decision needs them. The daemon acts on SOURCE with its own privilege;
 //! these answers let it refuse or undo what a local filesystem would not do for the caller.
 
-use fuser::Request;
+use super::Ctx;
 
 pub const CAP_FSETID: u32 = 4;
 pub const CAP_SYS_ADMIN: u32 = 21;
@@ -18,10 +18,10 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// The caller of `req` (one read of its /proc status).
-    pub fn of(req: &Request) -> Caller {
-        let text = std::fs::read_to_string(format!("/proc/{}/status", req.pid())).ok();
-        Caller::parse(req.uid(), req.gid(), text.as_deref())
+    /// The caller of a request (one read of its /proc status).
+    pub fn of(ctx: &Ctx) -> Caller {
+        let text = std::fs::read_to_string(format!("/proc/{}/status", ctx.pid)).ok();
+        Caller::parse(ctx.uid, ctx.gid, text.as_deref())
     }
 
     /// From a /proc/PID/status text; without one (the caller exited), only uid 0 counts as
