@@ -8,6 +8,7 @@
 //! Nothing outside this module knows about FUSE.
 
 pub mod caller;
+mod fileattr;
 pub mod inodes;
 pub mod mount;
 pub mod spin;
@@ -22,8 +23,8 @@ use caller::Caller;
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use inodes::{Inode, InodeTable};
 use std::collections::HashMap;
@@ -120,6 +121,7 @@ error_reply!(
     ReplyDirectoryPlus,
     ReplyEmpty,
     ReplyEntry,
+    ReplyIoctl,
     ReplyLseek,
     ReplyOpen,
     ReplyStatfs,
@@ -720,6 +722,11 @@ impl ExtentFs {
         } else {
             inode.cache.get().cloned()
         };
+        if let (Some(c), Some(_)) = (&cache, size) {
+            // Immutable and append-only files are never truncated (a truncate by path has
+            // no open that would have learnt the flags).
+            self.refuse_if_restricted(inode, c, true)?;
+        }
         let _own = cache.as_ref().map(|c| c.file.own_change());
         if uid.is_some() || gid.is_some() {
             source::chown(fd.as_fd(), uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX))
@@ -797,6 +804,9 @@ impl ExtentFs {
                 return Err(e);
             }
         };
+        if !created {
+            self.check_open_flags(&inode, &c, flags)?;
+        }
         if !created && flags & libc::O_TRUNC != 0 {
             self.ctx.truncate(&c, 0).map_err(err)?;
         }
@@ -821,6 +831,7 @@ impl ExtentFs {
     ) -> R<()> {
         self.check_writable()?;
         let c = self.cache_of(inode)?;
+        self.check_fallocate_flags(inode, mode)?;
         if length == 0 {
             return Err(Errno::EINVAL);
         }
@@ -1304,7 +1315,8 @@ impl Filesystem for ExtentFs {
                     self.check_writable()?;
                 }
                 let c = self.cache_of(&inode)?;
-                if wants_write && !c.file.writable() {
+                let append_only = self.check_open_flags(&inode, &c, flags.0)?;
+                if wants_write && !c.file.writable() && !append_only {
                     return Err(Errno::EACCES);
                 }
                 let changed = self.open_revalidate(ino, &inode, &c)?;
@@ -1384,8 +1396,19 @@ impl Filesystem for ExtentFs {
         self.guard(op, move || {
             let r = (|| {
                 self.check_writable()?;
-                let c = self.inode(ino).and_then(|i| self.cache_of(&i))?;
+                let inode = self.inode(ino)?;
+                let c = self.cache_of(&inode)?;
                 let pool = self.cfg.cache == CacheMode::Pool;
+                let from_page_cache = write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
+                if let Some(r) =
+                    self.restricted_write(req, ino, &inode, &c, data, flags.0, from_page_cache)
+                {
+                    let (at, n) = r?;
+                    if at != offset && !pool {
+                        self.tell_kernel_changed(ino, true);
+                    }
+                    return Ok((at, n));
+                }
                 let append = flags.0 & libc::O_APPEND != 0;
                 // FUSE_WRITE_CACHE: the kernel writing back a page of its page cache (a
                 // mapping's, or any buffered write in writeback-cache mode). It drops a page
@@ -1858,7 +1881,9 @@ impl Filesystem for ExtentFs {
         self.guard(op, move || {
             let r = (|| {
                 let a = self.inode(ino_in).and_then(|i| self.cache_of(&i))?;
-                let b = self.inode(ino_out).and_then(|i| self.cache_of(&i))?;
+                let out = self.inode(ino_out)?;
+                let b = self.cache_of(&out)?;
+                self.refuse_if_restricted(&out, &b, false)?;
                 // The destination is modified as by write(2) (file_modified() on it, after
                 // the size checks).
                 if offset_out >= b.file.max_size() {
@@ -1870,6 +1895,24 @@ impl Filesystem for ExtentFs {
             self.answer(op, reply, r, |reply, n| {
                 reply.written(n.min(u32::MAX as u64) as u32)
             })
+        });
+    }
+
+    fn ioctl(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        cmd: u32,
+        in_data: &[u8],
+        out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        let op = Op::Ioctl;
+        self.guard(op, move || {
+            let r = self.do_ioctl(req, ino, cmd, in_data, out_size);
+            self.answer(op, reply, r, |reply, data| reply.ioctl(0, &data))
         });
     }
 }

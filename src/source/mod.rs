@@ -7,6 +7,7 @@
 //! `O_PATH` descriptors; operations that need a real open file reopen them through
 //! `/proc/self/fd/N`, which names the very inode already held, not a path.
 
+pub mod fileattr;
 pub mod path_fd;
 pub mod validator;
 
@@ -15,7 +16,7 @@ use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use validator::{Check, Seen, Validator};
 
@@ -726,7 +727,11 @@ pub fn display_name(name: &[u8]) -> String {
 pub struct DataFile {
     path: Arc<PathFd>,
     io: RwLock<Option<OwnedFd>>,
-    writable: bool,
+    /// The I/O descriptor is open for writing (it follows the last open: SOURCE refuses one
+    /// for an immutable or append-only file, even to root).
+    writable: AtomicBool,
+    /// Opened for reading only whatever SOURCE allows (a read-only mount).
+    read_only_mount: bool,
     /// What SOURCE said of the file after extentfs's own last change (see [`Seen`]). Every
     /// method here that changes the file brackets the change with [`DataFile::own_change`],
     /// one system call at a time, so that a foreign change can only hide inside one of them.
@@ -833,7 +838,8 @@ impl DataFile {
         Ok(DataFile {
             path,
             io: RwLock::new(Some(fd)),
-            writable,
+            writable: AtomicBool::new(writable),
+            read_only_mount: read_only,
             seen: Mutex::new(Seen::new(Validator::of(&st))),
             seen_idle: std::sync::Condvar::new(),
             max_size,
@@ -908,7 +914,33 @@ impl DataFile {
     }
 
     pub fn writable(&self) -> bool {
-        self.writable
+        self.writable.load(Ordering::Relaxed)
+    }
+
+    /// SOURCE's inode flags of the file (FS_IOC_GETFLAGS; see [`fileattr`]).
+    pub fn inode_flags(&self) -> io::Result<u32> {
+        // SAFETY: `fd` is kept open by `with_io`'s lock guard for the closure's run.
+        self.with_io(|fd| fileattr::get_flags(unsafe { BorrowedFd::borrow_raw(fd) }))
+    }
+
+    /// Open the I/O descriptor again, read-write when SOURCE allows it now (after the
+    /// file's immutable or append-only flag changed). Waits for I/O in flight; the caller
+    /// has written back what was dirty.
+    pub fn reopen_io(&self) -> io::Result<()> {
+        let mut g = self.io.write().unwrap();
+        let (fd, writable) = open_io(self.path.get()?.as_fd(), self.read_only_mount)?;
+        if g.replace(fd).is_none() {
+            self.path.note_io(true);
+        }
+        self.writable.store(writable, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Append `data` to SOURCE's file (an append-only one: see [`fileattr::append`]).
+    /// Returns the offset it landed at.
+    pub fn append(&self, data: &[u8]) -> io::Result<u64> {
+        let _own = self.own_change();
+        fileattr::append(self.path.get()?.as_fd(), data)
     }
 
     /// The largest size SOURCE's filesystem allows this file: a write, truncate, fallocate or
@@ -939,9 +971,13 @@ impl DataFile {
         if g.is_none() {
             // The same access as the first open decided; an error (EMFILE, ...) is the
             // caller's, never a quiet fall back to read-only under a writable file.
-            let (fd, writable) = open_io(self.path.get()?.as_fd(), !self.writable)?;
-            if writable != self.writable {
-                return Err(io::Error::from_raw_os_error(libc::EACCES));
+            let was = self.writable();
+            let (fd, writable) = open_io(self.path.get()?.as_fd(), !was)?;
+            if writable != was {
+                // SOURCE refuses writing now (the file became immutable or append-only):
+                // reads go on; a write through it fails (EBADF).
+                tracing::debug!("SOURCE file no longer opens for writing");
+                self.writable.store(writable, Ordering::Relaxed);
             }
             *g = Some(fd);
             self.path.note_io(true);
