@@ -38,9 +38,20 @@ fn get_flags(p: &Path) -> Result<u32, i32> {
     }
 }
 
-/// FS_IOC_SETFLAGS on a descriptor (0 or the errno).
+/// The flags these tests set or clear; the others (ext4's extents flag) are kept, as
+/// chattr keeps them (ext4 may refuse to clear the extents flag).
+const MANAGED: u32 = IMMUTABLE | APPEND | NODUMP;
+
+/// As `chattr`: FS_IOC_GETFLAGS, then FS_IOC_SETFLAGS with the MANAGED bits replaced by
+/// `flags` (0 or the errno).
 fn set_flags_fd(fd: i32, flags: u32) -> i32 {
-    let mut v = flags as libc::c_int;
+    let mut v: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one int into `v`, live across the call.
+    let r = unsafe { libc::ioctl(fd, FS_IOC_GETFLAGS, &mut v) };
+    if r < 0 {
+        return child_errno(r);
+    }
+    v = ((v as u32 & !MANAGED) | flags) as libc::c_int;
     // SAFETY: FS_IOC_SETFLAGS reads one int from `v`, live across the call.
     child_errno(unsafe { libc::ioctl(fd, FS_IOC_SETFLAGS, &mut v) })
 }
@@ -302,4 +313,25 @@ fn flags_need_owner_and_cap_linux_immutable() {
     assert_eq!(errno_of(std::fs::write(m.path("d/new"), b"")), libc::EPERM);
     assert_eq!(set_flags(&m.path("d"), 0), 0);
     std::fs::write(m.path("d/new"), b"").unwrap();
+}
+
+/// fuser 0.18 has no FUSE_TMPFILE request (its opcodes end at FUSE_COPY_FILE_RANGE); the
+/// kernel's FUSE answers O_TMPFILE with EOPNOTSUPP once the daemon said ENOSYS, and the mount
+/// goes on working (docs/conformance.md).
+#[test]
+fn o_tmpfile_is_refused_cleanly() {
+    let m = Mount::new("cache_size=16M");
+    let d = cpath(&m.mnt);
+    for _ in 0..2 {
+        // SAFETY: `d` is a NUL-terminated path alive across the call; O_TMPFILE takes a mode.
+        let fd = unsafe { libc::open(d.as_ptr(), libc::O_TMPFILE | libc::O_RDWR, 0o600) };
+        let e = child_errno(fd);
+        if fd >= 0 {
+            // SAFETY: `fd` was just opened here and is closed once.
+            unsafe { libc::close(fd) };
+        }
+        assert_eq!(e, libc::EOPNOTSUPP, "O_TMPFILE");
+    }
+    std::fs::write(m.path("after"), b"ok").unwrap();
+    assert_eq!(std::fs::read(m.src_path("after")).unwrap(), b"ok");
 }
