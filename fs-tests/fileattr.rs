@@ -313,6 +313,32 @@ fn flags_need_owner_and_cap_linux_immutable() {
     assert_eq!(errno_of(std::fs::write(m.path("d/new"), b"")), libc::EPERM);
     assert_eq!(set_flags(&m.path("d"), 0), 0);
     std::fs::write(m.path("d/new"), b"").unwrap();
+
+    // An append to an append-only set-group-ID file by someone outside its group: SOURCE
+    // refuses the chmod that would drop the bit, and the append still happens.
+    let ap = m.path("ap");
+    std::fs::write(&ap, b"log:").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&ap, std::fs::Permissions::from_mode(0o2666)).unwrap();
+    assert_eq!(set_flags(&ap, APPEND), 0);
+    let _unflag_ap = Unflag(vec![m.src_path("ap")]);
+    let cap = cpath(&ap);
+    let r = as_nobody(|| {
+        // SAFETY: `cap` is a NUL-terminated path alive across the call.
+        let fd = unsafe { libc::open(cap.as_ptr(), libc::O_WRONLY | libc::O_APPEND) };
+        if fd < 0 {
+            return child_errno(fd);
+        }
+        // SAFETY: writes 3 bytes from a static buffer; `fd` was just opened.
+        let n = unsafe { libc::write(fd, b"one".as_ptr() as *const _, 3) };
+        let e = if n == 3 { 0 } else { child_errno(-1) };
+        // SAFETY: `fd` was opened above and is closed once.
+        unsafe { libc::close(fd) };
+        e
+    });
+    assert_eq!(r, 0, "append as nobody");
+    assert_eq!(std::fs::read(&ap).unwrap(), b"log:one");
+    assert_eq!(std::fs::read(m.src_path("ap")).unwrap(), b"log:one");
 }
 
 /// fuser 0.18 has no FUSE_TMPFILE request (its opcodes end at FUSE_COPY_FILE_RANGE); the
