@@ -6,6 +6,7 @@
 mod cli;
 mod coherence;
 mod data;
+mod fileattr;
 mod handles;
 mod harness;
 mod local_fs;

@@ -71,6 +71,7 @@ ops!(
     Setxattr => "setxattr", Getxattr => "getxattr", Listxattr => "listxattr",
     Removexattr => "removexattr", Access => "access", Create => "create",
     Fallocate => "fallocate", Lseek => "lseek", CopyFileRange => "copy_file_range",
+    Ioctl => "ioctl",
 );
 
 /// Requests and errors per FUSE opcode.

@@ -48,8 +48,17 @@ pub trait Backing: Send + Sync + std::fmt::Debug {
     fn set_mtime(&self, mtime: libc::timespec) -> io::Result<()>;
     /// Let the backing record a read access (reads are served from the pool).
     fn touch_atime(&self) -> io::Result<()>;
-    /// Whether writes can reach the file at all.
+    /// Whether writes can reach the file at all (follows the last open of the I/O
+    /// descriptor: SOURCE refuses writing an immutable or append-only file, even to root).
     fn writable(&self) -> bool;
+    /// The file's inode flags in the backing (FS_IOC_GETFLAGS: immutable, append-only, ...).
+    fn inode_flags(&self) -> io::Result<u32>;
+    /// Open the I/O descriptor again, read-write when the backing allows it now (after the
+    /// file's immutable or append-only flag changed). The caller wrote back what was dirty.
+    fn reopen_io(&self) -> io::Result<()>;
+    /// Append `data` at the backing file's end, straight through (an append-only file);
+    /// returns the offset it landed at.
+    fn append(&self, data: &[u8]) -> io::Result<u64>;
     /// The largest size the backing allows the file (EFBIG past it).
     fn max_size(&self) -> u64;
     /// The file's path relative to SOURCE, for messages.
@@ -396,6 +405,23 @@ pub(crate) mod mem {
 
         fn writable(&self) -> bool {
             true
+        }
+
+        fn inode_flags(&self) -> io::Result<u32> {
+            Ok(0)
+        }
+
+        fn reopen_io(&self) -> io::Result<()> {
+            Ok(())
+        }
+
+        fn append(&self, data: &[u8]) -> io::Result<u64> {
+            let _own = OwnChange::begin(self);
+            let mut s = self.state();
+            let at = s.data.len() as u64;
+            s.data.extend_from_slice(data);
+            self.tick(&mut s, true);
+            Ok(at)
         }
 
         fn max_size(&self) -> u64 {

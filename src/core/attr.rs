@@ -226,6 +226,11 @@ impl Core {
         } else {
             inode.cache.get().cloned()
         };
+        if let (Some(c), Some(_)) = (&cache, set.size) {
+            // Immutable and append-only files are never truncated (a truncate by path has
+            // no open that would have learnt the flags).
+            self.refuse_if_restricted(inode, c, true)?;
+        }
         let _own = cache.as_ref().map(|c| c.file.own_change());
         if set.uid.is_some() || set.gid.is_some() {
             source::chown(

@@ -5,7 +5,9 @@
 
 use super::Ctx;
 
+pub const CAP_FOWNER: u32 = 3;
 pub const CAP_FSETID: u32 = 4;
+pub const CAP_LINUX_IMMUTABLE: u32 = 9;
 pub const CAP_SYS_ADMIN: u32 = 21;
 
 /// The caller's credentials that matter here.

@@ -80,7 +80,8 @@ impl Core {
             self.check_writable()?;
         }
         let c = self.cache_of(&inode)?;
-        if wants_write && !c.file.writable() {
+        let append_only = self.check_open_flags(&inode, &c, flags)?;
+        if wants_write && !c.file.writable() && !append_only {
             return Err(errno(libc::EACCES));
         }
         let changed = self.open_revalidate(ino, &inode, &c)?;
@@ -137,6 +138,9 @@ impl Core {
                 return Err(e);
             }
         };
+        if !created {
+            self.check_open_flags(&inode, &c, flags)?;
+        }
         if !created && flags & libc::O_TRUNC != 0 {
             self.ctx.truncate(&c, 0)?;
         }
@@ -190,12 +194,21 @@ impl Core {
         from: WriteFrom,
     ) -> Result<u32> {
         self.check_writable()?;
-        let c = self.file_cache(ino)?;
+        let inode = self.inode(ino)?;
+        let c = self.cache_of(&inode)?;
         let pool = self.cfg.cache == CacheMode::Pool;
         let flags = match from {
             WriteFrom::Call { open_flags } => open_flags,
             WriteFrom::PageCache => 0,
         };
+        let page_cache = from == WriteFrom::PageCache;
+        if let Some(r) = self.restricted_write(ctx, ino, &inode, &c, data, flags, page_cache) {
+            let (at, n) = r?;
+            if at != offset && !pool {
+                self.tell_kernel_changed(ino, true);
+            }
+            return Ok(n as u32);
+        }
         let append = flags & libc::O_APPEND != 0;
         // A page-cache writeback: the kernel drops a page whose writeback failed, so such
         // writes take no SOURCE space reservation.
@@ -300,6 +313,7 @@ impl Core {
         let inode = self.inode(ino)?;
         self.check_writable()?;
         let c = self.cache_of(&inode)?;
+        self.check_fallocate_flags(&inode, mode)?;
         if length == 0 {
             return Err(errno(libc::EINVAL));
         }
@@ -376,7 +390,9 @@ impl Core {
         len: u64,
     ) -> Result<u64> {
         let a = self.file_cache(ino_in)?;
-        let b = self.file_cache(ino_out)?;
+        let out = self.inode(ino_out)?;
+        let b = self.cache_of(&out)?;
+        self.refuse_if_restricted(&out, &b, false)?;
         // The destination is modified as by write(2) (file_modified() on it, after the size
         // checks).
         if offset_out >= b.file.max_size() {

@@ -24,7 +24,7 @@ use crate::source::{self, SourceHandle, FILEID_INO32_GEN};
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 pub const ROOT_ID: u64 = 1;
@@ -61,6 +61,9 @@ pub struct Inode {
     pub unlinked_via_mount: AtomicBool,
     /// xattr names known absent in SOURCE (see [`super::xattr::AbsentXattrs`]).
     pub xattr_absent: super::xattr::AbsentXattrs,
+    /// SOURCE's immutable and append-only flags as last seen (`fileattr::restricting`): at
+    /// an open for writing, a truncate, and a flag change through the mount.
+    pub restrict: AtomicU32,
 }
 
 impl Inode {
@@ -129,6 +132,7 @@ impl InodeTable {
             cache: OnceLock::new(),
             unlinked_via_mount: AtomicBool::new(false),
             xattr_absent: Default::default(),
+            restrict: AtomicU32::new(0),
         });
         path_fd::set_budget(path_fd::default_budget());
         let mut by_id = HashMap::new();
@@ -385,6 +389,7 @@ fn insert(
         cache: OnceLock::new(),
         unlinked_via_mount: AtomicBool::new(false),
         xattr_absent: Default::default(),
+        restrict: AtomicU32::new(0),
     });
     t.by_id.insert(id, ino.clone());
     t.by_key.insert(key, id);

@@ -21,6 +21,7 @@ pub mod ctl;
 pub mod dir;
 pub mod error;
 pub mod file;
+pub mod fileattr;
 pub mod inodes;
 pub mod names;
 pub mod xattr;

@@ -18,7 +18,7 @@ use crate::stats::Op;
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek,
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
@@ -60,6 +60,7 @@ error_reply!(
     ReplyDirectoryPlus,
     ReplyEmpty,
     ReplyEntry,
+    ReplyIoctl,
     ReplyLseek,
     ReplyOpen,
     ReplyStatfs,
@@ -909,6 +910,26 @@ impl Filesystem for ExtentFs {
             self.answer(op, ino_in.0, reply, r, |reply, n| {
                 reply.written(n.min(u32::MAX as u64) as u32)
             })
+        });
+    }
+
+    /// Only the inode-flag ioctls the kernel turns fileattr calls into (see
+    /// `core::fileattr`); every other one answers ENOTTY.
+    fn ioctl(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        cmd: u32,
+        in_data: &[u8],
+        out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        let op = Op::Ioctl;
+        self.guard(op, move || {
+            let r = self.core.ioctl(&ctx_of(req), ino.0, cmd, in_data, out_size);
+            self.answer(op, ino.0, reply, r, |reply, data| reply.ioctl(0, &data))
         });
     }
 }

@@ -8,6 +8,7 @@
 //! `/proc/self/fd/N`, which names the very inode already held, not a path.
 
 pub mod dir;
+pub mod fileattr;
 pub mod path_fd;
 
 use crate::cache::backing::{Backing, IoDescriptors, OwnChange};
@@ -17,6 +18,7 @@ use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// Run `f` (a create/mkdir/mknod) with the caller's umask, as the kernel would: SOURCE's
@@ -749,7 +751,11 @@ pub use crate::logging::display_name;
 pub struct DataFile {
     path: Arc<PathFd>,
     io: RwLock<Option<OwnedFd>>,
-    writable: bool,
+    /// The I/O descriptor is open for writing (it follows the last open: SOURCE refuses one
+    /// for an immutable or append-only file, even to root).
+    writable: AtomicBool,
+    /// Opened for reading only whatever SOURCE allows (a read-only mount).
+    read_only_mount: bool,
     /// What SOURCE said of the file after extentfs's own last change (see [`Seen`]). Every
     /// method here that changes the file brackets the change with [`DataFile::own_change`],
     /// one system call at a time, so that a foreign change can only hide inside one of them.
@@ -855,7 +861,8 @@ impl DataFile {
         Ok(DataFile {
             path,
             io: RwLock::new(Some(fd)),
-            writable,
+            writable: AtomicBool::new(writable),
+            read_only_mount: read_only,
             seen: Mutex::new(Seen::new(Validator::of(&st))),
             seen_idle: std::sync::Condvar::new(),
             max_size,
@@ -878,9 +885,13 @@ impl DataFile {
         if g.is_none() {
             // The same access as the first open decided; an error (EMFILE, ...) is the
             // caller's, never a quiet fall back to read-only under a writable file.
-            let (fd, writable) = open_io(self.path.get()?.as_fd(), !self.writable)?;
-            if writable != self.writable {
-                return Err(io::Error::from_raw_os_error(libc::EACCES));
+            let was = self.writable();
+            let (fd, writable) = open_io(self.path.get()?.as_fd(), !was)?;
+            if writable != was {
+                // SOURCE refuses writing now (the file became immutable or append-only):
+                // reads go on; a write through it fails (EBADF).
+                tracing::debug!("SOURCE file no longer opens for writing");
+                self.writable.store(writable, Ordering::Relaxed);
             }
             *g = Some(fd);
             self.path.note_io(true);
@@ -995,7 +1006,27 @@ impl Backing for DataFile {
     }
 
     fn writable(&self) -> bool {
-        self.writable
+        self.writable.load(Ordering::Relaxed)
+    }
+
+    fn inode_flags(&self) -> io::Result<u32> {
+        // SAFETY: `fd` is kept open by `with_io`'s lock guard for the closure's run.
+        self.with_io(|fd| fileattr::get_flags(unsafe { BorrowedFd::borrow_raw(fd) }))
+    }
+
+    fn reopen_io(&self) -> io::Result<()> {
+        let mut g = self.io.write().unwrap();
+        let (fd, writable) = open_io(self.path.get()?.as_fd(), self.read_only_mount)?;
+        if g.replace(fd).is_none() {
+            self.path.note_io(true);
+        }
+        self.writable.store(writable, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn append(&self, data: &[u8]) -> io::Result<u64> {
+        let _own = OwnChange::begin(self);
+        fileattr::append(self.path.get()?.as_fd(), data)
     }
 
     /// The largest size SOURCE's filesystem allows this file: a write, truncate, fallocate or
