@@ -135,7 +135,7 @@ pub struct InodeCache {
     pending_mtime: Mutex<Option<(libc::timespec, bool)>>,
     pub(crate) wb_queued: AtomicBool,
     /// The file's mode may carry set-user-ID or set-group-ID (checked before writes).
-    pub may_have_setid: AtomicBool,
+    pub(crate) may_have_setid: AtomicBool,
     /// Serializes fsyncs of SOURCE's file: an fsync error is reported to one caller only, so
     /// two concurrent commits could otherwise both settle the same unstable bytes.
     pub(crate) commit_lock: Mutex<()>,
@@ -199,6 +199,38 @@ impl InodeCache {
             revalidated_ms: AtomicU64::new(0),
             commit_due: AtomicBool::new(false),
         })
+    }
+
+    /// An open file (handle) of this inode starts.
+    pub fn opened(&self) {
+        self.open_handles.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An open file of this inode ends; true when it was the last.
+    pub fn closed(&self) -> bool {
+        self.open_handles
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            == Ok(1)
+    }
+
+    /// Whether any open file of this inode is left.
+    pub fn is_open(&self) -> bool {
+        self.open_handles.load(Ordering::Relaxed) > 0
+    }
+
+    /// SOURCE's file mode was set to `mode` through the mount: whether set-ID bits may need
+    /// dropping at the next write follows it.
+    pub fn note_mode(&self, mode: u32) {
+        self.may_have_setid.store(
+            mode & (libc::S_ISUID | libc::S_ISGID) != 0,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Whether the file may have set-ID bits (a write by a caller without CAP_FSETID then
+    /// drops them).
+    pub fn may_have_setid(&self) -> bool {
+        self.may_have_setid.load(Ordering::Relaxed)
     }
 
     /// The logical file size (what the kernel is told).

@@ -13,7 +13,6 @@ use crate::core::xattr::ctime_stamp;
 use crate::options::Coherence;
 use crate::source;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A node's attributes, as the kernel is told them.
@@ -245,8 +244,7 @@ impl Core {
             }
             source::chmod(fd.as_fd(), m & 0o7777)?;
             if let Some(c) = inode.cache.get() {
-                c.may_have_setid
-                    .store(m & (libc::S_ISUID | libc::S_ISGID) != 0, Ordering::Relaxed);
+                c.note_mode(m);
             }
         }
         if let Some(s) = set.size {

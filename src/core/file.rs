@@ -88,7 +88,7 @@ impl Core {
         if flags & libc::O_TRUNC != 0 {
             self.ctx.truncate(&c, 0)?;
         }
-        c.open_handles.fetch_add(1, Ordering::Relaxed);
+        c.opened();
         Ok(self.open_reply(changed))
     }
 
@@ -144,7 +144,7 @@ impl Core {
         if !created && flags & libc::O_TRUNC != 0 {
             self.ctx.truncate(&c, 0)?;
         }
-        c.open_handles.fetch_add(1, Ordering::Relaxed);
+        c.opened();
         let attr = self.stat_attr(&inode)?;
         Ok((
             super::Entry {
@@ -279,10 +279,7 @@ impl Core {
     pub fn release(&self, ino: u64) {
         if let Some(inode) = self.inodes.get(ino) {
             if let Some(c) = inode.cache.get() {
-                let prev = c
-                    .open_handles
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-                if prev == Ok(1) {
+                if c.closed() {
                     self.ctx.discard_if_deleted(c);
                     c.close_file_if_idle();
                 }

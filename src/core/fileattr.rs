@@ -123,8 +123,7 @@ impl Core {
             match &new {
                 NewFlags::Flags(f) => fa::set_flags(fd.as_fd(), *f),
                 NewFlags::Fsx(x) => fa::set_fsxattr(fd.as_fd(), x),
-            }
-            ?;
+            }?;
         }
         inode.restrict.store(want, Ordering::Relaxed);
         if let (Some(c), true) = (&cache, old != want) {
@@ -151,7 +150,12 @@ impl Core {
     /// read-only although the flags allow writing now (they were cleared behind the mount's
     /// back), it is opened again. Returns whether the file is append-only (its writes then
     /// need no writable descriptor).
-    pub(super) fn check_open_flags(&self, inode: &Inode, c: &InodeCache, flags: i32) -> Result<bool> {
+    pub(super) fn check_open_flags(
+        &self,
+        inode: &Inode,
+        c: &InodeCache,
+        flags: i32,
+    ) -> Result<bool> {
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let trunc = flags & libc::O_TRUNC != 0;
         if !write && !trunc {
@@ -175,7 +179,12 @@ impl Core {
 
     /// A truncate, punch, zero range or copy into the file: EPERM when it is immutable or
     /// append-only. `learn`: ask SOURCE first (a truncate by path has no open behind it).
-    pub(super) fn refuse_if_restricted(&self, inode: &Inode, c: &InodeCache, learn: bool) -> Result<()> {
+    pub(super) fn refuse_if_restricted(
+        &self,
+        inode: &Inode,
+        c: &InodeCache,
+        learn: bool,
+    ) -> Result<()> {
         let r = if learn {
             self.learn_restrict(inode, c)
         } else {

@@ -394,7 +394,7 @@ impl Core {
     /// I/O, fallocate and copy_file_range, and the daemon acts with its own CAP_FSETID. Costs
     /// an atomic load unless the file may have such a bit.
     fn kill_setid_for(&self, ctx: &Ctx, ino: u64, c: &InodeCache) -> Result<()> {
-        if !c.may_have_setid.load(Ordering::Relaxed) {
+        if !c.may_have_setid() {
             return Ok(());
         }
         let changed = c.kill_setid(|mode, gid| Caller::of(ctx).setid_to_drop(mode, gid))?;

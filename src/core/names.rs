@@ -17,7 +17,6 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 impl Core {
@@ -165,7 +164,7 @@ impl Core {
         drop(own);
         if let Some(st) = victim.filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG) {
             if let Some(c) = self.ctx.get((st.st_dev, st.st_ino)) {
-                if c.open_handles.load(Ordering::Relaxed) == 0 {
+                if !c.is_open() {
                     self.ctx.discard_if_deleted(&c);
                 }
             }
