@@ -1,53 +1,39 @@
-//! Directory streams of SOURCE: a directory reopened for reading and walked with glibc's
-//! `readdir`, resumable at any `telldir` cookie the stream gave out (what FUSE readdir offsets
-//! are).
+//! Directory streams of SOURCE: a directory reopened for reading and walked with rustix's
+//! `Dir` (getdents64 into its own buffer), resumable at any `d_off` cookie the stream gave
+//! out (what FUSE readdir offsets are).
 //!
-//! Invariants: the `DIR*` is non-null for the stream's life and closed once, on drop (which
-//! also closes the descriptor it took over); the stream is `Send` but not `Sync`, and every
-//! use takes `&mut self`, so no two threads use it at once; `offset` is the cookie of the next
-//! entry the stream will return.
+//! Invariants: the stream owns its descriptor and closes it on drop; every use takes
+//! `&mut self`, so no two threads use it at once (the core keeps each in a Mutex); `offset`
+//! is the cookie of the next entry the stream will return.
 
 use super::reopen;
-use std::ffi::CStr;
+use rustix::fs::{Dir, FileType};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::BorrowedFd;
 
 /// An open directory stream and the position it is at.
 pub struct DirStream {
-    dir: *mut libc::DIR,
-    /// Position the stream is at (telldir cookie of the next entry).
+    dir: Dir,
+    /// Position the stream is at (cookie of the next entry).
     offset: u64,
 }
 
-// SAFETY: a glibc DIR stream is not tied to the thread that opened it; it may be used from
-// another thread as long as no two use it at once. DirStream is only Send, not Sync, and
-// every use (readdir, seekdir) takes `&mut self`, closedir runs on drop, so uses are
-// serialized by whoever owns it (a Mutex in the core's table of open directories).
-unsafe impl Send for DirStream {}
-
-impl Drop for DirStream {
-    fn drop(&mut self) {
-        // SAFETY: `self.dir` is the non-null stream fdopendir returned in `open` and is closed
-        // only here, once, when the stream is dropped; closedir also closes the descriptor the
-        // stream took over.
-        unsafe { libc::closedir(self.dir) };
+/// The `d_type` of a directory entry (`DT_*`: the file type bits of its mode, shifted).
+fn d_type(t: FileType) -> u8 {
+    match t {
+        FileType::Unknown => libc::DT_UNKNOWN,
+        t => (t.as_raw_mode() >> 12) as u8,
     }
 }
 
 impl DirStream {
     /// Open the directory held by `fd` (any descriptor of it, `O_PATH` included) for reading.
     pub fn open(fd: BorrowedFd<'_>) -> io::Result<DirStream> {
-        let fd: OwnedFd = reopen(fd, libc::O_RDONLY | libc::O_DIRECTORY)?;
-        let raw = fd.as_raw_fd();
-        // SAFETY: `raw` is an open directory descriptor owned by `fd`; on success the stream
-        // takes it over (hence the forget below), on failure it is left to `fd`, which closes
-        // it.
-        let dir = unsafe { libc::fdopendir(raw) };
-        if dir.is_null() {
-            return Err(io::Error::last_os_error());
-        }
-        std::mem::forget(fd); // owned by the DIR stream now
-        Ok(DirStream { dir, offset: 0 })
+        let fd = reopen(fd, libc::O_RDONLY | libc::O_DIRECTORY)?;
+        Ok(DirStream {
+            dir: Dir::new(fd)?,
+            offset: 0,
+        })
     }
 
     /// Walk the stream from `offset`, calling `add(name, d_ino, d_type, next_offset)` until
@@ -59,42 +45,25 @@ impl DirStream {
         mut add: impl FnMut(&[u8], u64, u8, u64) -> bool,
     ) -> io::Result<()> {
         if offset != self.offset {
-            // SAFETY: `self.dir` is a live stream (closed only on drop) and `&mut self` makes
-            // this the only user; any offset is accepted (a bad one makes readdir fail or end).
-            unsafe { libc::seekdir(self.dir, offset as libc::c_long) };
+            self.dir.seek(offset as i64)?;
             self.offset = offset;
         }
-        loop {
-            // SAFETY: __errno_location returns this thread's errno, valid for the thread's
-            // life; it is cleared to tell readdir's end from its error.
-            unsafe { *libc::__errno_location() = 0 };
-            // SAFETY: `self.dir` is a live stream and `&mut self` makes this the only user.
-            let ent = unsafe { libc::readdir(self.dir) };
-            if ent.is_null() {
-                // SAFETY: __errno_location returns this thread's errno, valid for the thread's
-                // life.
-                let e = unsafe { *libc::__errno_location() };
-                if e != 0 {
-                    return Err(io::Error::from_raw_os_error(e));
-                }
-                return Ok(());
-            }
-            // SAFETY: readdir returned non-null: a dirent inside the stream's buffer, valid
-            // until the next readdir/seekdir/closedir on `self.dir`, none of which runs while
-            // `ent` is in use (`&mut self` is held).
-            let ent = unsafe { &*ent };
-            // SAFETY: glibc NUL-terminates d_name inside the dirent, and `name` is used only
-            // before the next readdir or seekdir on the stream.
-            let name = unsafe { CStr::from_ptr(ent.d_name.as_ptr()) }.to_bytes();
-            let next = ent.d_off as u64;
-            if add(name, ent.d_ino, ent.d_type, next) {
-                // SAFETY: `self.dir` is a live stream, `&mut self` is held, and `self.offset`
-                // is a telldir cookie from the same stream (0 or an earlier d_off).
-                unsafe { libc::seekdir(self.dir, self.offset as libc::c_long) };
+        while let Some(ent) = self.dir.read() {
+            let ent = ent?;
+            let next = ent.offset() as u64;
+            if add(
+                ent.file_name().to_bytes(),
+                ent.ino(),
+                d_type(ent.file_type()),
+                next,
+            ) {
+                // Seen again next time: back to where this entry starts.
+                self.dir.seek(self.offset as i64)?;
                 return Ok(());
             }
             self.offset = next;
         }
+        Ok(())
     }
 }
 
@@ -102,6 +71,18 @@ impl DirStream {
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
+
+    #[test]
+    fn entry_types_are_dirent_types() {
+        assert_eq!(d_type(FileType::RegularFile), libc::DT_REG);
+        assert_eq!(d_type(FileType::Directory), libc::DT_DIR);
+        assert_eq!(d_type(FileType::Symlink), libc::DT_LNK);
+        assert_eq!(d_type(FileType::Fifo), libc::DT_FIFO);
+        assert_eq!(d_type(FileType::Socket), libc::DT_SOCK);
+        assert_eq!(d_type(FileType::CharacterDevice), libc::DT_CHR);
+        assert_eq!(d_type(FileType::BlockDevice), libc::DT_BLK);
+        assert_eq!(d_type(FileType::Unknown), libc::DT_UNKNOWN);
+    }
 
     #[test]
     fn walks_resumes_and_stops_when_full() {
