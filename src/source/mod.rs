@@ -14,6 +14,7 @@ pub mod path_fd;
 use crate::cache::backing::{Backing, IoDescriptors, OwnChange};
 use crate::cache::validator::{Check, Seen, Validator};
 use path_fd::PathFd;
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, RenameFlags};
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -219,20 +220,19 @@ pub fn fstatat(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<libc::stat> {
     Ok(st)
 }
 
+/// open(2) flags as rustix takes them (the bits are the kernel's either way).
+fn oflags(flags: i32) -> OFlags {
+    OFlags::from_bits_retain(flags as u32)
+}
+
 /// `openat` relative to a directory fd; always O_CLOEXEC and O_NOFOLLOW.
 pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
-    // SAFETY: `dir` is borrowed for the call and `name` is a NUL-terminated CStr that outlives it;
-    // the mode is passed as the variadic unsigned int openat reads with O_CREAT/O_TMPFILE.
-    let fd = cvt(unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            flags | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-            mode as libc::c_uint,
-        )
-    })?;
-    // SAFETY: cvt passed only a non-negative return: a new descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(rfs::openat(
+        dir,
+        name,
+        oflags(flags | libc::O_CLOEXEC | libc::O_NOFOLLOW),
+        Mode::from_raw_mode(mode),
+    )?)
 }
 
 /// An `O_PATH` handle on the entry `name` in `dir` (the entry itself, never a symlink target).
@@ -242,18 +242,11 @@ pub fn open_path(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
 
 /// An `O_PATH` handle on a directory given by absolute path (the SOURCE root only).
 pub fn open_root(path: &std::path::Path) -> io::Result<OwnedFd> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: `c` is a NUL-terminated CString alive across the call; no O_CREAT, so no mode
-    // argument is read.
-    let fd = cvt(unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    })?;
-    // SAFETY: cvt passed only a non-negative return: a new descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(rfs::open(
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
 }
 
 /// How reads through extentfs move SOURCE's atimes (the mount's atime options).
@@ -355,22 +348,15 @@ pub fn open_root_with_atime(
 
 /// Reopen an `O_PATH` handle as a real open file with `flags`.
 pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
-    let p = proc_path(fd);
-    // SAFETY: `p` is a NUL-terminated CString alive across the call; O_CREAT is masked out, so no
-    // mode argument is read.
-    let fd = cvt(unsafe {
-        libc::open(
-            p.as_ptr(),
-            (flags | libc::O_CLOEXEC) & !(libc::O_CREAT | libc::O_NOFOLLOW | libc::O_TRUNC),
-        )
-    })?;
-    // SAFETY: cvt passed only a non-negative return: a new descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(rfs::open(
+        proc_path(fd).as_c_str(),
+        oflags((flags | libc::O_CLOEXEC) & !(libc::O_CREAT | libc::O_NOFOLLOW | libc::O_TRUNC)),
+        Mode::empty(),
+    )?)
 }
 
 pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
-    // SAFETY: `dir` is borrowed for the call and `name` is a NUL-terminated CStr that outlives it.
-    cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(drop)
+    Ok(rfs::mkdirat(dir, name, Mode::from_raw_mode(mode))?)
 }
 
 pub fn mknodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32, rdev: u64) -> io::Result<()> {
@@ -379,14 +365,15 @@ pub fn mknodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32, rdev: u64) -> io::Re
 }
 
 pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
-    // SAFETY: `target` and `name` are NUL-terminated CStrs that outlive the call; `dir` is borrowed
-    // for it.
-    cvt(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) }).map(drop)
+    Ok(rfs::symlinkat(target, dir, name)?)
 }
 
 pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> io::Result<()> {
-    // SAFETY: `dir` is borrowed for the call and `name` is a NUL-terminated CStr that outlives it.
-    cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
+    Ok(rfs::unlinkat(
+        dir,
+        name,
+        AtFlags::from_bits_retain(flags as u32),
+    )?)
 }
 
 pub fn renameat2(
@@ -396,89 +383,52 @@ pub fn renameat2(
     newname: &CStr,
     flags: u32,
 ) -> io::Result<()> {
-    // SAFETY: both directory descriptors are borrowed for the call; both names are NUL-terminated
-    // CStrs that outlive it.
-    cvt(unsafe {
-        libc::renameat2(
-            olddir.as_raw_fd(),
-            oldname.as_ptr(),
-            newdir.as_raw_fd(),
-            newname.as_ptr(),
-            flags,
-        )
-    })
-    .map(drop)
+    Ok(rfs::renameat_with(
+        olddir,
+        oldname,
+        newdir,
+        newname,
+        RenameFlags::from_bits_retain(flags),
+    )?)
 }
 
 /// Hard link the inode held by `fd` as `name` in `newdir`.
 pub fn linkat_fd(fd: BorrowedFd<'_>, newdir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
     // AT_EMPTY_PATH on an O_PATH fd needs CAP_DAC_READ_SEARCH; fall back to the /proc link.
-    // SAFETY: `fd` and `newdir` are borrowed for the call; the old path is the static empty C
-    // string AT_EMPTY_PATH needs and `name` a NUL-terminated CStr that outlives it.
-    let r = unsafe {
-        libc::linkat(
-            fd.as_raw_fd(),
-            empty_path().as_ptr(),
-            newdir.as_raw_fd(),
-            name.as_ptr(),
-            libc::AT_EMPTY_PATH,
-        )
-    };
-    if r == 0 {
+    if rfs::linkat(fd, empty_path(), newdir, name, AtFlags::EMPTY_PATH).is_ok() {
         return Ok(());
     }
-    let p = proc_path(fd);
-    // SAFETY: `p` (the /proc link) and `name` are NUL-terminated C strings alive across the call;
-    // `newdir` is borrowed for it.
-    cvt(unsafe {
-        libc::linkat(
-            libc::AT_FDCWD,
-            p.as_ptr(),
-            newdir.as_raw_fd(),
-            name.as_ptr(),
-            libc::AT_SYMLINK_FOLLOW,
-        )
-    })
-    .map(drop)
+    Ok(rfs::linkat(
+        rfs::CWD,
+        proc_path(fd).as_c_str(),
+        newdir,
+        name,
+        AtFlags::SYMLINK_FOLLOW,
+    )?)
 }
 
 pub fn readlink(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
-    // SAFETY: `buf` is a live Vec and the kernel writes at most `buf.len()` bytes into it
-    // (readlinkat does not NUL-terminate, the return says how many); the path is the static empty C
-    // string and `fd` is borrowed.
-    let n = cvt_isize(unsafe {
-        libc::readlinkat(
-            fd.as_raw_fd(),
-            empty_path().as_ptr(),
-            buf.as_mut_ptr() as *mut libc::c_char,
-            buf.len(),
-        )
-    })?;
-    buf.truncate(n);
-    Ok(buf)
+    Ok(rfs::readlinkat(fd, empty_path(), Vec::with_capacity(256))?.into_bytes())
 }
 
 pub fn chmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
-    let p = proc_path(fd);
-    // SAFETY: `p` is a NUL-terminated CString alive across the call.
-    cvt(unsafe { libc::chmod(p.as_ptr(), mode) }).map(drop)
+    Ok(rfs::chmod(
+        proc_path(fd).as_c_str(),
+        Mode::from_raw_mode(mode),
+    )?)
 }
 
 /// Change owner (`u32::MAX` = leave unchanged) of the held inode itself (no symlink follow).
 pub fn chown(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
-    // SAFETY: `fd` is borrowed for the call and the path is the static empty C string AT_EMPTY_PATH
-    // needs.
-    cvt(unsafe {
-        libc::fchownat(
-            fd.as_raw_fd(),
-            empty_path().as_ptr(),
-            uid,
-            gid,
-            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })
-    .map(drop)
+    let uid = (uid != u32::MAX).then(|| rustix::fs::Uid::from_raw(uid));
+    let gid = (gid != u32::MAX).then(|| rustix::fs::Gid::from_raw(gid));
+    Ok(rfs::chownat(
+        fd,
+        empty_path(),
+        uid,
+        gid,
+        AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+    )?)
 }
 
 /// Set times; `is_symlink` selects the no-follow form on the /proc link.
@@ -487,29 +437,33 @@ pub fn utimens(
     times: &[libc::timespec; 2],
     is_symlink: bool,
 ) -> io::Result<()> {
+    let ts = |t: &libc::timespec| rfs::Timespec {
+        tv_sec: t.tv_sec,
+        tv_nsec: t.tv_nsec,
+    };
+    let times = rfs::Timestamps {
+        last_access: ts(&times[0]),
+        last_modification: ts(&times[1]),
+    };
     if is_symlink {
         // The /proc magic link cannot be used with AT_SYMLINK_NOFOLLOW; AT_EMPTY_PATH can.
-        // SAFETY: `times` points to exactly the two timespecs utimensat reads; `fd` is borrowed and
-        // the path is the static empty C string AT_EMPTY_PATH needs.
-        return cvt(unsafe {
-            libc::utimensat(
-                fd.as_raw_fd(),
-                empty_path().as_ptr(),
-                times.as_ptr(),
-                libc::AT_EMPTY_PATH,
-            )
-        })
-        .map(drop);
+        return Ok(rfs::utimensat(
+            fd,
+            empty_path(),
+            &times,
+            AtFlags::EMPTY_PATH,
+        )?);
     }
-    let p = proc_path(fd);
-    // SAFETY: `p` is a NUL-terminated CString and `times` exactly the two timespecs utimensat
-    // reads, both alive across the call.
-    cvt(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), 0) }).map(drop)
+    Ok(rfs::utimensat(
+        rfs::CWD,
+        proc_path(fd).as_c_str(),
+        &times,
+        AtFlags::empty(),
+    )?)
 }
 
 pub fn truncate(fd: BorrowedFd<'_>, size: u64) -> io::Result<()> {
-    // SAFETY: ftruncate takes no pointers; `fd` is borrowed for the call.
-    cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) }).map(drop)
+    Ok(rfs::ftruncate(fd, size)?)
 }
 
 pub fn statvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
@@ -645,6 +599,8 @@ fn xattr_path(fd: BorrowedFd<'_>) -> CString {
     proc_path(fd)
 }
 
+// getxattr and listxattr stay on libc: with an empty buffer they answer the size needed,
+// which rustix's buffer-filling wrappers clamp to the buffer's length.
 pub fn getxattr(fd: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
     let p = xattr_path(fd);
     // SAFETY: `p` and `name` are NUL-terminated C strings alive across the call; the kernel writes
@@ -660,19 +616,12 @@ pub fn getxattr(fd: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> io::Result<u
 }
 
 pub fn setxattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8], flags: i32) -> io::Result<()> {
-    let p = xattr_path(fd);
-    // SAFETY: `p` and `name` are NUL-terminated C strings alive across the call; the kernel reads
-    // `value.len()` bytes from `value`, a live slice.
-    cvt(unsafe {
-        libc::setxattr(
-            p.as_ptr(),
-            name.as_ptr(),
-            value.as_ptr() as *const libc::c_void,
-            value.len(),
-            flags,
-        )
-    })
-    .map(drop)
+    Ok(rfs::setxattr(
+        xattr_path(fd).as_c_str(),
+        name,
+        value,
+        rfs::XattrFlags::from_bits_retain(flags as u32),
+    )?)
 }
 
 pub fn listxattr(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
@@ -685,9 +634,7 @@ pub fn listxattr(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 pub fn removexattr(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
-    let p = xattr_path(fd);
-    // SAFETY: `p` and `name` are NUL-terminated C strings alive across the call.
-    cvt(unsafe { libc::removexattr(p.as_ptr(), name.as_ptr()) }).map(drop)
+    Ok(rfs::removexattr(xattr_path(fd).as_c_str(), name)?)
 }
 
 /// How to turn `/proc/self/fd/N` of a SOURCE descriptor into a path relative to SOURCE, for
@@ -874,11 +821,11 @@ impl DataFile {
     }
 
     /// Run `f` on the I/O descriptor, reopening it if `close_io` gave it back.
-    fn with_io<T>(&self, f: impl FnOnce(RawFd) -> io::Result<T>) -> io::Result<T> {
+    fn with_io<T>(&self, f: impl FnOnce(BorrowedFd<'_>) -> io::Result<T>) -> io::Result<T> {
         {
             let g = self.io.read().unwrap();
             if let Some(fd) = g.as_ref() {
-                return f(fd.as_raw_fd());
+                return f(fd.as_fd());
             }
         }
         let mut g = self.io.write().unwrap();
@@ -896,7 +843,7 @@ impl DataFile {
             *g = Some(fd);
             self.path.note_io(true);
         }
-        f(g.as_ref().unwrap().as_raw_fd())
+        f(g.as_ref().unwrap().as_fd())
     }
 
     /// Run `op` (preadv or pwritev) over `iov` from `off` until all of it is moved or `op`
@@ -925,7 +872,7 @@ impl DataFile {
                 // ExtentPtr::iovecs over ranges they hold LOCKED or WRITEBACK.
                 cvt_isize(unsafe {
                     op(
-                        fd,
+                        fd.as_raw_fd(),
                         iov[first..].as_ptr(),
                         (iov.len() - first).min(1024) as i32,
                         off as libc::off_t,
@@ -1010,8 +957,7 @@ impl Backing for DataFile {
     }
 
     fn inode_flags(&self) -> io::Result<u32> {
-        // SAFETY: `fd` is kept open by `with_io`'s lock guard for the closure's run.
-        self.with_io(|fd| fileattr::get_flags(unsafe { BorrowedFd::borrow_raw(fd) }))
+        self.with_io(fileattr::get_flags)
     }
 
     fn reopen_io(&self) -> io::Result<()> {
@@ -1082,14 +1028,11 @@ impl Backing for DataFile {
 
     fn sync(&self, datasync: bool) -> io::Result<()> {
         self.with_io(|fd| {
-            let r = if datasync {
-                // SAFETY: fdatasync takes no pointers; `fd` is kept open by `with_io`'s lock guard.
-                unsafe { libc::fdatasync(fd) }
+            Ok(if datasync {
+                rfs::fdatasync(fd)
             } else {
-                // SAFETY: fsync takes no pointers; `fd` is kept open by `with_io`'s lock guard.
-                unsafe { libc::fsync(fd) }
-            };
-            cvt(r).map(drop)
+                rfs::fsync(fd)
+            }?)
         })
     }
 
@@ -1097,8 +1040,7 @@ impl Backing for DataFile {
     /// call is durable when it returns Ok. An error may be any file's on that filesystem
     /// since this descriptor was opened.
     fn syncfs(&self) -> io::Result<()> {
-        // SAFETY: syncfs only reads the descriptor, which `with_io` keeps open for the call.
-        self.with_io(|fd| cvt(unsafe { libc::syncfs(fd) }).map(drop))
+        self.with_io(|fd| Ok(rfs::syncfs(fd)?))
     }
 
     fn chmod(&self, mode: u32) -> io::Result<()> {
@@ -1108,29 +1050,28 @@ impl Backing for DataFile {
 
     fn set_len(&self, size: u64) -> io::Result<()> {
         let _own = OwnChange::begin(self);
-        // SAFETY: ftruncate takes no pointers; `fd` is kept open by `with_io`'s lock guard.
-        self.with_io(|fd| cvt(unsafe { libc::ftruncate(fd, size as libc::off_t) }).map(drop))
+        self.with_io(|fd| Ok(rfs::ftruncate(fd, size)?))
     }
 
     fn fallocate(&self, mode: i32, off: u64, len: u64) -> io::Result<()> {
         let _own = OwnChange::begin(self);
-        self.with_io(|fd| {
-            // SAFETY: fallocate takes no pointers; `fd` is kept open by `with_io`'s lock guard.
-            cvt(unsafe { libc::fallocate(fd, mode, off as libc::off_t, len as libc::off_t) })
-                .map(drop)
-        })
+        let mode = rfs::FallocateFlags::from_bits_retain(mode as u32);
+        self.with_io(|fd| Ok(rfs::fallocate(fd, mode, off, len)?))
     }
 
     fn lseek(&self, off: i64, whence: i32) -> io::Result<i64> {
-        self.with_io(|fd| {
-            // SAFETY: lseek takes no pointers; `fd` is kept open by `with_io`'s lock guard.
-            let r = unsafe { libc::lseek(fd, off, whence) };
-            if r < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(r)
-            }
-        })
+        // A negative offset is what the kernel answers for it: EINVAL for SEEK_SET, ENXIO
+        // (past the end) for SEEK_DATA and SEEK_HOLE.
+        let at = |e| u64::try_from(off).map_err(|_| io::Error::from_raw_os_error(e));
+        let pos = match whence {
+            libc::SEEK_SET => rfs::SeekFrom::Start(at(libc::EINVAL)?),
+            libc::SEEK_CUR => rfs::SeekFrom::Current(off),
+            libc::SEEK_END => rfs::SeekFrom::End(off),
+            libc::SEEK_DATA => rfs::SeekFrom::Data(at(libc::ENXIO)?),
+            libc::SEEK_HOLE => rfs::SeekFrom::Hole(at(libc::ENXIO)?),
+            _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        };
+        self.with_io(|fd| Ok(rfs::seek(fd, pos)? as i64))
     }
 
     fn stat(&self) -> io::Result<libc::stat> {
