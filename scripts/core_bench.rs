@@ -7,6 +7,10 @@
 //! 3. metadata bytes per cached GiB, measured through the real cache (`CacheContext::write`
 //!    over a file in a temp dir, no writeback threads), before and after `sync_file`.
 //!
+//! 4. heap allocations per request on the data path (`CacheContext::read`/`write` and the
+//!    writeback of what they dirtied): counted calls into the allocator, not times, so a
+//!    loaded machine does not move them.
+//!
 //! Targets checked at the end: sequential 1 GiB fill <= 4 KiB of metadata; random 4 KiB
 //! worst case <= 104 B per cached block (a buffer-head design); 1 MiB alloc+free < 1 µs.
 
@@ -32,6 +36,8 @@ use std::time::Instant;
 struct Counting;
 
 static LIVE: AtomicI64 = AtomicI64::new(0);
+/// Calls to alloc and realloc (section 4).
+static ALLOCS: AtomicI64 = AtomicI64::new(0);
 static LIVE_MALLOC: AtomicI64 = AtomicI64::new(0);
 
 fn chunk(size: usize) -> i64 {
@@ -43,6 +49,7 @@ fn chunk(size: usize) -> i64 {
 // the counting touches only atomics, never allocates and cannot unwind.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
         LIVE.fetch_add(l.size() as i64, Ordering::Relaxed);
         LIVE_MALLOC.fetch_add(chunk(l.size()), Ordering::Relaxed);
         // SAFETY: `l` is the non-zero-size layout our caller passes under GlobalAlloc::alloc's
@@ -57,6 +64,7 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
         LIVE.fetch_add(new as i64 - l.size() as i64, Ordering::Relaxed);
         LIVE_MALLOC.fetch_add(chunk(new) - chunk(l.size()), Ordering::Relaxed);
         // SAFETY: `p` was allocated by System (through this allocator) with layout `l`, and `new`
@@ -438,6 +446,73 @@ fn measure_fill(dir: &Path, fill: Fill, rng: &mut Rng) -> (MetaRow, MetaRow, &'s
     (dirty, synced, backing)
 }
 
+/// Allocator calls per operation of `op`, run `n` times after `warm` unmeasured runs.
+fn allocs_per(n: u64, warm: u64, mut op: impl FnMut(u64)) -> f64 {
+    for i in 0..warm {
+        op(i);
+    }
+    let a0 = ALLOCS.load(Ordering::Relaxed);
+    for i in 0..n {
+        op(warm + i);
+    }
+    (ALLOCS.load(Ordering::Relaxed) - a0) as f64 / n as f64
+}
+
+/// Section 4: allocator calls per 4 KiB request on a 128 MiB cached file.
+fn data_path_allocs(dir: &Path, rng: &mut Rng) -> Vec<(&'static str, f64)> {
+    let (ctx, _) = new_ctx();
+    let c = open_cache(&ctx, dir, "allocs");
+    let size = 128 * MIB;
+    let buf = vec![7u8; BLOCK as usize];
+    let mut off = 0;
+    while off < size {
+        ctx.write(&c, off, &vec![1u8; MIB as usize], WriteKind::At)
+            .unwrap();
+        off += MIB;
+    }
+    ctx.sync_file(&c, false).unwrap();
+    let blocks = size / BLOCK;
+    // Distinct blocks in random order (Fisher-Yates), so each "clean" write dirties a block
+    // no earlier write touched.
+    let mut pick: Vec<u64> = (0..blocks).map(|b| b * BLOCK).collect();
+    for i in (1..pick.len()).rev() {
+        pick.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    let mut rows = Vec::new();
+    rows.push((
+        "4 KiB read, cached",
+        allocs_per(10_000, 1_000, |i| {
+            let at = pick[i as usize % pick.len()];
+            ctx.read(&c, at, BLOCK as u32, false, |b| black_box(b.len()))
+                .unwrap();
+        }),
+    ));
+    rows.push((
+        "4 KiB write into clean cached data (a new DIRTY range)",
+        allocs_per(10_000, 1_000, |i| {
+            let at = pick[i as usize % pick.len()];
+            ctx.write(&c, at, &buf, WriteKind::At).unwrap();
+        }),
+    ));
+    rows.push((
+        "4 KiB rewrite of DIRTY data",
+        allocs_per(10_000, 1_000, |i| {
+            let at = pick[i as usize % pick.len()];
+            ctx.write(&c, at, &buf, WriteKind::At).unwrap();
+        }),
+    ));
+    // Writeback of scattered 4 KiB dirty ranges, per range written.
+    let dirty_ranges = c.tree.ranges_with(0, u64::MAX, Bits::DIRTY).len().max(1);
+    let a0 = ALLOCS.load(Ordering::Relaxed);
+    ctx.sync_file(&c, false).unwrap();
+    rows.push((
+        "writeback + commit, per scattered 4 KiB dirty range",
+        (ALLOCS.load(Ordering::Relaxed) - a0) as f64 / dirty_ranges as f64,
+    ));
+    pick.clear();
+    rows
+}
+
 fn main() {
     let mut rng = Rng(0x5eed_1234);
     let overhead = instant_overhead();
@@ -540,6 +615,15 @@ fn main() {
             m.heap.1 as f64 / blocks as f64,
             PER_BLOCK_BYTES * (GIB / BLOCK),
         );
+    }
+    println!();
+
+    // ---- 4. allocations on the data path ----
+    println!("## Heap allocations per request (CacheContext, 128 MiB cached file, no writeback threads)\n");
+    println!("| request | allocator calls per request |");
+    println!("| --- | ---: |");
+    for (name, n) in data_path_allocs(dir.path(), &mut rng) {
+        println!("| {name} | {n:.2} |");
     }
     println!();
 
