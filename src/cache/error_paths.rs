@@ -48,6 +48,24 @@ fn finishes<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
         .expect("blocked behind the backing's held write")
 }
 
+/// Start an fsync of `c` in a thread with SOURCE's writes held, and wait until its write is
+/// stuck there (`b.release_writes()` lets it go on).
+fn sync_held_in_source(
+    ctx: &Arc<CacheContext>,
+    c: &Arc<InodeCache>,
+    b: &MemBacking,
+) -> std::thread::JoinHandle<std::io::Result<()>> {
+    b.faults(|f| f.hold_writes = true);
+    let syncer = {
+        let (ctx, c) = (ctx.clone(), c.clone());
+        std::thread::spawn(move || ctx.sync_file(&c, false))
+    };
+    while b.writes_waiting() == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    syncer
+}
+
 #[test]
 fn enospc_at_writeback_keeps_the_data_dirty_until_written() {
     let (ctx, c, b) = setup(b"");
@@ -187,14 +205,7 @@ fn a_slow_source_does_not_hold_up_reads_of_cached_data() {
     let (ctx, c, b) = setup(&content);
     assert_eq!(read(&ctx, &c, 0, 64 << 10).unwrap(), content);
     ctx.write(&c, 0, &pattern(4096, 9), WriteKind::At).unwrap();
-    b.faults(|f| f.hold_writes = true);
-    let syncer = {
-        let (ctx, c) = (ctx.clone(), c.clone());
-        std::thread::spawn(move || ctx.sync_file(&c, false))
-    };
-    while b.writes_waiting() == 0 {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let syncer = sync_held_in_source(&ctx, &c, &b);
     // The writeback is stuck in SOURCE; cached data elsewhere in the file is still served.
     let got = {
         let (ctx, c) = (ctx.clone(), c.clone());
@@ -210,14 +221,7 @@ fn a_slow_source_does_not_hold_up_reads_of_cached_data() {
 fn a_write_during_writeback_of_the_same_range_is_not_lost() {
     let (ctx, c, b) = setup(b"");
     ctx.write(&c, 0, &pattern(8192, 10), WriteKind::At).unwrap();
-    b.faults(|f| f.hold_writes = true);
-    let syncer = {
-        let (ctx, c) = (ctx.clone(), c.clone());
-        std::thread::spawn(move || ctx.sync_file(&c, false))
-    };
-    while b.writes_waiting() == 0 {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let syncer = sync_held_in_source(&ctx, &c, &b);
     let newer = pattern(8192, 11);
     let writer = {
         let (ctx, c, newer) = (ctx.clone(), c.clone(), newer.clone());
