@@ -354,15 +354,23 @@ def main():
     ec, pc = walk_fig("extentfs", "cold"), walk_fig("passthrough_ll", "cold")
     ew, nw = walk_fig("extentfs", "warm"), walk_fig("native", "warm")
     pw, nc = walk_fig("passthrough_ll", "warm"), walk_fig("native", "cold")
+    def wfmt(fs, w, v):
+        if v == "failed":
+            return "%s failed (%s)" % (fs, walk_parts(fs, w))
+        return "%s %s s (%s)" % (fs, fmt_s(v), walk_parts(fs, w))
+
+    def wratio(a, b):
+        if a == "failed":
+            return "failed"
+        if b == "failed" or not a or not b:
+            return None  # the peer failed: not measured
+        return a / b
     add("S2", "walk of a %s-file tree (find, ls -lR, du), cold: extentfs <= 1.2x passthrough_ll" % format(n_tree, ","),
-        1.2, "<=", ec / pc if ec and pc else None,
-        "extentfs %s s (%s) vs passthrough_ll %s s (%s)" % (
-            "%.3f" % ec if ec else "–", walk_parts("extentfs", "cold"), "%.3f" % pc if pc else "–", walk_parts("passthrough_ll", "cold")))
+        1.2, "<=", wratio(ec, pc), "%s vs %s" % (wfmt("extentfs", "cold", ec), wfmt("passthrough_ll", "cold", pc)),
+        ["native cold %s s" % fmt_s(nc)] if nc else [])
     add("S3", "the same walk warm (second walk): extentfs <= 2x the native directory", 2.0, "<=",
-        ew / nw if ew and nw else None,
-        "extentfs %s s (%s) vs native %s s (%s)" % (
-            "%.3f" % ew if ew else "–", walk_parts("extentfs", "warm"), "%.3f" % nw if nw else "–", walk_parts("native", "warm")),
-        ["passthrough_ll warm %.3f s; native cold %.3f s" % (pw, nc)] if pw and nc else [])
+        wratio(ew, nw), "%s vs %s" % (wfmt("extentfs", "warm", ew), wfmt("native", "warm", nw)),
+        ["passthrough_ll warm: %s" % wfmt("passthrough_ll", "warm", pw)] if pw else [])
 
     # network
     fio_target("N1", "network SOURCE, warm 4k direct reads: extentfs >= 10x sshfs", 10.0,

@@ -625,14 +625,16 @@ if has_job treewalk; then
     mkdir -p "$tsrc"
     "$BC_MKFILES" "$tsrc" "$TREE_FILES" > /dev/null
     sync
-    walk() {  # dir -> seconds of find + ls -lR + du (also per tool, into extra)
-        local s a b c e
+    walk() {  # dir -> seconds of find + ls -lR + du (and per tool), or "failed TOOL"
+        local s a b e
         s=$(bc_now)
-        $(cpu_prefix) find "$1" > /dev/null; a=$(bc_now)
-        $(cpu_prefix) ls -lR "$1" > /dev/null; b=$(bc_now)
-        $(cpu_prefix) du -s "$1" > /dev/null; e=$(bc_now)
-        c="find=$(bc_secs "$s" "$a");ls=$(bc_secs "$a" "$b");du=$(bc_secs "$b" "$e")"
-        echo "$(bc_secs "$s" "$e") $c"
+        $(cpu_prefix) find "$1" > /dev/null 2>> "$RES/logs/treewalk-errors.txt" || { echo "failed find"; return 0; }
+        a=$(bc_now)
+        $(cpu_prefix) ls -lR "$1" > /dev/null 2>> "$RES/logs/treewalk-errors.txt" || { echo "failed ls"; return 0; }
+        b=$(bc_now)
+        $(cpu_prefix) du -s "$1" > /dev/null 2>> "$RES/logs/treewalk-errors.txt" || { echo "failed du"; return 0; }
+        e=$(bc_now)
+        echo "$(bc_secs "$s" "$e") find=$(bc_secs "$s" "$a");ls=$(bc_secs "$a" "$b");du=$(bc_secs "$b" "$e")"
     }
     for (( r=1; r<=REPS; r++ )); do
         for fs in passthrough_ll extentfs native; do
@@ -649,6 +651,9 @@ if has_job treewalk; then
             [ $fs = extentfs ] && stats_json "$m" > "$RES/logs/stats-tree-r$r-0.json"
             for w in cold warm; do
                 read -r t c < <(walk "$m")
+                # a failed walk (passthrough_ll holds a descriptor per inode and runs out past
+                # RLIMIT_NOFILE) is recorded as failed, with the tool that failed
+                [ "$t" = failed ] && log "treewalk: $fs $w walk: $c failed ($(tail -1 "$RES/logs/treewalk-errors.txt"))"
                 extra treewalk "$fs" "${w}_seconds" "$r" "$t" "$c"
                 [ $fs = extentfs ] && stats_json "$m" > "$RES/logs/stats-tree-r$r-$w.json"
             done
