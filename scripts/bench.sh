@@ -59,7 +59,7 @@
 # python3-matplotlib).
 set -euo pipefail
 export LC_ALL=C
-# shellcheck source=lib/bench-common.sh
+# shellcheck source-path=SCRIPTDIR source=lib/bench-common.sh
 . "$(dirname "$0")/lib/bench-common.sh"
 
 REPO=$BC_REPO

@@ -15,7 +15,7 @@
 #   EXTENTFS_BIN=path   binary to test (default: target/release/extentfs, built if missing)
 set -euo pipefail
 export LC_ALL=C
-# shellcheck source=lib/bench-common.sh
+# shellcheck source-path=SCRIPTDIR source=lib/bench-common.sh
 . "$(dirname "$0")/lib/bench-common.sh"
 FILES=2000 ROUNDS=5 REPS=5 RESULTS=""
 while [ $# -gt 0 ]; do
