@@ -3,11 +3,13 @@
 # then made durable (`extentfs sync`), against the same creation through libfuse's
 # passthrough_ll (the peer) and the native directory, same run, same disk SOURCE.
 #
-#   scripts/smallfiles-bench.sh [--files N] [--reps K] [--dir DIR] [--results DIR]
+#   scripts/smallfiles-bench.sh [--files N] [--reps K] [--dir DIR] [--results DIR] [--reuse-fs]
 #
 # --dir is where the SOURCE trees go (default: a temporary directory under /var/tmp, i.e.
-# the disk, where an fsync per file costs what it costs on a real SOURCE). Each (fs, rep)
-# starts from an empty directory after a `sync`; reported: the median of K reps, and the
+# the disk, where an fsync per file costs what it costs on a real SOURCE). As root each
+# (fs, rep) gets a new ext4 filesystem there (a 2 GiB loop-mounted image), so ext4's
+# allocator state (it skips inodes freed minutes ago) is the same for every run; --reuse-fs
+# puts every tree in DIR's own filesystem instead. Each run starts after a `sync`; reported: the median of K reps, and the
 # ratio of extentfs's create + sync time to passthrough_ll's create time (issue target:
 # <= 1.2x). Daemons and the client run pinned to cpu 0. scripts/bench.sh runs the same
 # measurement as its `smallfiles` job.
@@ -18,12 +20,16 @@ export LC_ALL=C
 # shellcheck source-path=SCRIPTDIR source=lib/bench-common.sh
 . "$(dirname "$0")/lib/bench-common.sh"
 FILES=5000 REPS=3 BASE="" RESULTS=""
+# A new ext4 filesystem per run (see bc_smallfiles_run) when root can make one.
+BC_FRESH_FS=0
+if [ "$(id -u)" = 0 ] && command -v mkfs.ext4 >/dev/null 2>&1; then BC_FRESH_FS=1; fi
 while [ $# -gt 0 ]; do
     case $1 in
         --files) FILES=$2; shift ;;
         --reps) REPS=$2; shift ;;
         --dir) BASE=$2; shift ;;
         --results) RESULTS=$2; shift ;;
+        --reuse-fs) BC_FRESH_FS=0 ;;
         -h|--help) bc_help "$0"; exit 0 ;;
         *) echo "smallfiles-bench: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -41,7 +47,7 @@ BC_MKFILES=$WORK/mkfiles BC_PT=$WORK/passthrough_ll
 
 FSS="native passthrough_ll extentfs-cto extentfs-none"
 {
-    echo "# small files, $(date -u +%Y-%m-%dT%H:%MZ): $FILES x 4 KiB, median of $REPS, SOURCE on $(df -T "$WORK" | awk 'NR==2{print $2}')"
+    echo "# small files, $(date -u +%Y-%m-%dT%H:%MZ): $FILES x 4 KiB, median of $REPS, SOURCE on $(df -T "$WORK" | awk 'NR==2{print $2}')$([ "$BC_FRESH_FS" = 1 ] && echo ", a new ext4 image per run")"
     echo "# $(uname -r), $(nproc) CPUs, $("$EXTENTFS_BIN" --version 2>/dev/null | head -1)"
 } | tee "$RESULTS/results.txt"
 declare -A C T

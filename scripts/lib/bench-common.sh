@@ -186,14 +186,28 @@ bc_help() {  # script: print the comment block at its top
 # FILES files of 4 KiB created under a fresh SOURCE in DIR by BC_MKFILES pinned to cpu 0, FS
 # one of native, passthrough_ll (BC_PT, default options), extentfs-COHERENCE (cache_size=1G;
 # TOTAL includes `extentfs sync`). Daemons pinned to cpu 0; unmounted before it returns.
+# With BC_FRESH_FS=1 each run gets a new ext4 filesystem (a loop-mounted image under the work
+# directory): ext4 skips inodes freed in the last 60-300 s when it allocates (recently_deleted,
+# 70% of the daemon's profile in a run after earlier trees were removed), so without it each
+# filesystem in a round pays for the deletions of the ones before it.
 bc_smallfiles_run() {
-    local fs=$1 src=$4/src-$1-$2 mnt=$4/mnt-$1-$2 files=$3 log=$5 t0 t2 c pid
+    local fs=$1 src=$4/src-$1-$2 mnt=$4/mnt-$1-$2 files=$3 log=$5 t0 t2 c pid fresh=""
+    if [ "${BC_FRESH_FS:-0}" = 1 ]; then
+        fresh=$4/fresh-$1-$2
+        truncate -s 2G "$fresh.img"
+        mkfs.ext4 -q -F "$fresh.img" >&2
+        mkdir -p "$fresh"
+        mount -o loop "$fresh.img" "$fresh"
+        bc_reg_mount plain "$fresh"
+        src=$fresh/src
+    fi
     mkdir -p "$src" "$mnt"
     sync
     case $fs in
         native)
             t0=$(bc_now); c=$(taskset -c 0 "$BC_MKFILES" "$src" "$files"); t2=$(bc_now)
-            echo "$c $(bc_secs "$t0" "$t2")"; rm -rf "$src" "$mnt"; return ;;
+            echo "$c $(bc_secs "$t0" "$t2")"; rm -rf "$src" "$mnt"; bc_smallfiles_unfresh "$fresh"
+            return ;;
         passthrough_ll)
             bc_mount_fg "$mnt" "$log/smallfiles-pt.log" taskset -c 0 "$BC_PT" -f -o source="$src" "$mnt" >&2 ;;
         extentfs-*)
@@ -212,4 +226,10 @@ bc_smallfiles_run() {
     bc_stop_pid "$pid" 300
     if [ "$c" = failed ]; then echo "failed failed"; else echo "$c $(bc_secs "$t0" "$t2")"; fi
     rm -rf "$src" "$mnt"
+    bc_smallfiles_unfresh "$fresh"
+}
+bc_smallfiles_unfresh() {  # the fresh filesystem's mount point ("" = none)
+    [ -n "$1" ] || return 0
+    bc_unmount plain "$1"
+    rm -rf "$1" "$1.img"
 }
