@@ -7,8 +7,9 @@
 #
 # --dir is where the SOURCE trees go (default: a temporary directory under /var/tmp, i.e.
 # the disk, where an fsync per file costs what it costs on a real SOURCE). As root each
-# (fs, rep) gets a new ext4 filesystem there (a 2 GiB loop-mounted image), so ext4's
-# allocator state (it skips inodes freed minutes ago) is the same for every run; --reuse-fs
+# (fs, rep) gets a new ext4 filesystem there (a 2 GiB loop-mounted image), so the
+# allocator state (ext4 without a journal skips inodes freed minutes ago) is the same for
+# every run; --reuse-fs
 # puts every tree in DIR's own filesystem instead. Each run starts after a `sync`; reported: the median of K reps, and the
 # ratio of extentfs's create + sync time to passthrough_ll's create time (issue target:
 # <= 1.2x). Daemons and the client run pinned to cpu 0. scripts/bench.sh runs the same

@@ -187,7 +187,8 @@ bc_help() {  # script: print the comment block at its top
 # one of native, passthrough_ll (BC_PT, default options), extentfs-COHERENCE (cache_size=1G;
 # TOTAL includes `extentfs sync`). Daemons pinned to cpu 0; unmounted before it returns.
 # With BC_FRESH_FS=1 each run gets a new ext4 filesystem (a loop-mounted image under the work
-# directory): ext4 skips inodes freed in the last 60-300 s when it allocates (recently_deleted,
+# directory, mkfs.ext4's defaults): on an ext4 without a journal, as some machines' disks are,
+# ext4 does not reuse inodes freed in the last 60-300 s and scans past them (recently_deleted,
 # 70% of the daemon's profile in a run after earlier trees were removed), so without it each
 # filesystem in a round pays for the deletions of the ones before it.
 bc_smallfiles_run() {
