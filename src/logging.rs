@@ -274,6 +274,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn names_are_one_line() {
+        assert_eq!(display_name(b"a\nb"), "a\\nb");
+        assert_eq!(display_name(b"a\nb".as_slice()).lines().count(), 1);
+        assert_eq!(display_name(b"a\xffb"), "a\u{fffd}b");
+    }
+
+    #[test]
     fn the_target_is_chosen_in_order() {
         let sock = Path::new("/run/x.sock");
         assert_eq!(

@@ -684,8 +684,6 @@ fn relative_name(link: &[u8], root: &[u8], detached: bool) -> Option<Vec<u8>> {
     })
 }
 
-pub use crate::logging::display_name;
-
 /// A regular file of SOURCE that the cache reads from and writes back to.
 ///
 /// It holds the inode's `O_PATH` descriptor (a [`PathFd`] shared with the inode table, which
@@ -1194,9 +1192,6 @@ mod tests {
             relative_name(b"/d/f (deleted)", b"/srv", true).unwrap(),
             b"d/f (deleted)"
         );
-        assert_eq!(display_name(b"a\nb"), "a\\nb");
-        assert_eq!(display_name(b"a\nb".as_slice()).lines().count(), 1);
-        assert_eq!(display_name(b"a\xffb"), "a\u{fffd}b");
     }
 
     #[test]

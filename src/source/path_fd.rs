@@ -27,6 +27,7 @@
 //!   pruned as it grows).
 
 use super::{self as source, SourceHandle};
+use crate::cache::backing::IoDescriptors;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -108,8 +109,6 @@ static IO_OPEN: AtomicUsize = AtomicUsize::new(0);
 
 /// How close the I/O descriptors open are to exhausting RLIMIT_NOFILE (the `O_PATH`
 /// budget is half of it): `Low` past a quarter of the budget, `Short` past three quarters.
-pub use crate::cache::backing::IoDescriptors;
-
 pub fn io_descriptors() -> IoDescriptors {
     io_descriptors_of(
         IO_OPEN.load(Ordering::Relaxed),
