@@ -464,10 +464,10 @@ fn data_path_allocs(dir: &Path, rng: &mut Rng) -> Vec<(&'static str, f64)> {
     let c = open_cache(&ctx, dir, "allocs");
     let size = 128 * MIB;
     let buf = vec![7u8; BLOCK as usize];
+    let fill = vec![1u8; MIB as usize];
     let mut off = 0;
     while off < size {
-        ctx.write(&c, off, &vec![1u8; MIB as usize], WriteKind::At)
-            .unwrap();
+        ctx.write(&c, off, &fill, WriteKind::At).unwrap();
         off += MIB;
     }
     ctx.sync_file(&c, false).unwrap();
@@ -494,6 +494,7 @@ fn data_path_allocs(dir: &Path, rng: &mut Rng) -> Vec<(&'static str, f64)> {
             ctx.write(&c, at, &buf, WriteKind::At).unwrap();
         }),
     ));
+    // The same blocks again, dirty now.
     rows.push((
         "4 KiB rewrite of DIRTY data",
         allocs_per(10_000, 1_000, |i| {
@@ -509,7 +510,6 @@ fn data_path_allocs(dir: &Path, rng: &mut Rng) -> Vec<(&'static str, f64)> {
         "writeback + commit, per scattered 4 KiB dirty range",
         (ALLOCS.load(Ordering::Relaxed) - a0) as f64 / dirty_ranges as f64,
     ));
-    pick.clear();
     rows
 }
 
