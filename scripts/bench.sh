@@ -606,7 +606,7 @@ fi
 if has_job smallfiles; then
     mkdir -p "$DISK/sf"
     # A new ext4 filesystem per run, as scripts/smallfiles-bench.sh does (see bc_smallfiles_run).
-    if [ "$(id -u)" = 0 ] && command -v mkfs.ext4 >/dev/null 2>&1; then BC_FRESH_FS=1; fi
+    bc_fresh_fs_default
     nsf=$(( REPS < 3 ? 3 : REPS )) sffs="passthrough_ll extentfs-cto extentfs-none native"
     [ $mode = quick ] && nsf=1 sffs="passthrough_ll extentfs-cto"
     for (( r=1; r<=nsf; r++ )); do

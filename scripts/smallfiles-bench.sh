@@ -20,10 +20,9 @@ set -euo pipefail
 export LC_ALL=C
 # shellcheck source-path=SCRIPTDIR source=lib/bench-common.sh
 . "$(dirname "$0")/lib/bench-common.sh"
-FILES=5000 REPS=3 BASE="" RESULTS=""
 # A new ext4 filesystem per run (see bc_smallfiles_run) when root can make one.
-BC_FRESH_FS=0
-if [ "$(id -u)" = 0 ] && command -v mkfs.ext4 >/dev/null 2>&1; then BC_FRESH_FS=1; fi
+bc_fresh_fs_default
+FILES=5000 REPS=3 BASE="" RESULTS=""
 while [ $# -gt 0 ]; do
     case $1 in
         --files) FILES=$2; shift ;;

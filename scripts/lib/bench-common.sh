@@ -191,6 +191,10 @@ bc_help() {  # script: print the comment block at its top
 # ext4 does not reuse inodes freed in the last 60-300 s and scans past them (recently_deleted,
 # 70% of the daemon's profile in a run after earlier trees were removed), so without it each
 # filesystem in a round pays for the deletions of the ones before it.
+bc_fresh_fs_default() {  # BC_FRESH_FS=1 when root can make the filesystems
+    BC_FRESH_FS=0
+    if [ "$(id -u)" = 0 ] && command -v mkfs.ext4 >/dev/null 2>&1; then BC_FRESH_FS=1; fi
+}
 bc_smallfiles_run() {
     local fs=$1 src=$4/src-$1-$2 mnt=$4/mnt-$1-$2 files=$3 log=$5 t0 t2 c pid fresh=""
     if [ "${BC_FRESH_FS:-0}" = 1 ]; then
