@@ -92,19 +92,21 @@ impl SpaceAccounts {
                 space: DevSpace::default(),
                 read_at: None,
             });
-            let stale = e.read_at.is_none_or(|t| t.elapsed() >= REFRESH);
-            let mut fresh = false;
-            if stale || e.space.free() < NEAR_FULL.saturating_add(need) {
+            let refresh = |e: &mut DevEntry| -> io::Result<()> {
                 e.space.avail = statvfs()?;
                 e.space.landed = 0;
                 e.read_at = Some(Instant::now());
+                Ok(())
+            };
+            let stale = e.read_at.is_none_or(|t| t.elapsed() >= REFRESH);
+            let mut fresh = false;
+            if stale || e.space.free() < NEAR_FULL.saturating_add(need) {
+                refresh(e)?;
                 fresh = true;
             }
             if need > e.space.free() {
                 if !fresh {
-                    e.space.avail = statvfs()?;
-                    e.space.landed = 0;
-                    e.read_at = Some(Instant::now());
+                    refresh(e)?;
                 }
                 if need > e.space.free() {
                     return Err(io::Error::from_raw_os_error(libc::ENOSPC));
