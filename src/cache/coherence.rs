@@ -170,10 +170,7 @@ impl CacheContext {
             // SOURCE's mtime is the one to show now.
             c.set_pending_mtime(None);
         }
-        c.may_have_setid.store(
-            st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0,
-            Ordering::Relaxed,
-        );
+        c.note_mode(st.st_mode);
         drop(guard);
         if foreign {
             stats::add(&self.stats.coherence_dropped_bytes, dropped);

@@ -369,8 +369,7 @@ impl InodeCache {
         if kill != 0 {
             self.file.chmod(mode & !kill)?;
         }
-        self.may_have_setid
-            .store(mode & !kill & setid != 0, Ordering::Relaxed);
+        self.note_mode(mode & !kill);
         Ok(kill != 0)
     }
 
