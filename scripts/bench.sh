@@ -25,6 +25,11 @@
 #   --perf / --no-perf   profile the extentfs daemon during 4k direct reads and writes (perf
 #                        record), and count daemon CPU per request against null's (perf stat)
 #
+#   --baseline BIN       also mount a second extentfs binary (e.g. the previous release) as
+#                        poolbase / kernelbase beside pool / kernel, interleaved with them in every
+#                        fio job on the main file set; the report compares the two binaries job by
+#                        job against their run-to-run spread (use --reps 2 or more for a spread)
+#
 #   EXTENTFS_BIN=path    binary to test (default: target/release/extentfs, built if missing)
 #
 # fio jobs (job files in scripts/fio/):
@@ -73,7 +78,7 @@ QUICK_JOBS="randread4k-dio seqread1m-dio randwrite4k-dio seqwrite1m-buf randread
 
 mode=full
 jobs_opt="" placements_opt="" reps_opt="" runtime_opt="" size_opt="" results_opt="" perf_opt=""
-tree_opt="" NET_SIZE=256M SMALL_FILES=5000
+tree_opt="" NET_SIZE=256M SMALL_FILES=5000 BASE_BIN=""
 RAMP=1
 while [ $# -gt 0 ]; do
     case $1 in
@@ -89,6 +94,7 @@ while [ $# -gt 0 ]; do
         --tree-files) tree_opt=$2; shift ;;
         --small-files) SMALL_FILES=$2; shift ;;
         --results) results_opt=$2; shift ;;
+        --baseline) BASE_BIN=$2; shift ;;
         --perf) perf_opt=1 ;;
         --no-perf) perf_opt=0 ;;
         -h|--help) bc_help "$0"; exit 0 ;;
@@ -114,6 +120,10 @@ JOBS=$(echo "$JOBS" | tr ',' ' ' | xargs -n1 | awk '!seen[$0]++' | xargs)
 [ -n "$size_opt" ] && SIZE=$size_opt
 [ -n "$perf_opt" ] && PERF=$perf_opt
 [ -n "$tree_opt" ] && TREE_FILES=$tree_opt
+if [ -n "$BASE_BIN" ]; then
+    BASE_BIN=$(readlink -f "$BASE_BIN")
+    [ -x "$BASE_BIN" ] || { echo "bench.sh: --baseline $BASE_BIN is not an executable" >&2; exit 2; }
+fi
 for j in $JOBS; do
     case " $ALL_JOBS " in *" $j "*) ;; *) echo "bench.sh: unknown job $j" >&2; exit 2 ;; esac
 done
@@ -216,6 +226,11 @@ cat /proc/loadavg > "$RES/loadavg-start"
     echo "  \"extentfs_bin\": \"$EXTENTFS_BIN\","
     echo "  \"extentfs_version\": \"$("$EXTENTFS_BIN" --version 2>/dev/null | head -1)\","
     echo "  \"extentfs_bin_mtime\": \"$(date -u -r "$EXTENTFS_BIN" +%Y-%m-%dT%H:%M:%SZ)\","
+    if [ -n "$BASE_BIN" ]; then
+        echo "  \"baseline_bin\": \"$BASE_BIN\","
+        echo "  \"baseline_version\": \"$("$BASE_BIN" --version 2>/dev/null | head -1)\","
+        echo "  \"baseline_bin_mtime\": \"$(date -u -r "$BASE_BIN" +%Y-%m-%dT%H:%M:%SZ)\","
+    fi
     echo "  \"extentfs_commit\": \"$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO" diff --quiet 2>/dev/null || echo '+dirty')\","
     echo "  \"loadavg_start\": \"$(cat /proc/loadavg)\""
     echo "}"
@@ -279,6 +294,7 @@ done
 
 nfiles=0
 [ $need_main = 1 ] && nfiles=6
+[ $need_main = 1 ] && [ -n "$BASE_BIN" ] && nfiles=$((nfiles + 2))
 [ $need_big = 1 ] && nfiles=$((nfiles + 2))
 bmb=$(( nfiles * SIZE_MB + 256 ))
 has_job net-write && bmb=$(( bmb + 3 * WRITE_MB ))
@@ -293,6 +309,14 @@ if [ $need_main = 1 ]; then
     PATH_MAIN[pool]=$WORK/mnt/pool
     mount_extentfs kernel "${SRC_MAIN[kernel]}" "$WORK/mnt/kernel" "cache_size=${CACHE_MB}M,cache=kernel"
     PATH_MAIN[kernel]=$WORK/mnt/kernel
+    if [ -n "$BASE_BIN" ]; then
+        for fs in pool kernel; do
+            mkdir -p "$WORK/backing/${fs}base"; SRC_MAIN[${fs}base]=$WORK/backing/${fs}base
+            EXTENTFS_BIN=$BASE_BIN mount_extentfs "${fs}base" "${SRC_MAIN[${fs}base]}" "$WORK/mnt/${fs}base" \
+                "cache_size=${CACHE_MB}M,cache=$fs"
+            PATH_MAIN[${fs}base]=$WORK/mnt/${fs}base
+        done
+    fi
     mount_pt ptnever "${SRC_MAIN[ptnever]}" "$WORK/mnt/ptnever" cache=never
     PATH_MAIN[ptnever]=$WORK/mnt/ptnever
     mount_pt ptalways "${SRC_MAIN[ptalways]}" "$WORK/mnt/ptalways" cache=always
@@ -433,6 +457,10 @@ job_spec() {
             seqwrite1m-buf) FS_LIST="pool ptnever kernel ptwb" ;;
             randread4k-dio-2j|big-*) FS_LIST="pool" ;;
         esac
+    fi
+    # the baseline binary runs each main-set job right after the binary under test
+    if [ -n "$BASE_BIN" ] && [ $SET = main ]; then
+        FS_LIST=$(echo "$FS_LIST" | xargs -n1 | sed -e 's/^pool$/pool poolbase/' -e 's/^kernel$/kernel kernelbase/' | xargs)
     fi
 }
 file_of() {  # fs set
