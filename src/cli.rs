@@ -4,9 +4,7 @@
 
 use crate::report::{self, Figures};
 use clap::{CommandFactory, FromArgMatches, Parser};
-use std::ffi::CString;
 use std::io::{IsTerminal, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -127,25 +125,15 @@ fn explain(path: &Path, name: &str) -> String {
 /// Is `path` on a FUSE filesystem?
 fn is_fuse(path: &Path) -> bool {
     const FUSE_SUPER_MAGIC: libc::c_long = 0x6573_5546;
-    let Ok(p) = CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: `p` is a NUL-terminated path and `st` a writable statfs the call fills in.
-    unsafe {
-        let mut st: libc::statfs = std::mem::zeroed();
-        libc::statfs(p.as_ptr(), &mut st) == 0 && st.f_type as libc::c_long == FUSE_SUPER_MAGIC
-    }
+    rustix::fs::statfs(path).is_ok_and(|st| st.f_type as libc::c_long == FUSE_SUPER_MAGIC)
 }
 
 /// Columns of the terminal on stdout, else `$COLUMNS`, else 80.
 fn terminal_width() -> usize {
     if std::io::stdout().is_terminal() {
-        // SAFETY: TIOCGWINSZ writes one `winsize` through the pointer, which is valid.
-        let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-        // SAFETY: TIOCGWINSZ writes one winsize into `ws`, a live local; fd 1 is stdout, which is
-        // open (it is a terminal, checked above).
-        if unsafe { libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) } == 0 && ws.ws_col > 0 {
-            return ws.ws_col as usize;
+        match rustix::termios::tcgetwinsize(std::io::stdout()) {
+            Ok(ws) if ws.ws_col > 0 => return ws.ws_col as usize,
+            _ => {}
         }
     }
     std::env::var("COLUMNS")

@@ -20,7 +20,7 @@ use crate::core::ctl as xattr;
 use crate::options::format_size;
 use std::ffi::CString;
 use std::io::{IsTerminal, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -63,50 +63,31 @@ fn cstr(p: &Path) -> CString {
 pub(crate) fn getxattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
     let p = cstr(path);
     let n = CString::new(name).unwrap();
+    // Never an empty buffer (rustix would not ask for the size with it).
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        // SAFETY: `p` and `n` are NUL-terminated CStrings alive across the call; the kernel writes
-        // at most `buf.len()` bytes into `buf`, a live Vec.
-        let r = unsafe {
-            libc::getxattr(
-                p.as_ptr(),
-                n.as_ptr(),
-                buf.as_mut_ptr() as *mut libc::c_void,
-                buf.len(),
-            )
-        };
-        if r >= 0 {
-            buf.truncate(r as usize);
-            return Ok(buf);
+        match rustix::fs::getxattr(p.as_c_str(), n.as_c_str(), &mut buf[..]) {
+            Ok(r) => {
+                buf.truncate(r);
+                return Ok(buf);
+            }
+            Err(rustix::io::Errno::RANGE) if buf.len() < (64 << 20) => {
+                buf.resize(buf.len() * 4, 0);
+            }
+            Err(e) => return Err(e.into()),
         }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ERANGE) && buf.len() < (64 << 20) {
-            buf.resize(buf.len() * 4, 0);
-            continue;
-        }
-        return Err(e);
     }
 }
 
 fn setxattr(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
     let p = cstr(path);
     let n = CString::new(name).unwrap();
-    // SAFETY: `p` and `n` are NUL-terminated CStrings alive across the call; the kernel reads
-    // `value.len()` bytes from `value`, a live slice.
-    let r = unsafe {
-        libc::setxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr() as *const libc::c_void,
-            value.len(),
-            0,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    Ok(rustix::fs::setxattr(
+        p.as_c_str(),
+        n.as_c_str(),
+        value,
+        rustix::fs::XattrFlags::empty(),
+    )?)
 }
 
 /// The figure `key` of the mount's stats.
@@ -172,11 +153,7 @@ fn target(cmd: &str, arg: &str) -> Result<Target, String> {
 /// Push the kernel's dirty pages of the mount to the daemon (cache=kernel keeps some).
 fn syncfs(mnt: &Path) -> std::io::Result<()> {
     let f = std::fs::File::open(mnt)?;
-    // SAFETY: syncfs takes no pointers; `f` is a File held open across the call.
-    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    Ok(rustix::fs::syncfs(&f)?)
 }
 
 /// Progress of a writeback, on stderr: one rewritten line on a terminal, a plain line every
@@ -395,30 +372,24 @@ fn sync_files(files: &[&str]) -> ExitCode {
 }
 
 fn pidfd_open(pid: u32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open(2) takes a pid and flags (0), no pointers, and returns a new
-    // descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    // SAFETY: a non-negative return is the new pidfd, owned by nobody else; it fits an int.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    let pid = rustix::process::Pid::from_raw(pid as i32)?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
 }
 
 /// Wait until process `pid` (held by `pidfd` when the kernel has pidfds) has exited.
 fn wait_exit(pid: u32, pidfd: Option<&OwnedFd>) {
     match pidfd {
         Some(fd) => {
-            let mut p = libc::pollfd {
-                fd: fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: `p` is one live pollfd (count 1) the kernel reads and writes; its fd is
-            // the pidfd owned above, open across the call.
-            while unsafe { libc::poll(&mut p, 1, -1) } < 0 {}
+            use rustix::event::{poll, PollFd, PollFlags};
+            while poll(&mut [PollFd::new(fd, PollFlags::IN)], None).is_err() {}
         }
         None => {
-            // SAFETY: kill with signal 0 sends nothing and touches no memory; it only checks
-            // that the process exists.
-            while unsafe { libc::kill(pid as libc::pid_t, 0) } == 0 {
+            // Signal 0 sends nothing; it only checks that the process exists.
+            let exists = || {
+                rustix::process::Pid::from_raw(pid as i32)
+                    .is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
+            };
+            while exists() {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
@@ -509,12 +480,9 @@ fn umount(t: &Target) -> ExitCode {
 
 /// umount2, or fusermount3 -u where we may not (an unprivileged user's mount).
 fn unmount(mnt: &Path) -> std::io::Result<()> {
-    let c = cstr(mnt);
-    // SAFETY: `c` is a NUL-terminated CString alive across the call; umount2 only reads it.
-    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+    let Err(e) = crate::sys::mount::unmount(mnt, false) else {
         return Ok(());
-    }
-    let e = std::io::Error::last_os_error();
+    };
     if e.raw_os_error() != Some(libc::EPERM) {
         return Err(e);
     }

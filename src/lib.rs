@@ -7,6 +7,7 @@
 //! - [`core`]: the filesystem core (every operation, POSIX and cache policy; no FUSE types).
 //! - [`fs`]: the FUSE adapter (decode, call the core, reply; session set-up).
 //! - [`source`]: all access to SOURCE (the only module making system calls on it).
+//! - [`sys`]: the system calls rustix does not cover, each a safe function with a SAFETY note.
 //! - [`options`], [`stats`]: mount options and counters.
 //! - [`cli`], [`control`]: the `stats`/`extents` and `sync`/`umount` commands.
 //! - [`report`]: the figures' catalogue and their renderings (summary, OpenMetrics, cache map).
@@ -27,3 +28,4 @@ pub mod pool;
 pub mod report;
 pub mod source;
 pub mod stats;
+pub mod sys;

@@ -187,11 +187,7 @@ pub fn format_line(severity: u8, unix_secs: i64, pid: u32, msg: &str) -> Vec<u8>
     const MON: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    // SAFETY: libc::tm holds integers and the tm_zone pointer, for which null is valid, so
-    // all-zero bytes are a valid value.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    // SAFETY: localtime_r writes only into `tm`, which lives for the call.
-    unsafe { libc::localtime_r(&unix_secs, &mut tm) };
+    let tm = crate::sys::time::localtime(unix_secs);
     let msg = msg.trim_end_matches('\n');
     format!(
         "<{}>{} {:2} {:02}:{:02}:{:02} extentfs[{pid}]: {msg}",

@@ -12,8 +12,10 @@ use extentfs::fs::{session, FsConfig};
 use extentfs::options::{format_size, MountConfig};
 use extentfs::pool::{PagePool, PoolConfig};
 use extentfs::source::AtimeMode;
+use extentfs::sys::mem::total_ram;
+use extentfs::sys::process::{self as sys_process, Forked, SignalSet};
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -104,16 +106,6 @@ fn command() -> clap::Command {
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("extentfs: {msg}");
     ExitCode::from(1)
-}
-
-fn total_ram() -> u64 {
-    // SAFETY: sysconf takes an integer name and touches no memory; an error (-1) is clamped to 0
-    // below.
-    let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
-    // SAFETY: sysconf takes an integer name and touches no memory; an error (-1) is clamped to 0
-    // below.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    (pages.max(0) as u64) * (size.max(0) as u64)
 }
 
 fn mount_main(args: MountArgs) -> ExitCode {
@@ -262,23 +254,19 @@ fn daemonize() -> Result<Option<std::fs::File>, ExitCode> {
         Ok((r, w)) => (OwnedFd::from(r), OwnedFd::from(w)),
         Err(e) => return Err(fail(format!("pipe: {e}"))),
     };
-    // SAFETY: fork is sound here because the process has one thread (the caller's contract:
-    // logging and the pool start none, the mount's threads come after), so the child is a
-    // full copy with no lock held by a thread that is gone, and may go on running anything.
-    // Each process then owns its copies of `r` and `w` and closes the end it does not use.
-    match unsafe { libc::fork() } {
-        -1 => Err(fail(format!("fork: {}", std::io::Error::last_os_error()))),
-        0 => {
+    // The process has one thread here (the caller's contract: logging and the pool start
+    // none, the mount's threads come after); fork checks. Each process then owns its copies of
+    // `r` and `w` and closes the end it does not use.
+    match sys_process::fork() {
+        Err(e) => Err(fail(format!("fork: {e}"))),
+        Ok(Forked::Child) => {
             drop(r);
-            // SAFETY: setsid takes no arguments and touches no memory; in the forked child it
-            // cannot fail (the child is never a process group leader).
-            unsafe {
-                libc::setsid();
-            }
+            // In the forked child it cannot fail (the child is never a process group leader).
+            let _ = rustix::process::setsid();
             let _ = std::env::set_current_dir("/");
             Ok(Some(std::fs::File::from(w)))
         }
-        _pid => {
+        Ok(Forked::Parent(_pid)) => {
             drop(w);
             let mut msg = String::new();
             let _ = std::fs::File::from(r).read_to_string(&mut msg);
@@ -301,21 +289,14 @@ fn report(reporter: &mut Option<std::fs::File>, msg: &str) {
 
 /// Redirect stdin/stdout/stderr to /dev/null (the detached daemon).
 fn detach_stdio() {
-    let null = c"/dev/null";
-    // SAFETY: `null` is a static NUL-terminated C string; no O_CREAT, so no mode is read.
-    let fd = unsafe { libc::open(null.as_ptr(), libc::O_RDWR) };
-    if fd >= 0 {
-        // SAFETY: dup2 and close take descriptor numbers only: `fd` is ours (just opened, checked
-        // >= 0), dup2 replaces 0, 1 and 2 with copies of it, and `fd` is closed only when it is not
-        // one of them; nothing in Rust owns 0-2 as an OwnedFd, so no owner is left with a changed
-        // descriptor.
-        unsafe {
-            libc::dup2(fd, 0);
-            libc::dup2(fd, 1);
-            libc::dup2(fd, 2);
-            if fd > 2 {
-                libc::close(fd);
-            }
+    use rustix::fs::{Mode, OFlags};
+    if let Ok(fd) = rustix::fs::open("/dev/null", OFlags::RDWR, Mode::empty()) {
+        let _ = rustix::stdio::dup2_stdin(&fd);
+        let _ = rustix::stdio::dup2_stdout(&fd);
+        let _ = rustix::stdio::dup2_stderr(&fd);
+        if fd.as_raw_fd() <= 2 {
+            // It is one of 0-2 now (which were closed): it stays open as such.
+            let _ = fd.into_raw_fd();
         }
     }
 }
@@ -325,58 +306,48 @@ fn detach_stdio() {
 /// system allows one process: `fs.nr_open` when privileged (as virtiofsd does), else the
 /// hard limit; or exactly `-o rlimit_nofile=N`.
 fn set_fd_limit(want: Option<u64>) {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `rl` is a live, writable rlimit the kernel fills.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
-        return;
-    }
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    // No limit (RLIM_INFINITY) as the largest number, as libc's rlimit says it.
+    let got = getrlimit(Resource::Nofile);
+    let (rlim_cur, rlim_max) = (
+        got.current.unwrap_or(libc::RLIM_INFINITY),
+        got.maximum.unwrap_or(libc::RLIM_INFINITY),
+    );
     let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
         .and_then(|s| s.trim().parse::<libc::rlim_t>().ok());
     let mut tries = Vec::new();
     match want {
-        Some(n) => tries.push((n, n.max(rl.rlim_max))),
+        Some(n) => tries.push((n, n.max(rlim_max))),
         None => {
-            if let Some(n) = nr_open.filter(|&n| n > rl.rlim_max) {
+            if let Some(n) = nr_open.filter(|&n| n > rlim_max) {
                 tries.push((n, n));
             }
-            tries.push((rl.rlim_max, rl.rlim_max));
+            tries.push((rlim_max, rlim_max));
         }
     }
+    let limit = |v: u64| (v != libc::RLIM_INFINITY).then_some(v);
+    let mut last = None;
     for (cur, max) in tries {
-        let r = libc::rlimit {
-            rlim_cur: cur,
-            rlim_max: max,
+        let r = Rlimit {
+            current: limit(cur),
+            maximum: limit(max),
         };
-        // SAFETY: `r` is a live rlimit the kernel only reads.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } == 0 {
-            tracing::debug!("RLIMIT_NOFILE {cur}");
-            return;
+        match setrlimit(Resource::Nofile, r) {
+            Ok(()) => {
+                tracing::debug!("RLIMIT_NOFILE {cur}");
+                return;
+            }
+            Err(e) => last = Some(std::io::Error::from(e)),
         }
     }
-    tracing::warn!(
-        "cannot set RLIMIT_NOFILE (staying at {}): {}",
-        rl.rlim_cur,
-        std::io::Error::last_os_error()
-    );
+    if let Some(e) = last {
+        tracing::warn!("cannot set RLIMIT_NOFILE (staying at {rlim_cur}): {e}");
+    }
 }
 
-fn block_signals() -> libc::sigset_t {
-    // SAFETY: every pointer is to `set`, a live local sigset_t (an integer array: all-zero is
-    // valid, and sigemptyset initializes it anyway) or null for the old mask pthread_sigmask may
-    // skip; the signal numbers are valid.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    }
+fn block_signals() -> SignalSet {
+    SignalSet::block(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
 }
 
 fn serve(
@@ -388,8 +359,7 @@ fn serve(
     foreground: bool,
     live: &mut bool,
 ) -> Result<(), String> {
-    // SAFETY: umask takes a mode, touches no memory and cannot fail.
-    unsafe { libc::umask(0) };
+    rustix::process::umask(rustix::fs::Mode::empty());
     set_fd_limit(cfg.rlimit_nofile);
     // Every thread started from here on inherits the blocked signals; one thread waits.
     let sigset = block_signals();
@@ -416,8 +386,7 @@ fn serve(
             cfg.attr_timeout
         },
         coherence: cfg.coherence,
-        // SAFETY: getuid takes no arguments, touches no memory and cannot fail.
-        owner_uid: unsafe { libc::getuid() },
+        owner_uid: rustix::process::getuid().as_raw(),
         atime: if cfg.noatime {
             AtimeMode::NoAtime
         } else if cfg.strictatime {
@@ -451,12 +420,9 @@ fn serve(
         std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || loop {
-                let mut sig = 0;
-                // SAFETY: `sigset` is an initialized sigset_t moved into this closure and `sig` a
-                // live int sigwait writes.
-                if unsafe { libc::sigwait(&sigset, &mut sig) } != 0 {
+                let Ok(sig) = sigset.wait() else {
                     continue;
-                }
+                };
                 tracing::info!("signal {sig}: writing back and unmounting");
                 extentfs::notify::stopping();
                 if let Err(e) = ctx.sync_all() {

@@ -357,8 +357,7 @@ pub(crate) mod mem {
 
         fn stat(&self) -> io::Result<libc::stat> {
             let s = self.state();
-            // SAFETY: libc::stat is plain old data; all-zero is a valid value.
-            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            let mut st = crate::sys::stat::zeroed_stat();
             st.st_dev = 1;
             st.st_ino = 2;
             st.st_nlink = 1;
@@ -373,8 +372,7 @@ pub(crate) mod mem {
 
         fn statvfs(&self) -> io::Result<libc::statvfs> {
             let free = self.state().faults.free_bytes.unwrap_or(1 << 40);
-            // SAFETY: libc::statvfs is plain old data; all-zero is a valid value.
-            let mut v: libc::statvfs = unsafe { std::mem::zeroed() };
+            let mut v = crate::sys::stat::zeroed_statvfs();
             v.f_bsize = 4096;
             v.f_frsize = 4096;
             v.f_blocks = (1u64 << 40) / 4096;

@@ -263,12 +263,7 @@ impl InodeCache {
     /// A read was served: let SOURCE record the access, at most once a second per file (the
     /// mount's atime options then decide, see `DataFile::touch_atime`).
     pub fn touch_atime(&self) {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `ts` is a live, writable timespec; CLOCK_MONOTONIC_COARSE is always supported.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+        let ts = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
         let now = ts.tv_sec as u64 + 1;
         let last = self.atime_touched.load(Ordering::Relaxed);
         if last != now
@@ -319,12 +314,11 @@ impl InodeCache {
     /// Stamp "modified now" with the coarse clock, as the kernel stamps files (SOURCE's own
     /// mtimes then never run behind ours for objects changed later).
     pub(crate) fn record_write_time(&self) {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
+        let ts = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+        let ts = libc::timespec {
+            tv_sec: ts.tv_sec,
+            tv_nsec: ts.tv_nsec,
         };
-        // SAFETY: `ts` is a live, writable timespec; CLOCK_REALTIME_COARSE is always supported.
-        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
         *self.pending_mtime.lock().unwrap() = Some((ts, false));
     }
 

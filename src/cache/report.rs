@@ -376,11 +376,7 @@ fn utc_stamp() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    // SAFETY: libc::tm holds integers and the tm_zone pointer, for which null is valid, so
-    // all-zero bytes are a valid value.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    // SAFETY: gmtime_r writes only into `tm`, which lives for the call.
-    unsafe { libc::gmtime_r(&t, &mut tm) };
+    let tm = crate::sys::time::gmtime(t);
     format!(
         "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
         tm.tm_year + 1900,

@@ -212,8 +212,7 @@ mod tests {
 
     #[test]
     fn of_reads_nanoseconds() {
-        // SAFETY: libc::stat is plain old data (integers only), so all-zero bytes are a valid value.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let mut st = crate::sys::stat::zeroed_stat();
         st.st_size = 7;
         st.st_mtime = 1;
         st.st_mtime_nsec = 2;

@@ -832,13 +832,9 @@ fn our_own_attributes_never_reach_source() {
 }
 
 fn xattr_names(p: &Path) -> Vec<String> {
-    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
     let mut buf = vec![0u8; 4096];
-    // SAFETY: `c` is a NUL-terminated path alive across the call and `buf` a live, writable
-    // buffer of the length passed.
-    let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    assert!(n >= 0);
-    buf.truncate(n as usize);
+    let n = rustix::fs::llistxattr(p, &mut buf[..]).unwrap();
+    buf.truncate(n);
     buf.split(|&b| b == 0)
         .filter(|s| !s.is_empty() && s.starts_with(b"user."))
         .map(|s| String::from_utf8_lossy(s).into_owned())

@@ -6,15 +6,10 @@
 //! fusermount3 through fuser.
 
 use crate::options::MountConfig;
-use std::ffi::CString;
+use crate::sys;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
-
-fn cstr(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
-}
 
 /// What is at the mount point now.
 #[derive(Debug, PartialEq, Eq)]
@@ -96,12 +91,7 @@ pub fn check_mount_point(path: &Path) -> MountPointState {
 
 /// Detach a dead FUSE mount left at `path` by a killed daemon.
 pub fn clean_stale(path: &Path) -> io::Result<()> {
-    let c = cstr(path)?;
-    // SAFETY: `c` is a NUL-terminated CString alive across the call; umount2 only reads it.
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
-        return Ok(());
-    }
-    Err(io::Error::last_os_error())
+    sys::mount::unmount(path, true)
 }
 
 /// Mounting ourselves failed with `e`: should the setuid `fusermount3` mount instead? It
@@ -117,8 +107,7 @@ pub fn use_fusermount(e: &io::Error) -> bool {
 /// rights too, so no unprivileged mount can succeed (empty otherwise).
 pub fn dev_fuse_hint() -> &'static str {
     use std::os::unix::fs::MetadataExt;
-    // SAFETY: getuid cannot fail and touches no memory.
-    let uid = unsafe { libc::getuid() };
+    let uid = sys::process::uid();
     match std::fs::metadata("/dev/fuse") {
         Ok(m) if uid != m.uid() && m.mode() & 0o006 == 0 => {
             " (/dev/fuse does not let other users open it, and fusermount3 opens it with the \
@@ -171,7 +160,6 @@ pub fn fusermount_options(source: &Path, cfg: &MountConfig) -> String {
 /// says what the helper printed.
 pub fn mount_with_helper(helper: &str, opts: &str, mountpoint: &Path) -> io::Result<OwnedFd> {
     use std::os::unix::net::UnixStream;
-    use std::os::unix::process::CommandExt;
     let (ours, theirs) = UnixStream::pair()?;
     let theirs_fd = theirs.as_raw_fd();
     let mut cmd = std::process::Command::new(helper);
@@ -183,17 +171,8 @@ pub fn mount_with_helper(helper: &str, opts: &str, mountpoint: &Path) -> io::Res
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
-    // SAFETY: runs in the forked child before exec and only calls fcntl, which is
-    // async-signal-safe; it makes the helper inherit its end of the socket.
-    unsafe {
-        cmd.pre_exec(move || {
-            let flags = libc::fcntl(theirs_fd, libc::F_GETFD);
-            if flags < 0 || libc::fcntl(theirs_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // The helper inherits its end of the socket.
+    sys::fdpass::inherit_in_child(&mut cmd, theirs_fd);
     let child = cmd
         .spawn()
         .map_err(|e| io::Error::new(e.kind(), format!("cannot run {helper}: {e}")))?;
@@ -220,76 +199,24 @@ pub fn mount_with_helper(helper: &str, opts: &str, mountpoint: &Path) -> io::Res
 
 /// One descriptor sent as SCM_RIGHTS over `sock` (with at least one byte of data).
 fn receive_fd(sock: &std::os::unix::net::UnixStream) -> io::Result<OwnedFd> {
-    let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr() as *mut libc::c_void,
-        iov_len: 1,
-    };
-    // Room for one descriptor's control message, aligned for cmsghdr.
-    let mut space = [0u64; 8];
-    // SAFETY: CMSG_SPACE only computes a size.
-    let cmsg_len = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
-    assert!(cmsg_len <= std::mem::size_of_val(&space));
-    // SAFETY: a zeroed msghdr is a valid empty one; its pointers are set just below to
-    // buffers that outlive the recvmsg call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = space.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = cmsg_len;
-    // SAFETY: msg names `iov` (one writable byte, `byte`) and `space` (msg_controllen bytes, as
-    // asserted above), both alive across the call; `sock` is borrowed for it.
-    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: msg was filled in by recvmsg; CMSG_FIRSTHDR returns null unless msg_controllen
-    // (set by the kernel, at most `space`'s size) holds a whole cmsghdr, so `*c` is in `space`.
-    // A header whose cmsg_len covers one int carries it at CMSG_DATA, inside `space` too (read
-    // unaligned); with SCM_RIGHTS and MSG_CMSG_CLOEXEC that int is a new descriptor the kernel
-    // installed for us alone, so taking ownership of it is right.
-    unsafe {
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        if n == 0
-            || c.is_null()
-            || (*c).cmsg_level != libc::SOL_SOCKET
-            || (*c).cmsg_type != libc::SCM_RIGHTS
-            || (*c).cmsg_len < libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as usize
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "no descriptor received from the mount helper",
-            ));
-        }
-        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::c_int);
-        Ok(OwnedFd::from_raw_fd(fd))
-    }
+    sys::fdpass::recv_fd(sock.as_fd())?.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "no descriptor received from the mount helper",
+        )
+    })
 }
 
 /// Open /dev/fuse and mount it at `mountpoint` with type `fuse.extentfs`. Returns the fd.
 /// Errors say which step failed and keep their kind (see [`use_fusermount`]).
 pub fn mount_fuse(source: &Path, mountpoint: &Path, cfg: &MountConfig) -> io::Result<OwnedFd> {
-    let dev = CString::new("/dev/fuse").unwrap();
-    // SAFETY: `dev` is a NUL-terminated CString alive across the call; no O_CREAT, so no mode is
-    // read.
-    let fd = unsafe { libc::open(dev.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-    if fd < 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(
-            e.kind(),
-            format!("cannot open /dev/fuse: {e}"),
-        ));
-    }
-    // SAFETY: `fd` is non-negative (checked above): the descriptor open just returned, owned by
-    // nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = sys::mount::open_dev_fuse()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot open /dev/fuse: {e}")))?;
     let mut data = format!(
         "fd={},rootmode=40000,user_id={},group_id={},default_permissions",
         fd.as_raw_fd(),
-        // SAFETY: getuid takes no arguments, touches no memory and cannot fail.
-        unsafe { libc::getuid() },
-        // SAFETY: getgid takes no arguments, touches no memory and cannot fail.
-        unsafe { libc::getgid() },
+        sys::process::uid(),
+        sys::process::gid(),
     );
     if cfg.allow_other {
         data.push_str(",allow_other");
@@ -312,37 +239,18 @@ pub fn mount_fuse(source: &Path, mountpoint: &Path, cfg: &MountConfig) -> io::Re
             flags |= f;
         }
     }
-    let src = cstr(source)?;
-    let mp = cstr(mountpoint)?;
-    let fstype = CString::new("fuse.extentfs").unwrap();
-    let cdata = CString::new(data).unwrap();
-    // SAFETY: the four pointers are NUL-terminated CStrings (`src`, `mp`, `fstype`, `cdata`) alive
-    // across the call; for a fuse mount the kernel reads `data` as a NUL-terminated option string.
-    let r = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            mp.as_ptr(),
-            fstype.as_ptr(),
-            flags,
-            cdata.as_ptr() as *const libc::c_void,
-        )
-    };
-    if r != 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(e.kind(), format!("mount(2): {e}")));
-    }
+    let cdata = std::ffi::CString::new(data).unwrap();
+    sys::mount::mount(source, mountpoint, c"fuse.extentfs", flags, &cdata)
+        .map_err(|e| io::Error::new(e.kind(), format!("mount(2): {e}")))?;
     Ok(fd)
 }
 
 /// Lazily unmount `mountpoint` (SIGTERM path): new accesses fail, the session ends once the
 /// kernel lets go of the connection.
 pub fn unmount(mountpoint: &Path) -> io::Result<()> {
-    let c = cstr(mountpoint)?;
-    // SAFETY: `c` is a NUL-terminated CString alive across the call; umount2 only reads it.
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+    let Err(e) = sys::mount::unmount(mountpoint, true) else {
         return Ok(());
-    }
-    let e = io::Error::last_os_error();
+    };
     // Not root: ask fusermount3.
     let st = std::process::Command::new("fusermount3")
         .arg("-u")
@@ -407,28 +315,10 @@ mod tests {
         let args = std::env::var("EXTENTFS_FAKE_FUSERMOUNT_GOT").unwrap_or_default();
         std::fs::write(out, args).unwrap();
         let null = std::fs::File::open("/dev/null").unwrap();
-        let mut byte = [0u8; 1];
-        let mut iov = libc::iovec {
-            iov_base: byte.as_mut_ptr() as *mut libc::c_void,
-            iov_len: 1,
-        };
-        let mut space = [0u64; 8];
-        // SAFETY: `iov` and `space` (64 bytes, u64-aligned as cmsghdr needs) outlive the
-        // sendmsg; msg_controllen is CMSG_SPACE(4) <= 64, so CMSG_FIRSTHDR is non-null and the
-        // header and the int at CMSG_DATA lie inside `space`; `null` is open across the call.
-        unsafe {
-            let mut msg: libc::msghdr = std::mem::zeroed();
-            msg.msg_iov = &mut iov;
-            msg.msg_iovlen = 1;
-            msg.msg_control = space.as_mut_ptr() as *mut libc::c_void;
-            msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
-            std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut i32, null.as_raw_fd());
-            assert_eq!(libc::sendmsg(fd, &msg, 0), 1);
-        }
+        // SAFETY: the test harness hands this process the descriptor number in _FUSE_COMMFD,
+        // open and not owned by anything else here, for the rest of the process.
+        let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        assert_eq!(sys::fdpass::send_fd(sock, null.as_fd()).unwrap(), 1);
         std::process::exit(0);
     }
 
@@ -458,18 +348,12 @@ mod tests {
         let fd =
             mount_with_helper(helper, "fsname=/s,subtype=extentfs", Path::new("/mnt/x")).unwrap();
         // What came back is the helper's descriptor (here /dev/null), close-on-exec.
-        // SAFETY: libc::stat is plain old data (integers only), so all-zero bytes are a valid
-        // value.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: `st` is a live, writable libc::stat the kernel fills; `fd` is owned by this test.
-        assert_eq!(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) }, 0);
+        let st = sys::stat::fstat(fd.as_fd()).unwrap();
         let null = std::fs::metadata("/dev/null").unwrap();
         use std::os::unix::fs::MetadataExt;
         assert_eq!(st.st_rdev, null.rdev());
-        // SAFETY: F_GETFD takes no third argument and touches no memory; `fd` is owned by this
-        // test.
-        let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
-        assert_ne!(flags & libc::FD_CLOEXEC, 0);
+        let flags = rustix::io::fcntl_getfd(&fd).unwrap();
+        assert!(flags.contains(rustix::io::FdFlags::CLOEXEC));
         assert_eq!(
             std::fs::read_to_string(&got).unwrap(),
             "-o fsname=/s,subtype=extentfs -- /mnt/x"

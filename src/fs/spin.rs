@@ -23,6 +23,7 @@
 //! request that sees it set (while `polling`) wakes the thread.
 
 pub use crate::options::SpinMode;
+use crate::sys::sched::{self, CpuSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -102,11 +103,10 @@ impl Spinner {
                 if tid == 0 {
                     return None;
                 }
-                let own = affinity(0)?;
-                let client = affinity(tid as libc::pid_t)?;
-                // SAFETY: sysconf takes an integer name, touches no memory, and returns -1 on error
-                // (which confined treats as unknown).
-                let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+                let own = sched::affinity(0)?;
+                let client = sched::affinity(tid)?;
+                // -1 when unknown, which confined treats as such.
+                let online = sched::online_cpus();
                 (confined(&own, online) && disjoint(&own, &client)).then_some(w)
             }
             SpinMode::Off => None,
@@ -120,13 +120,8 @@ impl Spinner {
     }
 
     fn run(&self) {
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: `param` is a live sched_param the kernel only reads; pid 0 is this thread.
-        if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
-            tracing::warn!(
-                "spin: cannot run at SCHED_IDLE ({}); not polling",
-                std::io::Error::last_os_error()
-            );
+        if let Err(e) = sched::set_idle_scheduling() {
+            tracing::warn!("spin: cannot run at SCHED_IDLE ({e}); not polling");
             return;
         }
         while !self.stop.load(Ordering::Relaxed) {
@@ -169,30 +164,14 @@ impl Spinner {
     }
 }
 
-/// The CPUs thread `tid` may run on (0: this thread); None for a thread that is gone.
-fn affinity(tid: libc::pid_t) -> Option<libc::cpu_set_t> {
-    // SAFETY: cpu_set_t is a plain bit array, so all-zero bytes are a valid (empty) set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: the kernel writes at most size_of::<cpu_set_t>() bytes into `set`, a live local of
-    // exactly that size.
-    let r =
-        unsafe { libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    (r == 0).then_some(set)
-}
-
 /// Whether `set` holds fewer CPUs than the `online` ones.
-fn confined(set: &libc::cpu_set_t, online: libc::c_long) -> bool {
-    // SAFETY: libc's CPU_COUNT only reads the bits of `set`, a valid reference; it is unsafe in
-    // name only.
-    online > 0 && (unsafe { libc::CPU_COUNT(set) } as libc::c_long) < online
+fn confined(set: &CpuSet, online: libc::c_long) -> bool {
+    online > 0 && (set.count() as libc::c_long) < online
 }
 
 /// Whether no CPU is in both sets.
-fn disjoint(a: &libc::cpu_set_t, b: &libc::cpu_set_t) -> bool {
-    (0..libc::CPU_SETSIZE as usize)
-        // SAFETY: libc's CPU_ISSET indexes the bit array of a valid reference with bounds checks (c
-        // < CPU_SETSIZE here anyway); it is unsafe in name only.
-        .all(|c| unsafe { !(libc::CPU_ISSET(c, a) && libc::CPU_ISSET(c, b)) })
+fn disjoint(a: &CpuSet, b: &CpuSet) -> bool {
+    (0..CpuSet::MAX_CPU).all(|c| !(a.is_set(c) && b.is_set(c)))
 }
 
 #[cfg(test)]
@@ -219,13 +198,10 @@ mod tests {
         s.stop();
     }
 
-    fn cpus(list: &[usize]) -> libc::cpu_set_t {
-        // SAFETY: cpu_set_t is a plain bit array, so all-zero bytes are a valid (empty) set.
-        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    fn cpus(list: &[usize]) -> CpuSet {
+        let mut set = CpuSet::new();
         for &c in list {
-            // SAFETY: libc's CPU_SET writes one bit of `set`, a live local, with a bounds-checked
-            // index (a test CPU number far below CPU_SETSIZE); it is unsafe in name only.
-            unsafe { libc::CPU_SET(c, &mut set) };
+            set.set(c);
         }
         set
     }
@@ -243,18 +219,9 @@ mod tests {
 
     #[test]
     fn auto_polls_only_for_a_client_that_cannot_share_the_cpus() {
-        // SAFETY: sysconf takes an integer name and touches no memory.
-        let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-        let pin = |c: usize| {
-            let set = cpus(&[c]);
-            // SAFETY: the kernel reads size_of::<cpu_set_t>() bytes from `set`, a live local of
-            // exactly that size; pid 0 is this thread.
-            let r =
-                unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-            assert_eq!(r, 0);
-        };
-        // SAFETY: gettid takes no arguments, touches no memory and cannot fail.
-        let gettid = || unsafe { libc::gettid() } as u32;
+        let online = sched::online_cpus();
+        let pin = |c: usize| sched::set_affinity(&cpus(&[c])).unwrap();
+        let gettid = sched::gettid;
         let s = Spinner::new(SpinMode::Auto(Duration::from_millis(1)));
         // The client: a thread pinned to cpu 0, kept alive while the checks run.
         let (tx, rx) = std::sync::mpsc::channel();

@@ -333,19 +333,18 @@ impl PagePool {
                 // it; MADV_DONTNEED on private anonymous (or hugetlb, 2 MiB aligned) memory
                 // only drops its contents, the mapping stays valid.
                 let rc = unsafe {
-                    libc::madvise(
-                        self.run_ptr(piece) as *mut libc::c_void,
+                    rustix::mm::madvise(
+                        self.run_ptr(piece).cast(),
                         piece.bytes(),
-                        libc::MADV_DONTNEED,
+                        rustix::mm::Advice::LinuxDontNeed,
                     )
                 };
-                if rc == 0 {
-                    released += piece.bytes() as u64;
-                } else {
-                    tracing::debug!(
+                match rc {
+                    Ok(()) => released += piece.bytes() as u64,
+                    Err(e) => tracing::debug!(
                         "page pool: madvise(DONTNEED) of {piece:?}: {}",
-                        io::Error::last_os_error()
-                    );
+                        io::Error::from(e)
+                    ),
                 }
                 let mut b = r.lock();
                 let ok = b.free(a, end);

@@ -2,9 +2,10 @@
 //! FS_IOC_FSGETXATTR/FSSETXATTR, on a descriptor reopened from the inode's `O_PATH` one (the
 //! ioctls refuse `O_PATH` descriptors), and appends to an append-only file.
 
-use super::{cvt, cvt_isize, reopen};
+use super::reopen;
+use crate::sys::ioctl::ioctl_buf;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 /// `FS_IMMUTABLE_FL` of linux/fs.h.
 pub const IMMUTABLE_FL: u32 = 0x10;
@@ -63,37 +64,34 @@ pub fn open_for_flags(path_fd: BorrowedFd<'_>, is_dir: bool) -> io::Result<Owned
     }
 }
 
-fn ioctl_ptr(fd: BorrowedFd<'_>, cmd: u32, arg: *mut libc::c_void) -> io::Result<()> {
-    // SAFETY: `fd` is borrowed for the call; every caller passes a command whose argument is
-    // the live buffer `arg` points to, of the size the command encodes (4 bytes for the
-    // flags, FSXATTR_SIZE for struct fsxattr).
-    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), cmd as libc::c_ulong, arg) }).map(drop)
-}
+// FS_IOC_GETFLAGS and SETFLAGS encode the size of a long, but the kernel reads and writes an
+// int at the argument's address: the flag word is the first 4 bytes of an 8-byte buffer.
 
 /// FS_IOC_GETFLAGS of the file open as `fd`.
 pub fn get_flags(fd: BorrowedFd<'_>) -> io::Result<u32> {
-    let mut v: libc::c_int = 0;
-    ioctl_ptr(fd, FS_IOC_GETFLAGS, &mut v as *mut libc::c_int as *mut _)?;
-    Ok(v as u32)
+    let mut b = [0u8; 8];
+    ioctl_buf(fd, FS_IOC_GETFLAGS, &mut b)?;
+    Ok(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 /// FS_IOC_SETFLAGS.
 pub fn set_flags(fd: BorrowedFd<'_>, flags: u32) -> io::Result<()> {
-    let mut v = flags as libc::c_int;
-    ioctl_ptr(fd, FS_IOC_SETFLAGS, &mut v as *mut libc::c_int as *mut _)
+    let mut b = [0u8; 8];
+    b[..4].copy_from_slice(&flags.to_ne_bytes());
+    ioctl_buf(fd, FS_IOC_SETFLAGS, &mut b)
 }
 
 /// FS_IOC_FSGETXATTR: the raw struct fsxattr.
 pub fn get_fsxattr(fd: BorrowedFd<'_>) -> io::Result<[u8; FSXATTR_SIZE]> {
     let mut b = [0u8; FSXATTR_SIZE];
-    ioctl_ptr(fd, FS_IOC_FSGETXATTR, b.as_mut_ptr() as *mut _)?;
+    ioctl_buf(fd, FS_IOC_FSGETXATTR, &mut b)?;
     Ok(b)
 }
 
 /// FS_IOC_FSSETXATTR.
 pub fn set_fsxattr(fd: BorrowedFd<'_>, fsx: &[u8; FSXATTR_SIZE]) -> io::Result<()> {
     let mut b = *fsx;
-    ioctl_ptr(fd, FS_IOC_FSSETXATTR, b.as_mut_ptr() as *mut _)
+    ioctl_buf(fd, FS_IOC_FSSETXATTR, &mut b)
 }
 
 /// Append `data` to the file held by `path_fd` through a descriptor opened O_APPEND (the only
@@ -103,14 +101,11 @@ pub fn append(path_fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<u64> {
     let mut done = 0;
     while done < data.len() {
         let rest = &data[done..];
-        // SAFETY: `rest` is a live slice of rest.len() bytes; `fd` is owned here.
-        match cvt_isize(unsafe {
-            libc::write(fd.as_raw_fd(), rest.as_ptr() as *const _, rest.len())
-        }) {
+        match rustix::io::write(&fd, rest) {
             Ok(0) => return Err(io::Error::from_raw_os_error(libc::EIO)),
             Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
     let end = super::fstat(std::os::fd::AsFd::as_fd(&fd))?.st_size as u64;

@@ -13,11 +13,12 @@ pub mod path_fd;
 
 use crate::cache::backing::{Backing, IoDescriptors, OwnChange};
 use crate::cache::validator::{Check, Seen, Validator};
+use crate::sys::{self, creds::fs_id, creds::set_fs_id};
 use path_fd::PathFd;
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, RenameFlags};
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -33,21 +34,17 @@ pub fn with_umask<T>(mode: u32, umask: u32, f: impl FnOnce(u32) -> T) -> T {
     }
     let own = OWN_FS.with(|c| {
         if c.get().is_none() {
-            // SAFETY: unshare(CLONE_FS) takes no pointers; it only gives this thread its own copy
-            // of the cwd, root and umask, which is what the thread-local flag records.
-            c.set(Some(unsafe { libc::unshare(libc::CLONE_FS) } == 0));
+            c.set(Some(sys::creds::unshare_fs()));
         }
         c.get().unwrap()
     });
     if !own {
         return f(mode & !umask);
     }
-    // SAFETY: umask takes a mode and cannot fail; after the unshare above it changes this thread's
-    // umask only.
-    let old = unsafe { libc::umask(umask & 0o777) };
+    // After the unshare above, umask changes this thread's umask only.
+    let old = rustix::process::umask(Mode::from_raw_mode(umask & 0o777));
     let r = f(mode);
-    // SAFETY: umask takes a mode and cannot fail; it restores the thread's umask saved in `old`.
-    unsafe { libc::umask(old) };
+    rustix::process::umask(old);
     r
 }
 
@@ -56,53 +53,25 @@ pub fn with_umask<T>(mode: u32, umask: u32, f: impl FnOnce(u32) -> T) -> T {
 pub struct UserCreds {
     fsuid: u32,
     fsgid: u32,
-    groups: Vec<libc::gid_t>,
-}
-
-/// Set this thread's fsuid (`gid` false) or fsgid to `id` (raw system calls: per thread);
-/// returns whether it now is `id`.
-fn set_fs_id(id: u32, gid: bool) -> bool {
-    let nr = if gid {
-        libc::SYS_setfsgid
-    } else {
-        libc::SYS_setfsuid
-    };
-    // SAFETY: setfsuid/setfsgid take an id by value and change only this thread's
-    // credentials; asking with -1 (an invalid id) changes nothing and returns the current one.
-    unsafe {
-        libc::syscall(nr, id as libc::c_long);
-        libc::syscall(nr, -1 as libc::c_long) as u32 == id
-    }
+    groups: Vec<u32>,
 }
 
 /// This thread's supplementary groups (the raw system call: per thread).
-fn thread_groups() -> io::Result<Vec<libc::gid_t>> {
-    // SAFETY: a size of 0 asks only for the count.
-    let n = unsafe { libc::syscall(libc::SYS_getgroups, 0, std::ptr::null_mut::<libc::gid_t>()) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut g = vec![0 as libc::gid_t; n as usize];
-    // SAFETY: room for `n` groups; the count cannot change in between (only this thread
-    // changes its own groups).
-    let m = unsafe { libc::syscall(libc::SYS_getgroups, n, g.as_mut_ptr()) };
-    if m < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    g.truncate(m as usize);
-    Ok(g)
+fn thread_groups() -> io::Result<Vec<u32>> {
+    Ok(rustix::process::getgroups()?
+        .into_iter()
+        .map(|g| g.as_raw())
+        .collect())
 }
 
 /// Set this thread's supplementary groups (the raw system call, not glibc's `setgroups`,
 /// which changes every thread of the process).
-fn set_thread_groups(g: &[libc::gid_t]) -> io::Result<()> {
-    // SAFETY: `g` holds `g.len()` groups, read by the kernel only during the call.
-    let r = unsafe { libc::syscall(libc::SYS_setgroups, g.len(), g.as_ptr()) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+fn set_thread_groups(g: &[u32]) -> io::Result<()> {
+    let g: Vec<_> = g
+        .iter()
+        .map(|&g| rustix::process::Gid::from_raw(g))
+        .collect();
+    Ok(rustix::thread::set_thread_groups(&g)?)
 }
 
 impl UserCreds {
@@ -115,14 +84,9 @@ impl UserCreds {
     /// panic), which gives the daemon's credentials back. Fails when the switch is refused
     /// (it needs CAP_SETUID and CAP_SETGID), with nothing changed.
     pub fn switch(uid: u32, gid: u32, groups: &[u32]) -> io::Result<UserCreds> {
-        // SAFETY: setfsuid(-1) changes nothing and returns the thread's current fsuid; it
-        // takes no pointer.
-        let fsuid = unsafe { libc::syscall(libc::SYS_setfsuid, -1 as libc::c_long) } as u32;
-        // SAFETY: as above, for the fsgid.
-        let fsgid = unsafe { libc::syscall(libc::SYS_setfsgid, -1 as libc::c_long) } as u32;
         let saved = UserCreds {
-            fsuid,
-            fsgid,
+            fsuid: fs_id(false),
+            fsgid: fs_id(true),
             groups: thread_groups()?,
         };
         // (An early return drops `saved`, which undoes what was changed.)
@@ -149,23 +113,6 @@ impl Drop for UserCreds {
     }
 }
 
-/// Convert a libc return value (-1 = errno) into a Result.
-pub fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
-fn cvt_isize(ret: isize) -> io::Result<usize> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret as usize)
-    }
-}
-
 /// A single name component as a C string. Names with NUL or '/' are invalid here.
 pub fn name_cstr(name: &OsStr) -> io::Result<CString> {
     let b = name.as_bytes();
@@ -185,39 +132,6 @@ pub fn proc_path(fd: BorrowedFd<'_>) -> CString {
 
 pub fn empty_path() -> &'static CStr {
     c""
-}
-
-pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
-    // SAFETY: libc::stat is plain old data (integers only), so all-zero bytes are a valid value.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // fstatat(AT_EMPTY_PATH) works on O_PATH descriptors.
-    // SAFETY: `fd` is borrowed for the call, the path is the static empty C string AT_EMPTY_PATH
-    // needs, and `st` is a live, writable libc::stat the kernel fills.
-    cvt(unsafe {
-        libc::fstatat(
-            fd.as_raw_fd(),
-            empty_path().as_ptr(),
-            &mut st,
-            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })?;
-    Ok(st)
-}
-
-pub fn fstatat(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<libc::stat> {
-    // SAFETY: libc::stat is plain old data (integers only), so all-zero bytes are a valid value.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `dir` is borrowed for the call, `name` is a NUL-terminated CStr that outlives it, and
-    // `st` is a live, writable libc::stat the kernel fills.
-    cvt(unsafe {
-        libc::fstatat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            &mut st,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })?;
-    Ok(st)
 }
 
 /// open(2) flags as rustix takes them (the bits are the kernel's either way).
@@ -266,45 +180,28 @@ pub fn open_root_with_atime(
     atime: AtimeMode,
     nodiratime: bool,
 ) -> io::Result<OwnedFd> {
-    const SYS_OPEN_TREE: libc::c_long = 428;
-    const SYS_MOUNT_SETATTR: libc::c_long = 442;
-    const OPEN_TREE_CLONE: libc::c_uint = 1;
-    const AT_RECURSIVE: libc::c_uint = 0x8000;
-    const MOUNT_ATTR_NOATIME: u64 = 0x10;
-    const MOUNT_ATTR_STRICTATIME: u64 = 0x20;
-    const MOUNT_ATTR_ATIME_MASK: u64 = 0x70;
-    const MOUNT_ATTR_NODIRATIME: u64 = 0x80;
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: open_tree(2) reads a dirfd, a path and flags: `c` is a NUL-terminated CString alive
-    // across the call; the flags ask for a new descriptor (O_CLOEXEC) on a detached clone.
-    let fd = unsafe {
-        libc::syscall(
-            SYS_OPEN_TREE,
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE,
-        )
+    use rustix::mount::OpenTreeFlags;
+    use sys::mount::{
+        MOUNT_ATTR_ATIME_MASK, MOUNT_ATTR_NOATIME, MOUNT_ATTR_NODIRATIME, MOUNT_ATTR_STRICTATIME,
     };
-    if fd < 0 {
-        tracing::debug!(
-            "private copy of SOURCE's mount refused ({}); atimes follow SOURCE's own options",
-            io::Error::last_os_error()
-        );
-        note_root_for_names(path, false);
-        return open_root(path);
-    }
+    let tree = match rustix::mount::open_tree(
+        rfs::CWD,
+        path,
+        OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_RECURSIVE,
+    ) {
+        Ok(tree) => tree,
+        Err(e) => {
+            tracing::debug!(
+                "private copy of SOURCE's mount refused ({}); atimes follow SOURCE's own options",
+                io::Error::from(e)
+            );
+            note_root_for_names(path, false);
+            return open_root(path);
+        }
+    };
     note_root_for_names(path, true);
-    // SAFETY: `fd` is non-negative (checked above), so it is the new descriptor open_tree just
-    // returned, owned by nobody else; it fits an int as every descriptor does.
-    let tree = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
     let mut set = match atime {
         AtimeMode::NoAtime => MOUNT_ATTR_NOATIME,
         AtimeMode::RelAtime => 0,
@@ -313,29 +210,13 @@ pub fn open_root_with_atime(
     if nodiratime {
         set |= MOUNT_ATTR_NODIRATIME;
     }
-    let attr = MountAttr {
-        attr_set: set,
-        attr_clr: MOUNT_ATTR_ATIME_MASK | MOUNT_ATTR_NODIRATIME,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    // SAFETY: mount_setattr(2) reads `size_of::<MountAttr>()` bytes at `&attr`, a live #[repr(C)]
-    // struct laid out as the kernel's struct mount_attr (four u64s, MOUNT_ATTR_SIZE_VER0); `tree`
-    // is owned and open, and the path is the static empty C string AT_EMPTY_PATH needs.
-    let r = unsafe {
-        libc::syscall(
-            SYS_MOUNT_SETATTR,
-            tree.as_raw_fd(),
-            empty_path().as_ptr(),
-            libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if r < 0 {
+    if let Err(e) = sys::mount::mount_setattr(
+        tree.as_fd(),
+        set,
+        MOUNT_ATTR_ATIME_MASK | MOUNT_ATTR_NODIRATIME,
+    ) {
         tracing::debug!(
-            "atime options on SOURCE's private mount refused ({}); SOURCE's own apply",
-            io::Error::last_os_error()
+            "atime options on SOURCE's private mount refused ({e}); SOURCE's own apply"
         );
     }
     // The tree's root must be a directory, as open_root checks with O_DIRECTORY.
@@ -359,10 +240,7 @@ pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
     Ok(rfs::mkdirat(dir, name, Mode::from_raw_mode(mode))?)
 }
 
-pub fn mknodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32, rdev: u64) -> io::Result<()> {
-    // SAFETY: `dir` is borrowed for the call and `name` is a NUL-terminated CStr that outlives it.
-    cvt(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, rdev) }).map(drop)
-}
+pub use crate::sys::io::mknodat;
 
 pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
     Ok(rfs::symlinkat(target, dir, name)?)
@@ -466,45 +344,30 @@ pub fn truncate(fd: BorrowedFd<'_>, size: u64) -> io::Result<()> {
     Ok(rfs::ftruncate(fd, size)?)
 }
 
-pub fn statvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
-    // SAFETY: libc::statvfs is plain old data (integers only), so all-zero bytes are a valid value.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is a live, writable libc::statvfs the kernel fills; `fd` is borrowed for the
-    // call.
-    cvt(unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut st) })?;
-    Ok(st)
-}
+pub use crate::sys::stat::{fstat, fstatat, fstatvfs as statvfs};
 
 /// fsync (or fdatasync) the directory held by `fd`, reopened for reading.
 pub fn fsync_dir(fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
     let fd = reopen(fd, libc::O_RDONLY | libc::O_DIRECTORY)?;
-    // SAFETY: `fd` is an open directory descriptor owned here until the end of the function;
-    // fdatasync/fsync take no pointers.
-    let rc = unsafe {
-        if datasync {
-            libc::fdatasync(fd.as_raw_fd())
-        } else {
-            libc::fsync(fd.as_raw_fd())
-        }
-    };
-    cvt(rc).map(drop)
+    Ok(if datasync {
+        rfs::fdatasync(&fd)
+    } else {
+        rfs::fsync(&fd)
+    }?)
 }
 
 /// Whether the daemon runs as root (effective uid 0).
 pub fn running_as_root() -> bool {
-    // SAFETY: geteuid takes no arguments, touches no memory and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    rustix::process::geteuid().is_root()
 }
 
 /// The wall-clock time now, as the coarse clock the kernel stamps files with.
 pub fn now_coarse() -> libc::timespec {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a live, writable timespec; CLOCK_REALTIME_COARSE is always supported.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut now) };
-    now
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+    libc::timespec {
+        tv_sec: now.tv_sec,
+        tv_nsec: now.tv_nsec,
+    }
 }
 
 // ---- file handles (what open_by_handle_at on the mount is answered from) ----
@@ -512,32 +375,9 @@ pub fn now_coarse() -> libc::timespec {
 /// `FILEID_INO32_GEN`: the handle layout of ext2/3/4 and most others, a 32-bit inode number
 /// then a 32-bit generation (a generation of 0 in a handle means "do not check").
 pub const FILEID_INO32_GEN: i32 = 1;
-const MAX_HANDLE_SZ: usize = 128;
 
 /// A SOURCE file handle, as `name_to_handle_at` gives it and `open_by_handle_at` takes it.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct SourceHandle {
-    len: u32,
-    pub kind: i32,
-    bytes: [u8; MAX_HANDLE_SZ],
-}
-
-impl SourceHandle {
-    pub fn new(kind: i32, bytes: &[u8]) -> SourceHandle {
-        let mut h = SourceHandle {
-            len: bytes.len().min(MAX_HANDLE_SZ) as u32,
-            kind,
-            bytes: [0; MAX_HANDLE_SZ],
-        };
-        h.bytes[..h.len as usize].copy_from_slice(&bytes[..h.len as usize]);
-        h
-    }
-
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes[..self.len as usize]
-    }
-}
+pub use crate::sys::handle::FileHandle as SourceHandle;
 
 /// The handle of the inode held by `fd`.
 pub fn handle_of(fd: BorrowedFd<'_>) -> io::Result<SourceHandle> {
@@ -547,22 +387,7 @@ pub fn handle_of(fd: BorrowedFd<'_>) -> io::Result<SourceHandle> {
 /// The handle of the inode held by `fd` and the id of the mount `fd` reaches it through: a
 /// handle is decoded only through a descriptor of a mount of the same filesystem.
 pub fn handle_and_mount_of(fd: BorrowedFd<'_>) -> io::Result<(SourceHandle, i32)> {
-    let mut h = SourceHandle::new(0, &[]);
-    h.len = MAX_HANDLE_SZ as u32;
-    let mut mount_id: libc::c_int = 0;
-    // SAFETY: SourceHandle is #[repr(C)] with struct file_handle's header (u32 handle_bytes, i32
-    // handle_type) followed by MAX_HANDLE_SZ bytes, and `h.len` says that capacity, so the kernel
-    // writes within `h`; `mount_id` is a live int; the path is the static empty C string.
-    cvt(unsafe {
-        libc::name_to_handle_at(
-            fd.as_raw_fd(),
-            empty_path().as_ptr(),
-            &mut h as *mut SourceHandle as *mut libc::file_handle,
-            &mut mount_id,
-            libc::AT_EMPTY_PATH,
-        )
-    })?;
-    Ok((h, mount_id))
+    sys::handle::name_to_handle(fd)
 }
 
 /// An `open_by_handle_at` failure as the caller should see it: a shortage (EMFILE, ENFILE,
@@ -578,19 +403,7 @@ pub fn stale_unless_shortage(e: io::Error) -> io::Error {
 /// An `O_PATH` descriptor of the inode `h` names on the filesystem of `mount_fd` (needs
 /// CAP_DAC_READ_SEARCH).
 pub fn open_by_handle(mount_fd: BorrowedFd<'_>, h: &SourceHandle) -> io::Result<OwnedFd> {
-    let mut h = *h;
-    // SAFETY: `h` is a local copy laid out as struct file_handle (see SourceHandle) whose `len`
-    // never exceeds its MAX_HANDLE_SZ bytes (SourceHandle::new clamps it, handle_of gets it from
-    // the kernel); the kernel only reads it. `mount_fd` is borrowed for the call.
-    let fd = cvt(unsafe {
-        libc::open_by_handle_at(
-            mount_fd.as_raw_fd(),
-            &mut h as *mut SourceHandle as *mut libc::file_handle,
-            libc::O_PATH | libc::O_CLOEXEC,
-        )
-    })?;
-    // SAFETY: cvt passed only a non-negative return: a new descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    sys::handle::open_by_handle(mount_fd, h, libc::O_PATH)
 }
 
 // ---- extended attributes (through the /proc link, which names the inode held, symlinks too) ----
@@ -599,19 +412,15 @@ fn xattr_path(fd: BorrowedFd<'_>) -> CString {
     proc_path(fd)
 }
 
-// getxattr and listxattr stay on libc: with an empty buffer they answer the size needed,
-// which rustix's buffer-filling wrappers clamp to the buffer's length.
+// An empty buffer asks for the size needed, as getxattr(2) and listxattr(2) answer it:
+// rustix's buffer-filling getxattr/listxattr answer 0 for an empty buffer (they take it as
+// filled), so that case goes to their `_query` forms, which make the same call with size 0.
 pub fn getxattr(fd: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
     let p = xattr_path(fd);
-    // SAFETY: `p` and `name` are NUL-terminated C strings alive across the call; the kernel writes
-    // at most `buf.len()` bytes into `buf`, a live mutable slice.
-    cvt_isize(unsafe {
-        libc::getxattr(
-            p.as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr() as *mut libc::c_void,
-            buf.len(),
-        )
+    Ok(if buf.is_empty() {
+        rfs::getxattr_query(p.as_c_str(), name)?
+    } else {
+        rfs::getxattr(p.as_c_str(), name, buf)?
     })
 }
 
@@ -626,10 +435,10 @@ pub fn setxattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8], flags: i32) -> io
 
 pub fn listxattr(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     let p = xattr_path(fd);
-    // SAFETY: `p` is a NUL-terminated CString alive across the call; the kernel writes at most
-    // `buf.len()` bytes into `buf`, a live mutable slice.
-    cvt_isize(unsafe {
-        libc::listxattr(p.as_ptr(), buf.as_mut_ptr() as *mut libc::c_char, buf.len())
+    Ok(if buf.is_empty() {
+        rfs::listxattr_query(p.as_c_str())?
+    } else {
+        rfs::listxattr(p.as_c_str(), buf)?
     })
 }
 
@@ -724,10 +533,9 @@ static LAST_MAX_SIZE: Mutex<(u64, u64)> = Mutex::new((u64::MAX, 0));
 /// when it is right. A descriptor that cannot seek at all gets 2^63 - 1.
 pub fn max_file_size(fd: BorrowedFd<'_>, hint: u64) -> u64 {
     const TOP: u64 = i64::MAX as u64;
-    // SAFETY: lseek on a descriptor we hold only moves its file position, which nobody uses
-    // (all I/O is positioned: preadv/pwritev).
-    let ok =
-        |off: u64| unsafe { libc::lseek(fd.as_raw_fd(), off as libc::off_t, libc::SEEK_SET) } >= 0;
+    // lseek on a descriptor we hold only moves its file position, which nobody uses (all I/O
+    // is positioned: preadv/pwritev).
+    let ok = |off: u64| rfs::seek(fd, rfs::SeekFrom::Start(off)).is_ok();
     if hint > 0 && hint <= TOP && ok(hint) && (hint == TOP || !ok(hint + 1)) {
         return hint;
     }
@@ -850,33 +658,18 @@ impl DataFile {
         &self,
         iov: &mut [libc::iovec],
         mut off: u64,
-        op: unsafe extern "C" fn(
-            libc::c_int,
-            *const libc::iovec,
-            libc::c_int,
-            libc::off_t,
-        ) -> isize,
+        op: impl Fn(BorrowedFd<'_>, &[libc::iovec], u64) -> io::Result<usize>,
     ) -> io::Result<usize> {
         let total: usize = iov.iter().map(|v| v.iov_len).sum();
         let mut done = 0;
         let mut first = 0;
         while done < total {
-            let n = self.with_io(|fd| {
-                // SAFETY: `fd` is kept open by `with_io`'s lock guard for the closure's run;
-                // `iov[first..]` is a live slice and the count passed is at most its length. The
-                // kernel reads or writes the memory each iovec names: that it is valid for iov_len
-                // bytes (and not touched by anyone else) is the caller's promise, not checked here:
-                // read_full and write_all are safe fns, callers build their iovecs with
-                // ExtentPtr::iovecs over ranges they hold LOCKED or WRITEBACK.
-                cvt_isize(unsafe {
-                    op(
-                        fd.as_raw_fd(),
-                        iov[first..].as_ptr(),
-                        (iov.len() - first).min(1024) as i32,
-                        off as libc::off_t,
-                    )
-                })
-            });
+            // `fd` is kept open by `with_io`'s lock guard for the closure's run. The kernel
+            // reads or writes the memory each iovec names: that it is valid for iov_len bytes
+            // (and not touched by anyone else) is the caller's promise, not checked here:
+            // read_full and write_all are safe fns, callers build their iovecs with
+            // ExtentPtr::iovecs over ranges they hold LOCKED or WRITEBACK.
+            let n = self.with_io(|fd| op(fd, &iov[first..], off));
             let n = match n {
                 Ok(0) => break,
                 Ok(n) => n,
@@ -1011,14 +804,22 @@ impl Backing for DataFile {
 
     /// Read into `iov` at `off` until it is full or EOF; returns bytes read.
     fn read_full(&self, iov: &mut [libc::iovec], off: u64) -> io::Result<usize> {
-        self.vectored(iov, off, libc::preadv)
+        // SAFETY: preadv writes only the memory the iovecs name, which this fn's caller promises
+        // valid for iov_len bytes and untouched by others meanwhile (see `vectored`).
+        self.vectored(iov, off, |fd, iov, off| unsafe {
+            sys::io::preadv(fd, iov, off)
+        })
     }
 
     /// Write all of `iov` at `off` (pwritev, retried on short writes).
     fn write_all(&self, iov: &mut [libc::iovec], off: u64) -> io::Result<()> {
         let _own = OwnChange::begin(self);
         let total: usize = iov.iter().map(|v| v.iov_len).sum();
-        match self.vectored(iov, off, libc::pwritev)? {
+        // SAFETY: pwritev reads only the memory the iovecs name, which this fn's caller promises
+        // valid for iov_len bytes and not written by others meanwhile (see `vectored`).
+        match self.vectored(iov, off, |fd, iov, off| unsafe {
+            sys::io::pwritev(fd, iov, off)
+        })? {
             n if n == total => Ok(()),
             _ => Err(io::Error::from_raw_os_error(libc::EIO)),
         }
@@ -1081,11 +882,8 @@ impl Backing for DataFile {
     /// options decide whether atime moves. (Setting atime explicitly would move ctime too.)
     fn touch_atime(&self) -> io::Result<()> {
         let fd = reopen(self.path.get()?.as_fd(), libc::O_RDONLY)?;
-        let mut b = 0u8;
-        // SAFETY: `b` is a live one-byte buffer and the count is 1; `fd` is owned here until the
-        // end of the function.
-        cvt_isize(unsafe { libc::pread(fd.as_raw_fd(), &mut b as *mut u8 as *mut _, 1, 0) })
-            .map(drop)
+        let mut b = [0u8; 1];
+        Ok(rustix::io::pread(&fd, &mut b, 0).map(drop)?)
     }
 
     /// Set mtime (and atime omitted) on the file.
@@ -1145,21 +943,11 @@ mod tests {
         }
         if max < i64::MAX as u64 {
             // SOURCE's own limit: a write at it is refused as too large.
-            let r =
-                // SAFETY: `b"x"` is a static one-byte buffer and the count is 1; `f` is open for
-                // the call.
-                unsafe { libc::pwrite(f.as_raw_fd(), b"x".as_ptr() as *const _, 1, max as i64) };
-            assert_eq!(r, -1);
-            assert_eq!(io::Error::last_os_error().raw_os_error(), Some(libc::EFBIG));
+            let r = rustix::io::pwrite(&f, b"x", max);
+            assert_eq!(r, Err(rustix::io::Errno::FBIG));
         }
         // tmpfs (a memfd) has no limit below the kernel's.
-        // SAFETY: the name is a NUL-terminated static C string; MFD_CLOEXEC asks for a new
-        // descriptor.
-        let m = unsafe { libc::memfd_create(c"posix-max".as_ptr(), libc::MFD_CLOEXEC) };
-        assert!(m >= 0);
-        // SAFETY: `m` is non-negative (asserted above), so it is the new memfd, owned by nobody
-        // else.
-        let m = unsafe { OwnedFd::from_raw_fd(m) };
+        let m = rfs::memfd_create(c"posix-max", rfs::MemfdFlags::CLOEXEC).unwrap();
         assert_eq!(max_file_size(m.as_fd(), max), i64::MAX as u64);
     }
 
@@ -1276,8 +1064,7 @@ mod tests {
     /// daemon's own come back when the guard drops.
     #[test]
     fn user_creds_are_per_thread_and_restored() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !running_as_root() {
             return; // switching needs root
         }
         use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -134,16 +134,9 @@ pub fn open_count() -> usize {
 /// Half of RLIMIT_NOFILE for `O_PATH` descriptors: the rest is for files open for I/O,
 /// directories being read and the daemon's own.
 pub fn default_budget() -> usize {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `rl` is a live, writable rlimit the kernel fills.
-    let limit = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
-        rl.rlim_cur.min(1 << 30) as usize
-    } else {
-        1024
-    };
+    // No current limit: unlimited (capped as any other).
+    let rl = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    let limit = rl.current.unwrap_or(u64::MAX).min(1 << 30) as usize;
     (limit / 2).max(64)
 }
 
