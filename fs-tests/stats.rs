@@ -948,3 +948,51 @@ fn extents_map_draws_cached_dirty_and_missing_ranges_where_they_are() {
     assert!(lines[3].contains("1 cell = 1.0 MiB"), "{text}");
     drop(f);
 }
+
+/// Ask the kernel to drop every unused dentry and inode (as it does under memory pressure):
+/// the mount's files are FORGOTTEN.
+fn kernel_forgets_unused_inodes() {
+    std::fs::write("/proc/sys/vm/drop_caches", "2").expect("write /proc/sys/vm/drop_caches");
+}
+
+/// The pool, not the kernel's inode cache, decides how long a file's data stays: after the
+/// kernel forgot the inode, a re-read is served from the pool, in both cache modes; and a
+/// file replaced in SOURCE meanwhile is read as SOURCE has it.
+#[test]
+fn cached_data_outlives_the_kernel_forgetting_the_inode() {
+    for mode in ["pool", "kernel"] {
+        let len = 4 << 20;
+        let data = pattern(len, 21);
+        let m = Mount::with_source(&format!("cache_size=32M,cache={mode}"), |src| {
+            std::fs::write(src.join("warm"), &data).unwrap();
+            std::fs::write(src.join("replaced"), b"old contents").unwrap();
+        });
+        assert_eq!(std::fs::read(m.path("warm")).unwrap(), data);
+        assert_eq!(std::fs::read(m.path("replaced")).unwrap(), b"old contents");
+        let before = root_stats(&m);
+        kernel_forgets_unused_inodes();
+        // Replaced behind extentfs's back while forgotten (a new inode; the old one's number
+        // may come back for it).
+        std::fs::remove_file(m.src_path("replaced")).unwrap();
+        std::fs::write(m.src_path("replaced"), b"new contents, longer").unwrap();
+        let mut f = std::fs::File::open(m.path("warm")).unwrap();
+        let mut got = vec![0; len];
+        f.read_exact(&mut got).unwrap();
+        check_bytes(&format!("{mode}: warm after forget"), &got, &data);
+        let after = root_stats(&m);
+        assert!(
+            stat(&after, "pool_used_bytes") >= len as u64,
+            "{mode}: the pool kept the data:\n{after}"
+        );
+        assert_eq!(
+            stat(&after, "read_miss_bytes"),
+            stat(&before, "read_miss_bytes"),
+            "{mode}: the re-read was served from the pool:\n{after}"
+        );
+        assert_eq!(
+            std::fs::read(m.path("replaced")).unwrap(),
+            b"new contents, longer",
+            "{mode}: a file replaced in SOURCE is read as SOURCE has it"
+        );
+    }
+}

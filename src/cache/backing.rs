@@ -67,6 +67,9 @@ pub trait Backing: Send + Sync + std::fmt::Debug {
     fn close_io(&self, idle: &dyn Fn() -> bool);
     /// Whether a descriptor for I/O is held (tests and stats).
     fn io_open(&self) -> bool;
+    /// Whether a descriptor holding the file's inode is open (while none is, SOURCE frees a
+    /// deleted file's space; a `stat` would open one again).
+    fn holds_inode(&self) -> bool;
     /// How close the backing's descriptors are to running out.
     fn descriptors(&self) -> IoDescriptors;
     /// An own change of the file starts (see [`super::validator::Seen`]).
@@ -131,6 +134,8 @@ pub(crate) mod mem {
         pub free_bytes: Option<u64>,
         /// `write_all` waits until `release_writes` (a slow backing).
         pub hold_writes: bool,
+        /// The file's last link is gone (stat says nlink 0), as after a delete in SOURCE.
+        pub unlinked: bool,
     }
 
     #[derive(Debug, Default)]
@@ -360,7 +365,7 @@ pub(crate) mod mem {
             let mut st = crate::sys::stat::zeroed_stat();
             st.st_dev = 1;
             st.st_ino = 2;
-            st.st_nlink = 1;
+            st.st_nlink = if s.faults.unlinked { 0 } else { 1 };
             st.st_mode = s.mode;
             st.st_size = s.data.len() as i64;
             st.st_blocks = s.data.len().div_ceil(512) as i64;
@@ -433,6 +438,10 @@ pub(crate) mod mem {
         fn close_io(&self, _idle: &dyn Fn() -> bool) {}
 
         fn io_open(&self) -> bool {
+            true
+        }
+
+        fn holds_inode(&self) -> bool {
             true
         }
 

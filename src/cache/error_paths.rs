@@ -269,3 +269,68 @@ fn a_check_during_an_own_change_answers_busy() {
         crate::cache::validator::Check::Unchanged
     );
 }
+
+#[test]
+fn a_forgotten_file_keeps_its_cached_data_and_is_found_again_with_it() {
+    let content = pattern(64 << 10, 3);
+    let (ctx, c, b) = setup(&content);
+    let key = c.key;
+    assert_eq!(read(&ctx, &c, 0, 64 << 10).unwrap(), content);
+    let reads = ctx.stats.source_read_ops.load(Ordering::Relaxed);
+    drop(c);
+    // The kernel reclaims the inode (memory pressure, drop_caches): the data stays.
+    ctx.forget(key);
+    ctx.prune();
+    let c = ctx.get_or_create(key, || Ok(b.clone())).unwrap();
+    assert_eq!(c.map.mapped_bytes(), 64 << 10);
+    assert_eq!(read(&ctx, &c, 0, 64 << 10).unwrap(), content);
+    assert_eq!(
+        ctx.stats.source_read_ops.load(Ordering::Relaxed),
+        reads,
+        "served from the pool"
+    );
+}
+
+#[test]
+fn a_forgotten_cache_goes_once_it_holds_nothing() {
+    let (ctx, c, b) = setup(&pattern(8192, 4));
+    let key = c.key;
+    read(&ctx, &c, 0, 8192).unwrap();
+    drop(c);
+    ctx.forget(key);
+    assert!(ctx.get(key).is_some(), "kept while it holds data");
+    ctx.evict(1 << 20);
+    ctx.evict(1 << 20);
+    assert_eq!(ctx.get(key).unwrap().map.mapped_bytes(), 0);
+    ctx.prune();
+    assert!(ctx.get(key).is_none(), "nothing cached: the cache goes");
+    drop(b);
+}
+
+#[test]
+fn a_forgotten_file_deleted_in_source_is_not_served_again() {
+    let (ctx, c, b) = setup(&pattern(8192, 5));
+    let key = c.key;
+    read(&ctx, &c, 0, 8192).unwrap();
+    drop(c);
+    ctx.forget(key);
+    // Deleted behind extentfs's back while forgotten; the inode number is then found again
+    // (another file, or a stale handle): nothing of the old file's data may be served.
+    b.faults(|f| f.unlinked = true);
+    let fresh = MemBacking::new(b"new file");
+    let c = ctx.get_or_create(key, || Ok(fresh.clone())).unwrap();
+    assert_eq!(c.map.mapped_bytes(), 0);
+    assert_eq!(read(&ctx, &c, 0, 64).unwrap(), b"new file");
+}
+
+#[test]
+fn prune_drops_the_data_of_a_forgotten_file_deleted_in_source() {
+    let (ctx, c, b) = setup(&pattern(8192, 6));
+    let key = c.key;
+    read(&ctx, &c, 0, 8192).unwrap();
+    drop(c);
+    ctx.forget(key);
+    b.faults(|f| f.unlinked = true);
+    ctx.prune();
+    assert!(ctx.get(key).is_none(), "its space is SOURCE's again");
+}

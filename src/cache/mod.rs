@@ -96,9 +96,33 @@ pub struct CacheContext {
     /// errno of the most recent failed writeback anywhere (0 = none since the last success).
     last_wb_errno: AtomicU64,
     clock_hand: AtomicUsize,
+    /// When `prune` last checked that the files of forgotten caches still exist (ms).
+    forgotten_checked_ms: AtomicU64,
     flusher: writeback::Flusher,
     started: Instant,
     pub shutting_down: AtomicBool,
+}
+
+/// How often `prune` checks that the files of forgotten caches still exist in SOURCE.
+const FORGOTTEN_CHECK_MS: u64 = 5_000;
+
+/// Whether a cache may leave the registry: the kernel forgot its inode, no handle is open,
+/// nobody else holds it, it is clean, and it holds no data (or descriptors are short).
+fn may_drop(c: &Arc<InodeCache>, descriptor_pressure: bool) -> bool {
+    c.forgotten.load(Ordering::Relaxed)
+        && c.is_clean()
+        && c.open_handles.load(Ordering::Relaxed) == 0
+        && Arc::strong_count(c) == 1
+        && (descriptor_pressure || c.map.mapped_bytes() == 0)
+}
+
+/// Whether the cache's file is gone from SOURCE: its last link was deleted, or its handle
+/// names no file any more (ESTALE). Any other error (EIO, EMFILE...) says nothing.
+fn file_gone(c: &InodeCache) -> bool {
+    match c.file.stat() {
+        Ok(st) => st.st_nlink == 0,
+        Err(e) => matches!(e.raw_os_error(), Some(libc::ESTALE) | Some(libc::ENOENT)),
+    }
 }
 
 impl CacheContext {
@@ -116,6 +140,7 @@ impl CacheContext {
             progress_cv: Condvar::new(),
             last_wb_errno: AtomicU64::new(0),
             clock_hand: AtomicUsize::new(0),
+            forgotten_checked_ms: AtomicU64::new(0),
             flusher: writeback::Flusher::new(),
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
@@ -151,15 +176,31 @@ impl CacheContext {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// A cache the kernel forgot is found again by its key when the file is looked up again,
+    /// with the data it kept (coherence revalidates it at the next open like any cached
+    /// file). If its file is gone from SOURCE meanwhile (its descriptor says so: the inode
+    /// number may since name another file), it is discarded and a new cache made.
     pub fn get_or_create<B: Backing + 'static>(
         &self,
         key: InodeKey,
         open_file: impl FnOnce() -> io::Result<B>,
     ) -> io::Result<Arc<InodeCache>> {
         let mut m = self.registry();
-        if let Some(c) = m.get(&key) {
-            c.forgotten.store(false, Ordering::Relaxed);
-            return Ok(c.clone());
+        if let Some(c) = m.get(&key).cloned() {
+            if !c.forgotten.swap(false, Ordering::Relaxed) || !file_gone(&c) {
+                return Ok(c);
+            }
+            drop(m);
+            self.discard(&c);
+            m = self.registry();
+            if m.get(&key).is_some_and(|x| Arc::ptr_eq(x, &c)) {
+                m.remove(&key);
+            }
+            drop(c);
+            if let Some(c) = m.get(&key) {
+                // Made by a racing lookup of the new file meanwhile.
+                return Ok(c.clone());
+            }
         }
         let c = Arc::new(InodeCache::new(
             key,
@@ -181,9 +222,11 @@ impl CacheContext {
         self.registry().values().cloned().collect()
     }
 
-    /// The kernel forgot the inode: its cache goes once it is clean (at once when the file
-    /// was deleted: its data is dropped, and with it the last descriptor on the SOURCE inode,
-    /// so SOURCE frees the space).
+    /// The kernel forgot the inode (it reclaims unused inodes whenever it likes, e.g. under
+    /// memory pressure): the cache keeps the file's data, which pool eviction, not the
+    /// kernel's inode cache, decides about; a cache holding nothing goes once it is clean.
+    /// A deleted file's data is dropped at once, and with it the last descriptor on the
+    /// SOURCE inode, so SOURCE frees the space.
     pub fn forget(&self, key: InodeKey) {
         let Some(c) = self.get(key) else { return };
         c.forgotten.store(true, Ordering::Relaxed);
@@ -191,15 +234,10 @@ impl CacheContext {
             self.discard_if_deleted(&c);
         }
         drop(c);
+        let pressure = self.descriptor_pressure();
         let mut m = self.registry();
-        if let Some(c) = m.get(&key) {
-            if c.forgotten.load(Ordering::Relaxed)
-                && c.is_clean()
-                && c.open_handles.load(Ordering::Relaxed) == 0
-                && Arc::strong_count(c) == 1
-            {
-                m.remove(&key);
-            }
+        if m.get(&key).is_some_and(|c| may_drop(c, pressure)) {
+            m.remove(&key);
         }
     }
 
@@ -208,15 +246,47 @@ impl CacheContext {
         self.registry().retain(|_, c| !c.is_clean());
     }
 
-    /// Drop caches of forgotten, clean, unopened files (called by the flusher).
+    /// Drop the caches of forgotten files that hold nothing (pool eviction took their data),
+    /// or, while SOURCE descriptors run low, that are clean (their data goes with them: each
+    /// holds its SOURCE inode's descriptor). Every few seconds, also those whose file was
+    /// deleted in SOURCE, so that a kept cache does not keep a deleted file's space (called
+    /// by the flusher).
     pub(crate) fn prune(&self) {
-        let mut m = self.registry();
-        m.retain(|_, c| {
-            !(c.forgotten.load(Ordering::Relaxed)
-                && c.is_clean()
-                && c.open_handles.load(Ordering::Relaxed) == 0
-                && Arc::strong_count(c) == 1)
-        });
+        let now = self.now_ms();
+        let last = self.forgotten_checked_ms.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= FORGOTTEN_CHECK_MS)
+            && self
+                .forgotten_checked_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            // Only those still holding their inode: without a descriptor SOURCE frees a
+            // deleted file's space anyway, and the next lookup finds out (ESTALE).
+            let kept: Vec<_> = self
+                .all_caches()
+                .into_iter()
+                .filter(|c| {
+                    c.forgotten.load(Ordering::Relaxed)
+                        && c.open_handles.load(Ordering::Relaxed) == 0
+                        && c.file.holds_inode()
+                })
+                .collect();
+            for c in kept {
+                if file_gone(&c) {
+                    self.discard(&c);
+                }
+            }
+        }
+        let pressure = self.descriptor_pressure();
+        self.registry().retain(|_, c| !may_drop(c, pressure));
+    }
+
+    /// Whether the descriptors the files keep on SOURCE are running low.
+    fn descriptor_pressure(&self) -> bool {
+        self.registry()
+            .values()
+            .next()
+            .is_some_and(|c| c.file.descriptors() != backing::IoDescriptors::Ample)
     }
 
     pub(crate) fn bump_progress(&self) {
@@ -603,10 +673,14 @@ impl CacheContext {
     /// The file was deleted and its last handle closed: its data can never be read again, so
     /// drop it, dirty or not, instead of writing it back to an unlinked inode.
     pub fn discard_if_deleted(&self, c: &InodeCache) {
-        match c.file.stat() {
-            Ok(st) if st.st_nlink == 0 => {}
-            _ => return,
+        if c.file.stat().is_ok_and(|st| st.st_nlink == 0) {
+            self.discard(c);
         }
+    }
+
+    /// Drop everything cached of a file that is gone from SOURCE, dirty data too: it has
+    /// nowhere to go.
+    fn discard(&self, c: &InodeCache) {
         let guard = RangeGuard::lock(&c.tree, 0, u64::MAX, Bits::WRITEBACK);
         self.clear_dirty(c, 0, u64::MAX, Bits::NONE);
         c.map.unmap(0, !(P - 1));

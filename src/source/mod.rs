@@ -802,6 +802,10 @@ impl Backing for DataFile {
         self.io.read().unwrap().is_some()
     }
 
+    fn holds_inode(&self) -> bool {
+        self.io_open() || self.path.is_open()
+    }
+
     /// Read into `iov` at `off` until it is full or EOF; returns bytes read.
     fn read_full(&self, iov: &mut [libc::iovec], off: u64) -> io::Result<usize> {
         // SAFETY: preadv writes only the memory the iovecs name, which this fn's caller promises
