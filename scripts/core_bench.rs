@@ -19,6 +19,7 @@
 use extentfs::cache::inode_cache::InodeCache;
 use extentfs::cache::{CacheConfig, CacheContext, WriteKind};
 use extentfs::extent::state::{Bits, ExtentStateTree};
+use extentfs::extent::ByteRange;
 use extentfs::pool::{HugePagePolicy, PagePool, PoolConfig};
 use extentfs::source::path_fd::PathFd;
 use extentfs::source::{self, DataFile};
@@ -149,7 +150,7 @@ const STRIDE: u64 = 32 * KIB;
 fn many_state_tree(n: u64) -> ExtentStateTree {
     let t = ExtentStateTree::new();
     for i in 0..n {
-        t.set_bits(i * STRIDE, i * STRIDE + STRIDE / 2 - 1, Bits::UPTODATE);
+        t.set_bits(ByteRange::at(i * STRIDE, STRIDE / 2), Bits::UPTODATE);
     }
     assert_eq!(t.entries() as u64, n);
     t
@@ -165,26 +166,26 @@ fn bench_tree_whole(n: u64, rounds: usize, rng: &mut Rng) -> TreeRow {
         rng.shuffle(&mut order);
         let s = Instant::now();
         for &i in &order {
-            black_box(t.set_bits(i * STRIDE, i * STRIDE + STRIDE / 2 - 1, Bits::DIRTY));
+            black_box(t.set_bits(ByteRange::at(i * STRIDE, STRIDE / 2), Bits::DIRTY));
         }
         set_ns += ns_per(s, n);
         rng.shuffle(&mut order);
         let s = Instant::now();
         for &i in &order {
-            black_box(t.clear_bits(i * STRIDE, i * STRIDE + STRIDE / 2 - 1, Bits::DIRTY));
+            black_box(t.clear_bits(ByteRange::at(i * STRIDE, STRIDE / 2), Bits::DIRTY));
         }
         clear_ns += ns_per(s, n);
         rng.shuffle(&mut order);
         let s = Instant::now();
         for &i in &order {
-            black_box(t.test_range(i * STRIDE, i * STRIDE + STRIDE / 2 - 1, Bits::UPTODATE));
+            black_box(t.test_range(ByteRange::at(i * STRIDE, STRIDE / 2), Bits::UPTODATE));
         }
         test_ns += ns_per(s, n);
         rng.shuffle(&mut order);
         let s = Instant::now();
         for &i in &order {
-            t.lock_range(i * STRIDE, i * STRIDE + STRIDE / 2 - 1);
-            t.unlock_range(i * STRIDE, i * STRIDE + STRIDE / 2 - 1);
+            t.lock_range(ByteRange::at(i * STRIDE, STRIDE / 2));
+            t.unlock_range(ByteRange::at(i * STRIDE, STRIDE / 2));
         }
         lock_ns += ns_per(s, n);
     }
@@ -220,24 +221,24 @@ fn bench_tree_split(n: u64, batch: usize, rounds: usize, rng: &mut Rng) -> TreeR
                 .collect();
             let s = Instant::now();
             for &o in &offs {
-                black_box(t.set_bits(o, o + BLOCK - 1, Bits::DIRTY));
+                black_box(t.set_bits(ByteRange::at(o, BLOCK), Bits::DIRTY));
             }
             set_ns += s.elapsed().as_nanos() as f64;
             peak = peak.max(t.entries());
             let s = Instant::now();
             for &o in offs.iter().rev() {
-                black_box(t.test_range(o, o + BLOCK - 1, Bits::UPTODATE));
+                black_box(t.test_range(ByteRange::at(o, BLOCK), Bits::UPTODATE));
             }
             test_ns += s.elapsed().as_nanos() as f64;
             let s = Instant::now();
             for &o in &offs {
-                t.lock_range(o, o + BLOCK - 1);
-                t.unlock_range(o, o + BLOCK - 1);
+                t.lock_range(ByteRange::at(o, BLOCK));
+                t.unlock_range(ByteRange::at(o, BLOCK));
             }
             lock_ns += s.elapsed().as_nanos() as f64;
             let s = Instant::now();
             for &o in offs.iter().rev() {
-                black_box(t.clear_bits(o, o + BLOCK - 1, Bits::DIRTY));
+                black_box(t.clear_bits(ByteRange::at(o, BLOCK), Bits::DIRTY));
             }
             clear_ns += s.elapsed().as_nanos() as f64;
             ops += offs.len() as u64;
@@ -261,7 +262,7 @@ fn bench_tree_split(n: u64, batch: usize, rounds: usize, rng: &mut Rng) -> TreeR
 /// With `whole`, each op covers the whole state instead (no split, no merge).
 fn bench_tree_one(iters: u64, whole: bool, overhead: f64, rng: &mut Rng) -> TreeRow {
     let t = ExtentStateTree::new();
-    t.set_bits(0, GIB - 1, Bits::UPTODATE);
+    t.set_bits(ByteRange::new(0, GIB), Bits::UPTODATE);
     let (mut set_ns, mut clear_ns, mut test_ns, mut lock_ns) = (0u128, 0u128, 0u128, 0u128);
     for _ in 0..iters {
         let (o, len) = if whole {
@@ -270,17 +271,17 @@ fn bench_tree_one(iters: u64, whole: bool, overhead: f64, rng: &mut Rng) -> Tree
             (rng.below(GIB / BLOCK) * BLOCK, BLOCK)
         };
         let s = Instant::now();
-        black_box(t.set_bits(o, o + len - 1, Bits::DIRTY));
+        black_box(t.set_bits(ByteRange::at(o, len), Bits::DIRTY));
         set_ns += s.elapsed().as_nanos();
         let s = Instant::now();
-        black_box(t.clear_bits(o, o + len - 1, Bits::DIRTY));
+        black_box(t.clear_bits(ByteRange::at(o, len), Bits::DIRTY));
         clear_ns += s.elapsed().as_nanos();
         let s = Instant::now();
-        black_box(t.test_range(o, o + len - 1, Bits::UPTODATE));
+        black_box(t.test_range(ByteRange::at(o, len), Bits::UPTODATE));
         test_ns += s.elapsed().as_nanos();
         let s = Instant::now();
-        t.lock_range(o, o + len - 1);
-        t.unlock_range(o, o + len - 1);
+        t.lock_range(ByteRange::at(o, len));
+        t.unlock_range(ByteRange::at(o, len));
         lock_ns += s.elapsed().as_nanos();
     }
     t.check_invariants();
@@ -503,7 +504,7 @@ fn data_path_allocs(dir: &Path, rng: &mut Rng) -> Vec<(&'static str, f64)> {
         }),
     ));
     // Writeback of scattered 4 KiB dirty ranges, per range written.
-    let dirty_ranges = c.tree.ranges_with(0, u64::MAX, Bits::DIRTY).len().max(1);
+    let dirty_ranges = c.tree.ranges_with(ByteRange::ALL, Bits::DIRTY).len().max(1);
     let a0 = ALLOCS.load(Ordering::Relaxed);
     ctx.sync_file(&c, false).unwrap();
     rows.push((

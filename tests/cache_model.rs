@@ -9,6 +9,7 @@ use extentfs::cache::inode_cache::InodeCache;
 use extentfs::cache::writeback::WritebackThreads;
 use extentfs::cache::{CacheConfig, CacheContext, WriteKind};
 use extentfs::extent::state::Bits;
+use extentfs::extent::ByteRange;
 use extentfs::pool::{HugePagePolicy, PagePool, PoolConfig};
 use extentfs::source::path_fd::PathFd;
 use extentfs::source::{self, DataFile};
@@ -148,7 +149,8 @@ impl Fixture {
             c.map.extents()
         );
         assert!(
-            !c.tree.test_any(c.size(), u64::MAX, Bits::DIRTY),
+            !c.tree
+                .test_any(ByteRange::from_offset(c.size()), Bits::DIRTY),
             "DIRTY bytes at or past size {}",
             c.size()
         );

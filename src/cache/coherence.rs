@@ -16,43 +16,43 @@
 //! getattr, lookup, reads of a file held open, size-extending writes).
 
 use super::backing::IoDescriptors;
-use super::inode_cache::{ceil_page, floor_page, InodeCache, RangeGuard, P};
+use super::inode_cache::{InodeCache, RangeGuard};
 use super::validator::Check;
 use super::CacheContext;
 use crate::extent::state::Bits;
+use crate::extent::ByteRange;
 use crate::stats;
 use std::io;
 use std::sync::atomic::Ordering;
 
-/// Page-aligned spans `[floor(s), ceil(e))` covering the half-open `ranges` (sorted, disjoint),
-/// merged where they touch.
-pub(crate) fn page_spans(ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    for &(s, e) in ranges {
-        if e <= s {
-            continue;
-        }
-        let (a, b) = (floor_page(s), ceil_page(e));
+/// The whole pages covering the `ranges` (sorted, disjoint), merged where they touch.
+pub(crate) fn page_spans(ranges: &[ByteRange]) -> Vec<ByteRange> {
+    let mut out: Vec<ByteRange> = Vec::new();
+    for r in ranges.iter().filter(|r| !r.is_empty()) {
+        let pages = r.page_aligned();
         match out.last_mut() {
-            Some(last) if a <= last.1 => last.1 = last.1.max(b),
-            _ => out.push((a, b)),
+            Some(last) if pages.start() <= last.end() => {
+                *last = ByteRange::new(last.start(), last.end().max(pages.end()));
+            }
+            _ => out.push(pages),
         }
     }
     out
 }
 
-/// The half-open gaps of `[0, end)` between the sorted, disjoint `spans`.
-pub(crate) fn gaps_between(spans: &[(u64, u64)], end: u64) -> Vec<(u64, u64)> {
+/// The gaps of `within` between the sorted, disjoint `spans`.
+pub(crate) fn gaps_between(spans: &[ByteRange], within: ByteRange) -> Vec<ByteRange> {
     let mut out = Vec::new();
-    let mut cur = 0;
-    for &(s, e) in spans {
-        if cur < s.min(end) {
-            out.push((cur, s.min(end)));
+    let mut cur = within.start();
+    for sp in spans {
+        let s = sp.start().min(within.end());
+        if cur < s {
+            out.push(ByteRange::new(cur, s));
         }
-        cur = cur.max(e);
+        cur = cur.max(sp.end());
     }
-    if cur < end {
-        out.push((cur, end));
+    if cur < within.end() {
+        out.push(ByteRange::new(cur, within.end()));
     }
     out
 }
@@ -111,38 +111,37 @@ impl CacheContext {
         if c.tree.find_first(0, Bits::UNSTABLE).is_some() {
             let _ = self.commit(c, true, false, false);
         }
-        let guard = RangeGuard::lock(&c.tree, 0, u64::MAX, Bits::WRITEBACK);
+        let guard = RangeGuard::lock(&c.tree, ByteRange::ALL, Bits::WRITEBACK);
         // Pages kept: those with DIRTY bytes, and those with bytes still awaiting SOURCE's
         // fsync (UNSTABLE: a concurrent writeback just wrote them; a failed fsync must still
         // find them to write them again).
-        let mut dirty: Vec<(u64, u64)> = Vec::new();
-        let mut held: Vec<(u64, u64)> = Vec::new();
-        c.tree.for_each(0, u64::MAX, |s| {
-            let r = (s.start, s.end.saturating_add(1));
+        let mut dirty: Vec<ByteRange> = Vec::new();
+        let mut held: Vec<ByteRange> = Vec::new();
+        c.tree.for_each(ByteRange::ALL, |s| {
             if s.bits.contains(Bits::DIRTY) {
-                dirty.push(r);
+                dirty.push(s.range);
             }
             if s.bits.intersects(Bits::DIRTY | Bits::UNSTABLE) {
-                held.push(r);
+                held.push(s.range);
             }
         });
         let keep = page_spans(&held);
         let before = c.map.mapped_bytes();
-        for (s, e) in gaps_between(&keep, !(P - 1)) {
-            c.map.unmap(s, e);
-            c.tree.clear_bits(s, e - 1, Bits::UPTODATE);
+        for gap in gaps_between(&keep, ByteRange::ALL) {
+            c.map.unmap(gap);
+            c.tree.clear_bits(gap, Bits::UPTODATE);
         }
         let dropped = before.saturating_sub(c.map.mapped_bytes());
         let mut result = Ok(());
         if !keep.is_empty() {
             // Clean bytes sharing a page with dirty ones: SOURCE's bytes now.
-            let mut clean: Vec<(u64, u64)> = Vec::new();
-            for &(a, b) in &keep {
+            let mut clean: Vec<ByteRange> = Vec::new();
+            for &span in &keep {
                 c.tree
-                    .for_each_missing(a, b - 1, Bits::DIRTY, |s, e| clean.push((s, e + 1)));
+                    .for_each_missing(span, Bits::DIRTY, |m| clean.push(m));
             }
-            for (s, e) in clean {
-                if let Err(e) = c.read_from_source(s, e) {
+            for m in clean {
+                if let Err(e) = c.read_from_source(m) {
                     result = Err(e);
                     break;
                 }
@@ -150,7 +149,7 @@ impl CacheContext {
         }
         if foreign && !dirty.is_empty() {
             stats::add(&self.stats.coherence_conflicts, 1);
-            let dirty_bytes: u64 = dirty.iter().map(|(s, e)| e - s).sum();
+            let dirty_bytes: u64 = dirty.iter().map(|r| r.len()).sum();
             tracing::warn!(
                 "{} changed in SOURCE while {dirty_bytes} bytes written through the mount were \
                  not yet written back: they will be written over SOURCE's (last writer wins)",
@@ -158,7 +157,7 @@ impl CacheContext {
             );
         }
         let old_size = c.size();
-        let dirty_end = dirty.last().map_or(0, |&(_, e)| e);
+        let dirty_end = dirty.last().map_or(0, |r| r.end());
         let size = (st.st_size as u64).max(dirty_end);
         if size < old_size {
             if let Some(mut m) = c.mapped_pages() {
@@ -210,6 +209,7 @@ impl CacheContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::inode_cache::P;
     use crate::cache::{test_util, WriteKind};
     use std::os::unix::fs::FileExt;
     use std::path::PathBuf;
@@ -366,29 +366,41 @@ mod tests {
         assert_eq!(&got[6000..6003], b"end");
     }
 
+    fn rs(v: &[(u64, u64)]) -> Vec<ByteRange> {
+        v.iter().map(|&(s, e)| ByteRange::new(s, e)).collect()
+    }
+
     #[test]
     fn spans_cover_partial_pages_and_merge() {
         assert_eq!(page_spans(&[]), vec![]);
-        assert_eq!(page_spans(&[(10, 20)]), vec![(0, P)]);
+        assert_eq!(page_spans(&rs(&[(10, 20)])), rs(&[(0, P)]));
         // Ranges in neighbouring pages merge into one span.
-        assert_eq!(page_spans(&[(10, 20), (P + 1, P + 2)]), vec![(0, 2 * P)]);
         assert_eq!(
-            page_spans(&[(0, P), (3 * P, 3 * P + 1)]),
-            vec![(0, P), (3 * P, 4 * P)]
+            page_spans(&rs(&[(10, 20), (P + 1, P + 2)])),
+            rs(&[(0, 2 * P)])
+        );
+        assert_eq!(
+            page_spans(&rs(&[(0, P), (3 * P, 3 * P + 1)])),
+            rs(&[(0, P), (3 * P, 4 * P)])
         );
         // Empty ranges are ignored.
-        assert_eq!(page_spans(&[(5, 5)]), vec![]);
+        assert_eq!(page_spans(&rs(&[(5, 5)])), vec![]);
     }
 
     #[test]
     fn gaps_are_the_complement() {
-        assert_eq!(gaps_between(&[], 100), vec![(0, 100)]);
-        assert_eq!(gaps_between(&[(0, 10)], 100), vec![(10, 100)]);
+        let within = ByteRange::new(0, 100);
+        assert_eq!(gaps_between(&[], within), rs(&[(0, 100)]));
+        assert_eq!(gaps_between(&rs(&[(0, 10)]), within), rs(&[(10, 100)]));
         assert_eq!(
-            gaps_between(&[(10, 20), (30, 40)], 100),
-            vec![(0, 10), (20, 30), (40, 100)]
+            gaps_between(&rs(&[(10, 20), (30, 40)]), within),
+            rs(&[(0, 10), (20, 30), (40, 100)])
         );
-        assert_eq!(gaps_between(&[(10, 100)], 100), vec![(0, 10)]);
-        assert_eq!(gaps_between(&[(0, 200)], 100), vec![]);
+        assert_eq!(gaps_between(&rs(&[(10, 100)]), within), rs(&[(0, 10)]));
+        assert_eq!(gaps_between(&rs(&[(0, 200)]), within), vec![]);
+        assert_eq!(
+            gaps_between(&rs(&[(10, 20)]), ByteRange::new(15, 30)),
+            rs(&[(20, 30)])
+        );
     }
 }

@@ -9,6 +9,7 @@
 use super::inode_cache::{InodeCache, RangeGuard};
 use super::CacheContext;
 use crate::extent::state::Bits;
+use crate::extent::ByteRange;
 use crate::pool::PAGE_SIZE;
 use crate::stats;
 use std::sync::atomic::Ordering;
@@ -44,14 +45,16 @@ impl CacheContext {
             return 0;
         }
         let hand = c.evict_hand.load(Ordering::Relaxed);
-        let start = extents.partition_point(|&(s, _)| s < hand);
+        let start = extents.partition_point(|e| e.start() < hand);
         let mut freed = 0;
         let mut last = hand;
         for k in 0..extents.len() {
-            let (s, e) = extents[(start + k) % extents.len()];
-            last = e;
-            let Some(ptr) = c.map.get(s) else { continue };
-            if ptr.start() != s {
+            let e = extents[(start + k) % extents.len()];
+            last = e.end();
+            let Some(ptr) = c.map.get(e.start()) else {
+                continue;
+            };
+            if ptr.start() != e.start() {
                 continue;
             }
             let referenced = ptr.take_referenced();
@@ -59,7 +62,7 @@ impl CacheContext {
             if referenced {
                 continue;
             }
-            if let Some(n) = self.try_evict_extent(c, s, e) {
+            if let Some(n) = self.try_evict_extent(c, e) {
                 freed += n;
                 if freed >= want {
                     break;
@@ -70,17 +73,17 @@ impl CacheContext {
         freed
     }
 
-    /// Evict the extent `[s, e)` if it is clean, unlocked and unreferenced.
-    pub(crate) fn try_evict_extent(&self, c: &InodeCache, s: u64, e: u64) -> Option<u64> {
-        let guard = RangeGuard::try_lock(&c.tree, s, e - 1)?;
+    /// Evict the extent covering exactly `e` if it is clean, unlocked and unreferenced.
+    pub(crate) fn try_evict_extent(&self, c: &InodeCache, e: ByteRange) -> Option<u64> {
+        let guard = RangeGuard::try_lock(&c.tree, e)?;
         let r = if c
             .tree
-            .test_any(s, e - 1, Bits::DIRTY | Bits::WRITEBACK | Bits::UNSTABLE)
+            .test_any(e, Bits::DIRTY | Bits::WRITEBACK | Bits::UNSTABLE)
         {
             None
         } else {
-            c.map.remove_extent_if(s, |p| p.end() == e).inspect(|_| {
-                c.tree.clear_bits(s, e - 1, Bits::UPTODATE);
+            c.map.remove_extent(e).inspect(|_| {
+                c.tree.clear_bits(e, Bits::UPTODATE);
             })
         };
         drop(guard);

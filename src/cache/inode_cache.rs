@@ -19,6 +19,7 @@ use super::mapped::MappedPages;
 use crate::extent::map::{ExtentMap, NoMemory};
 use crate::extent::ptr::ExtentPtr;
 use crate::extent::state::{Bits, ExtentStateTree};
+use crate::extent::ByteRange;
 use crate::pool::{PagePool, PAGE_SIZE};
 use std::cell::RefCell;
 use std::io;
@@ -64,44 +65,36 @@ thread_local! {
     static BOUNCE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// LOCKED over an inclusive range of a state tree, released on drop (also when a bug
-/// unwinds through the holder, so a panic cannot leave a range locked forever).
+/// LOCKED over a range of a state tree, released on drop (also when a bug unwinds through
+/// the holder, so a panic cannot leave a range locked forever).
 pub(crate) struct RangeGuard<'a> {
     tree: &'a ExtentStateTree,
-    start: u64,
-    end: u64,
+    range: ByteRange,
 }
 
 impl<'a> RangeGuard<'a> {
-    /// Wait until `[start, end]` has no LOCKED byte (nor any of `also_wait_for`), lock it.
+    /// Wait until `range` has no LOCKED byte (nor any of `also_wait_for`), lock it.
     pub(crate) fn lock(
         tree: &'a ExtentStateTree,
-        start: u64,
-        end: u64,
+        range: ByteRange,
         also_wait_for: Bits,
     ) -> RangeGuard<'a> {
-        tree.lock_range_waiting(start, end, also_wait_for);
-        RangeGuard { tree, start, end }
+        tree.lock_range_waiting(range, also_wait_for);
+        RangeGuard { tree, range }
     }
 
     /// Lock without waiting, or None.
-    pub(crate) fn try_lock(
-        tree: &'a ExtentStateTree,
-        start: u64,
-        end: u64,
-    ) -> Option<RangeGuard<'a>> {
+    pub(crate) fn try_lock(tree: &'a ExtentStateTree, range: ByteRange) -> Option<RangeGuard<'a>> {
         // Not `then_some`: that would build (and drop, i.e. unlock) a guard on failure.
-        tree.try_lock_range(start, end)
-            .then(|| RangeGuard { tree, start, end })
+        tree.try_lock_range(range)
+            .then(|| RangeGuard { tree, range })
     }
 }
 
 impl RangeGuard<'_> {
     /// Unlock, setting `set` in the same step; returns the change in DIRTY bytes.
     pub(crate) fn unlock_setting(self, set: Bits) -> i64 {
-        let delta = self
-            .tree
-            .unlock_range_with(self.start, self.end, set, Bits::NONE);
+        let delta = self.tree.unlock_range_with(self.range, set, Bits::NONE);
         std::mem::forget(self);
         delta
     }
@@ -109,7 +102,7 @@ impl RangeGuard<'_> {
 
 impl Drop for RangeGuard<'_> {
     fn drop(&mut self) {
-        self.tree.unlock_range(self.start, self.end);
+        self.tree.unlock_range(self.range);
     }
 }
 
@@ -378,41 +371,41 @@ impl InodeCache {
 
     // ---- operations under a range lock held by the caller ----
 
-    /// Make page-aligned `[a, b)` UPTODATE: map memory over the missing pieces and read them
-    /// from SOURCE in as few large reads as possible. Returns bytes read from SOURCE.
-    /// Caller holds LOCKED over `[a, b)`.
-    pub(crate) fn fill(&self, a: u64, b: u64) -> Result<u64, Again> {
-        if self.tree.test_range(a, b - 1, Bits::UPTODATE) {
+    /// Make the page-aligned `pages` UPTODATE: map memory over the missing pieces and read
+    /// them from SOURCE in as few large reads as possible. Returns bytes read from SOURCE.
+    /// Caller holds LOCKED over `pages`.
+    pub(crate) fn fill(&self, pages: ByteRange) -> Result<u64, Again> {
+        if self.tree.test_range(pages, Bits::UPTODATE) {
             return Ok(0);
         }
-        let mut missing: Vec<(u64, u64)> = Vec::new();
+        let mut missing: Vec<ByteRange> = Vec::new();
         self.tree
-            .for_each_missing(a, b - 1, Bits::UPTODATE, |s, e| missing.push((s, e + 1)));
+            .for_each_missing(pages, Bits::UPTODATE, |m| missing.push(m));
         let mut read = 0;
-        for (s, e) in missing {
-            self.map_range(s, e)?;
-            read += self.read_from_source(s, e)?;
-            self.tree.set_bits(s, e - 1, Bits::UPTODATE);
+        for m in missing {
+            self.map_range(m)?;
+            read += self.read_from_source(m)?;
+            self.tree.set_bits(m, Bits::UPTODATE);
         }
         Ok(read)
     }
 
-    /// Map memory over every unmapped page of `[s, e)` (page aligned).
-    pub(crate) fn map_range(&self, s: u64, e: u64) -> Result<(), NoMemory> {
-        let mut gaps: [(u64, u64); 8] = [(0, 0); 8];
+    /// Map memory over every unmapped page of page-aligned `r`.
+    pub(crate) fn map_range(&self, r: ByteRange) -> Result<(), NoMemory> {
+        let mut gaps = [ByteRange::default(); 8];
         loop {
             let mut n = 0;
             let mut more = false;
-            self.map.for_each_gap(s, e, |gs, ge| {
+            self.map.for_each_gap(r, |g| {
                 if n < gaps.len() {
-                    gaps[n] = (gs, ge);
+                    gaps[n] = g;
                     n += 1;
                 } else {
                     more = true;
                 }
             });
-            for &(gs, ge) in &gaps[..n] {
-                self.map.map_gap(gs, ge)?;
+            for &g in &gaps[..n] {
+                self.map.map_gap(g)?;
             }
             if !more {
                 return Ok(());
@@ -420,23 +413,23 @@ impl InodeCache {
         }
     }
 
-    /// Read `[s, e)` of SOURCE into the mapped pool pages; zero what lies past SOURCE's EOF.
-    /// Caller holds LOCKED over `[s, e)`.
-    pub(crate) fn read_from_source(&self, s: u64, e: u64) -> io::Result<u64> {
-        let n = self.with_iovecs(s, e, |iov| self.file.read_full(iov, s))?;
-        if (n as u64) < e - s {
-            self.zero_range(s + n as u64, e);
+    /// Read `r` of SOURCE into the mapped pool pages; zero what lies past SOURCE's EOF.
+    /// Caller holds LOCKED over `r`.
+    pub(crate) fn read_from_source(&self, r: ByteRange) -> io::Result<u64> {
+        let n = self.with_iovecs(r, |iov| self.file.read_full(iov, r.start()))?;
+        if (n as u64) < r.len() {
+            self.zero_range(ByteRange::new(r.start() + n as u64, r.end()));
         }
         Ok(n as u64)
     }
 
-    /// Run `f` over iovecs covering the mapped range `[s, e)`, holding its extents alive.
+    /// Run `f` over iovecs covering the mapped range `r`, holding its extents alive.
     pub(crate) fn with_iovecs<R>(
         &self,
-        s: u64,
-        e: u64,
+        r: ByteRange,
         f: impl FnOnce(&mut [libc::iovec]) -> io::Result<R>,
     ) -> io::Result<R> {
+        let (s, e) = (r.start(), r.end());
         IOVECS.with(|iov_cell| {
             HELD.with(|held_cell| {
                 let mut iov = iov_cell.borrow_mut();
@@ -468,16 +461,16 @@ impl InodeCache {
         })
     }
 
-    /// Zero whatever of `[s, e)` is mapped. Caller holds LOCKED.
-    pub(crate) fn zero_range(&self, s: u64, e: u64) {
-        let mut pieces: Vec<(u64, u64)> = Vec::new();
-        self.map.for_each_mapped(s, e, |a, b| pieces.push((a, b)));
-        for (a, b) in pieces {
-            let mut cur = a;
-            while cur < b {
+    /// Zero whatever of `r` is mapped. Caller holds LOCKED over `r`.
+    pub(crate) fn zero_range(&self, r: ByteRange) {
+        let mut pieces: Vec<ByteRange> = Vec::new();
+        self.map.for_each_mapped(r, |piece| pieces.push(piece));
+        for piece in pieces {
+            let mut cur = piece.start();
+            while cur < piece.end() {
                 let Some(ptr) = self.map.get(cur) else { break };
-                let t = ptr.piece_end(cur).min(b);
-                // SAFETY: this fn's caller holds LOCKED over [s, e) (its contract), which covers
+                let t = ptr.piece_end(cur).min(piece.end());
+                // SAFETY: this fn's caller holds LOCKED over `r` (its contract), which covers
                 // [cur, t); `ptr` is held in this loop iteration and t <= piece_end(cur), so the
                 // range is mapped memory of `ptr`.
                 unsafe { ptr.zero(cur, (t - cur) as usize) };
@@ -561,40 +554,41 @@ impl InodeCache {
         })
     }
 
-    /// Prepare page-aligned `[a, b)` for a write of `[off, end)`: map memory over pages that
-    /// are not UPTODATE, and read from SOURCE the edge pages the write covers only in part.
-    /// Caller holds LOCKED and waited for WRITEBACK over `[a, b)`.
-    pub(crate) fn prepare_write(&self, a: u64, b: u64, off: u64, end: u64) -> Result<u64, Again> {
-        if self.tree.test_range(a, b - 1, Bits::UPTODATE) {
+    /// Prepare the page-aligned `pages` for a write of `w` (which they hold): map memory over
+    /// pages that are not UPTODATE, and read from SOURCE the edge pages the write covers only
+    /// in part. Caller holds LOCKED and waited for WRITEBACK over `pages`.
+    pub(crate) fn prepare_write(&self, pages: ByteRange, w: ByteRange) -> Result<u64, Again> {
+        if self.tree.test_range(pages, Bits::UPTODATE) {
             return Ok(0);
         }
-        let mut missing: [(u64, u64); 4] = [(0, 0); 4];
+        let mut missing = [ByteRange::default(); 4];
         let mut n = 0;
         let mut overflow = false;
-        self.tree
-            .for_each_missing(a, b - 1, Bits::UPTODATE, |s, e| {
-                if n < missing.len() {
-                    missing[n] = (s, e + 1);
-                    n += 1;
-                } else {
-                    overflow = true;
-                }
-            });
+        self.tree.for_each_missing(pages, Bits::UPTODATE, |m| {
+            if n < missing.len() {
+                missing[n] = m;
+                n += 1;
+            } else {
+                overflow = true;
+            }
+        });
         if overflow {
             // Many holes: make everything UPTODATE the simple way.
-            return self.fill(a, b);
+            return self.fill(pages);
         }
+        let (off, end) = (w.start(), w.end());
+        // The first and the last page of the write (the same page for a small one).
+        let edges = w.page_aligned();
+        let (head, tail) = (edges.start(), edges.end() - P);
         let mut read = 0;
-        for &(s, e) in &missing[..n] {
-            self.map_range(s, e)?;
+        for &m in &missing[..n] {
+            self.map_range(m)?;
             // Edge pages the write does not cover fully must hold the old bytes.
-            let head = floor_page(off);
-            let tail = floor_page(end - 1);
-            if off > head && head >= s && head < e {
-                read += self.read_from_source(head, head + P)?;
+            if off > head && m.contains(head) {
+                read += self.read_from_source(ByteRange::at(head, P))?;
             }
-            if end < tail + P && tail >= s && tail < e && (tail != head || off == head) {
-                read += self.read_from_source(tail, tail + P)?;
+            if end < tail + P && m.contains(tail) && (tail != head || off == head) {
+                read += self.read_from_source(ByteRange::at(tail, P))?;
             }
             // Pages past the old EOF that the write will not cover are zero (fresh memory
             // from the pool may hold old data).

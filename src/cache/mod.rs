@@ -21,6 +21,7 @@ pub mod validator;
 pub mod writeback;
 
 use crate::extent::state::Bits;
+use crate::extent::ByteRange;
 use crate::pool::PagePool;
 use crate::stats::{self, Counters, OpCounters};
 use backing::Backing;
@@ -305,8 +306,8 @@ impl CacheContext {
 
     // ---- DIRTY: the trees count the bytes; these two also keep each file's dirty clock ----
 
-    pub(crate) fn set_dirty(&self, c: &InodeCache, s: u64, e_incl: u64) {
-        let added = c.tree.set_bits(s, e_incl, Bits::DIRTY);
+    pub(crate) fn set_dirty(&self, c: &InodeCache, r: ByteRange) {
+        let added = c.tree.set_bits(r, Bits::DIRTY);
         self.dirtied(c, added);
     }
 
@@ -322,12 +323,12 @@ impl CacheContext {
         }
     }
 
-    /// Clear DIRTY over `[s, e_incl]` and then set `set` there (e.g. WRITEBACK). The caller
-    /// holds LOCKED over the range, so nobody sees the moment in between.
-    pub(crate) fn clear_dirty(&self, c: &InodeCache, s: u64, e_incl: u64, set: Bits) -> u64 {
-        let removed = c.tree.clear_bits(s, e_incl, Bits::DIRTY);
+    /// Clear DIRTY over `r` and then set `set` there (e.g. WRITEBACK). The caller holds
+    /// LOCKED over the range, so nobody sees the moment in between.
+    pub(crate) fn clear_dirty(&self, c: &InodeCache, r: ByteRange, set: Bits) -> u64 {
+        let removed = c.tree.clear_bits(r, Bits::DIRTY);
         if !set.is_empty() {
-            c.tree.set_bits(s, e_incl, set);
+            c.tree.set_bits(r, set);
         }
         if c.tree.dirty_bytes() == 0 {
             c.dirty_since.store(0, Ordering::Relaxed);
@@ -354,21 +355,21 @@ impl CacheContext {
             return Ok(out(&[]));
         }
         let want_end = off.saturating_add(size as u64).min(fsize);
-        let a = floor_page(off);
-        let mut b = ceil_page(want_end);
+        let wanted = ByteRange::new(off, want_end).page_aligned();
+        let mut pages = wanted;
         // Sequential reader: read ahead while we are at it.
         let mut ra = 0;
         if self.cfg.readahead > 0
             && c.is_sequential(off)
-            && !c.tree.test_range(a, b - 1, Bits::UPTODATE)
+            && !c.tree.test_range(pages, Bits::UPTODATE)
         {
-            let nb = ceil_page(fsize).min(b.saturating_add(self.cfg.readahead));
-            ra = nb - b;
-            b = nb;
+            let nb = ceil_page(fsize).min(pages.end().saturating_add(self.cfg.readahead));
+            ra = nb - pages.end();
+            pages = ByteRange::new(pages.start(), nb);
         }
         loop {
-            let guard = RangeGuard::lock(&c.tree, a, b - 1, Bits::NONE);
-            match c.fill(a, b) {
+            let guard = RangeGuard::lock(&c.tree, pages, Bits::NONE);
+            match c.fill(pages) {
                 Ok(read) => {
                     let len = (want_end.min(c.size()).max(off) - off) as usize;
                     let hit = (len as u64).saturating_sub(read.min(len as u64));
@@ -386,22 +387,22 @@ impl CacheContext {
                         );
                     }
                     if into_page_cache {
-                        c.note_page_cache_read(a, ceil_page(off + len as u64));
+                        c.note_page_cache_read(pages.start(), ceil_page(off + len as u64));
                     }
                     let r = c.with_bytes(off, len, out);
                     drop(guard);
                     c.note_read_end(off + len as u64);
                     return Ok(r);
                 }
-                Err(Again::NoMemory(pages)) => {
+                Err(Again::NoMemory(short)) => {
                     drop(guard);
                     if ra > 0 {
                         // Under memory pressure, give up the read-ahead first.
-                        b = ceil_page(want_end);
+                        pages = wanted;
                         ra = 0;
                         continue;
                     }
-                    self.reclaim(pages)?;
+                    self.reclaim(short)?;
                 }
                 Err(Again::Io(e)) => return Err(e),
             }
@@ -438,17 +439,17 @@ impl CacheContext {
                 return Err(io::Error::from_raw_os_error(libc::EFBIG));
             }
             let data = &all[..(all.len() as u64).min(max - off) as usize];
-            let end = off + data.len() as u64;
-            let a = floor_page(off);
-            let b = ceil_page(end);
-            let guard = RangeGuard::lock(&c.tree, a, b - 1, Bits::WRITEBACK);
+            let w = ByteRange::at(off, data.len() as u64);
+            let end = w.end();
+            let pages = w.page_aligned();
+            let guard = RangeGuard::lock(&c.tree, pages, Bits::WRITEBACK);
             if append && c.size() != off {
                 continue;
             }
             // ENOSPC here, at write(), rather than at writeback. Not for the kernel's page
             // writeback (a mapping's pages): it would drop the page on an error.
             if self.cfg.reserve_space && kind != WriteKind::PageCache {
-                if let Err(e) = self.reserve_space(c, a, b) {
+                if let Err(e) = self.reserve_space(c, pages) {
                     drop(guard);
                     return Err(e);
                 }
@@ -460,9 +461,9 @@ impl CacheContext {
                 && c.mapped_pages()
                     .is_some_and(|m| m.overlaps_faulted(off, end));
             let ready = if save {
-                c.fill(a, b)
+                c.fill(pages)
             } else {
-                c.prepare_write(a, b, off, end)
+                c.prepare_write(pages, w)
             };
             match ready {
                 Ok(_) => {}
@@ -473,7 +474,7 @@ impl CacheContext {
                 }
                 Err(Again::Io(e)) => {
                     if self.cfg.reserve_space {
-                        self.unreserve_clean(c, a, b);
+                        self.unreserve_clean(c, pages);
                     }
                     return Err(e);
                 }
@@ -491,13 +492,13 @@ impl CacheContext {
             }
             c.extend_size(end);
             c.record_write_time();
-            if (a, b) == (off, end) {
+            if pages == w {
                 // Whole pages (the common case): UPTODATE and DIRTY in the unlocking step.
                 let added = guard.unlock_setting(Bits::UPTODATE | Bits::DIRTY);
                 self.dirtied(c, added.max(0) as u64);
             } else {
-                c.tree.set_bits(a, b - 1, Bits::UPTODATE);
-                self.set_dirty(c, off, end - 1);
+                c.tree.set_bits(pages, Bits::UPTODATE);
+                self.set_dirty(c, w);
                 drop(guard);
             }
             stats::add(&self.stats.write_bytes, data.len() as u64);
@@ -567,21 +568,24 @@ impl CacheContext {
             return Err(io::Error::from_raw_os_error(libc::EFBIG));
         }
         let a = floor_page(new_size);
-        let guard = RangeGuard::lock(&c.tree, a, u64::MAX, Bits::WRITEBACK);
+        let guard = RangeGuard::lock(&c.tree, ByteRange::from_offset(a), Bits::WRITEBACK);
         let r = (|| {
             c.file.set_len(new_size)?;
             if let Some(mut m) = c.mapped_pages() {
                 m.truncate(new_size);
             }
             let tail = ceil_page(new_size);
-            if !new_size.is_multiple_of(P) && c.tree.test_range(a, a + P - 1, Bits::UPTODATE) {
-                c.zero_range(new_size, tail);
+            if !new_size.is_multiple_of(P) && c.tree.test_range(ByteRange::at(a, P), Bits::UPTODATE)
+            {
+                c.zero_range(ByteRange::new(new_size, tail));
             }
-            self.clear_dirty(c, new_size, u64::MAX, Bits::NONE);
-            c.tree.clear_bits(new_size, u64::MAX, Bits::UNSTABLE);
+            let gone = ByteRange::from_offset(new_size);
+            self.clear_dirty(c, gone, Bits::NONE);
+            c.tree.clear_bits(gone, Bits::UNSTABLE);
             self.space_dropped_from(c, new_size);
-            c.map.unmap(tail, !(P - 1));
-            c.tree.clear_bits(tail, u64::MAX, Bits::UPTODATE);
+            let whole_pages_gone = ByteRange::from_offset(tail);
+            c.map.unmap(whole_pages_gone);
+            c.tree.clear_bits(whole_pages_gone, Bits::UPTODATE);
             c.set_size(new_size);
             c.record_write_time();
             Ok(())
@@ -604,9 +608,8 @@ impl CacheContext {
         if end <= off {
             return on_source();
         }
-        let a = floor_page(off);
-        let b = ceil_page(end);
-        let guard = RangeGuard::lock(&c.tree, a, b - 1, Bits::WRITEBACK);
+        let hole = ByteRange::new(off, end);
+        let guard = RangeGuard::lock(&c.tree, hole.page_aligned(), Bits::WRITEBACK);
         let r = (|| {
             on_source()?;
             let inner_a = ceil_page(off);
@@ -615,23 +618,23 @@ impl CacheContext {
             for (s, e) in [(off, end.min(inner_a)), (inner_b.max(off), end)] {
                 if s < e
                     && c.tree
-                        .test_range(floor_page(s), floor_page(s) + P - 1, Bits::UPTODATE)
+                        .test_range(ByteRange::at(floor_page(s), P), Bits::UPTODATE)
                 {
-                    c.zero_range(s, e);
+                    c.zero_range(ByteRange::new(s, e));
                 }
             }
-            self.clear_dirty(c, off, end - 1, Bits::NONE);
-            c.tree.clear_bits(off, end - 1, Bits::UNSTABLE);
-            self.space_punched(c, off, end);
+            self.clear_dirty(c, hole, Bits::NONE);
+            c.tree.clear_bits(hole, Bits::UNSTABLE);
+            self.space_punched(c, hole);
             // Dirty bytes past SOURCE's end were what would have extended SOURCE to the
             // file's size; the hole punched over them must not shorten the file.
             let keep = end.min(c.size());
             if (c.file.stat()?.st_size as u64) < keep {
                 c.file.set_len(keep)?;
             }
-            if inner_a < inner_b {
-                c.map.unmap(inner_a, inner_b);
-                c.tree.clear_bits(inner_a, inner_b - 1, Bits::UPTODATE);
+            if let Some(inner) = hole.inner_pages() {
+                c.map.unmap(inner);
+                c.tree.clear_bits(inner, Bits::UPTODATE);
             }
             c.record_write_time();
             Ok(())
@@ -645,13 +648,13 @@ impl CacheContext {
     /// move data around in SOURCE, e.g. collapse/insert range).
     pub fn invalidate(&self, c: &InodeCache) -> io::Result<()> {
         self.writeback_file(c, true)?;
-        let guard = RangeGuard::lock(&c.tree, 0, u64::MAX, Bits::WRITEBACK);
+        let guard = RangeGuard::lock(&c.tree, ByteRange::ALL, Bits::WRITEBACK);
         // Anything dirtied in between is written now, under the lock. If that fails, the
         // cache keeps everything (dirty data is never dropped).
         self.writeback_locked_all(c)?;
         self.commit(c, true, false, true)?;
-        c.map.unmap(0, !(P - 1));
-        c.tree.clear_bits(0, u64::MAX, Bits::UPTODATE);
+        c.map.unmap(ByteRange::ALL);
+        c.tree.clear_bits(ByteRange::ALL, Bits::UPTODATE);
         drop(guard);
         self.bump_progress();
         Ok(())
@@ -681,11 +684,11 @@ impl CacheContext {
     /// Drop everything cached of a file that is gone from SOURCE, dirty data too: it has
     /// nowhere to go.
     fn discard(&self, c: &InodeCache) {
-        let guard = RangeGuard::lock(&c.tree, 0, u64::MAX, Bits::WRITEBACK);
-        self.clear_dirty(c, 0, u64::MAX, Bits::NONE);
-        c.map.unmap(0, !(P - 1));
+        let guard = RangeGuard::lock(&c.tree, ByteRange::ALL, Bits::WRITEBACK);
+        self.clear_dirty(c, ByteRange::ALL, Bits::NONE);
+        c.map.unmap(ByteRange::ALL);
         c.tree
-            .clear_bits(0, u64::MAX, Bits::UPTODATE | Bits::UNSTABLE);
+            .clear_bits(ByteRange::ALL, Bits::UPTODATE | Bits::UNSTABLE);
         self.space_dropped_from(c, 0);
         c.set_pending_mtime(None);
         let _ = c.take_wb_error();
@@ -703,8 +706,8 @@ impl CacheContext {
     /// Drop the clean cached data of one file (ctl `drop`). Returns bytes dropped.
     pub fn drop_clean(&self, c: &InodeCache) -> u64 {
         let mut dropped = 0;
-        for (s, e) in c.map.extents() {
-            dropped += self.try_evict_extent(c, s, e).unwrap_or(0);
+        for e in c.map.extents() {
+            dropped += self.try_evict_extent(c, e).unwrap_or(0);
         }
         self.bump_progress();
         dropped

@@ -13,6 +13,7 @@
 use super::inode_cache::{InodeCache, RangeGuard};
 use super::CacheContext;
 use crate::extent::state::Bits;
+use crate::extent::ByteRange;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, Write};
@@ -119,22 +120,19 @@ impl CacheContext {
     /// Write back every DIRTY range of `c`, going on past ranges that fail (they stay dirty).
     fn write_each_range(&self, c: &InodeCache) {
         let mut from = 0u64;
-        while let Some((s, e)) = c
+        while let Some(run) = c
             .tree
             .find_contiguous(from, Bits::DIRTY, self.cfg.max_writeback)
         {
-            let guard = RangeGuard::lock(&c.tree, s, e, Bits::WRITEBACK);
-            let ranges = self.dirty_to_writeback(c, s, e);
+            let guard = RangeGuard::lock(&c.tree, run, Bits::WRITEBACK);
+            let ranges = self.dirty_to_writeback(c, run);
             drop(guard);
-            for &(rs, re) in &ranges {
+            for &r in &ranges {
                 // A failure is logged with the path, and the range is DIRTY again.
-                let _ = self.write_range(c, rs, re);
+                let _ = self.write_range(c, r);
             }
             self.bump_progress();
-            from = match e.checked_add(1) {
-                Some(f) => f,
-                None => break,
-            };
+            from = run.end();
         }
     }
 
@@ -199,9 +197,9 @@ struct Lost {
 impl Lost {
     fn of(c: &InodeCache) -> Lost {
         let mut ranges = Vec::new();
-        c.tree.for_each(0, u64::MAX, |st| {
+        c.tree.for_each(ByteRange::ALL, |st| {
             if st.bits.contains(Bits::DIRTY) {
-                ranges.push((st.start, st.end - st.start + 1));
+                ranges.push((st.range.start(), st.range.len()));
             }
         });
         let raw_name = c
@@ -320,7 +318,7 @@ fn save_recovery(
             .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
         let mut data_off = 0u64;
         for &(off, len) in &l.ranges {
-            let _guard = RangeGuard::lock(&c.tree, off, off + len - 1, Bits::NONE);
+            let _guard = RangeGuard::lock(&c.tree, ByteRange::at(off, len), Bits::NONE);
             let mut done = 0u64;
             while done < len {
                 let n = (len - done).min(buf.len() as u64) as usize;

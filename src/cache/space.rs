@@ -25,6 +25,7 @@
 use super::inode_cache::{ceil_page, floor_page, InodeCache, P};
 use super::CacheContext;
 use crate::extent::state::Bits;
+use crate::extent::ByteRange;
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -247,17 +248,17 @@ impl FileSpace {
 }
 
 impl CacheContext {
-    /// A write of the page range `[a, b)`, locked by the caller: reserve SOURCE space for the
+    /// A write of the page range `pages`, locked by the caller: reserve SOURCE space for the
     /// pages past the file's allocated prefix that are not reserved yet, or fail with ENOSPC
     /// (nothing changed).
-    pub(crate) fn reserve_space(&self, c: &InodeCache, a: u64, b: u64) -> io::Result<()> {
-        let from = a.max(c.space.alloc_end(c));
-        if from >= b {
+    pub(crate) fn reserve_space(&self, c: &InodeCache, pages: ByteRange) -> io::Result<()> {
+        let past_alloc = pages.intersect(ByteRange::from_offset(c.space.alloc_end(c)));
+        if past_alloc.is_empty() {
             return Ok(());
         }
         let mut need = 0;
         c.tree
-            .for_each_missing(from, b - 1, Bits::RESERVED, |s, e| need += e - s + 1);
+            .for_each_missing(past_alloc, Bits::RESERVED, |m| need += m.len());
         if need == 0 {
             return Ok(());
         }
@@ -268,61 +269,62 @@ impl CacheContext {
         })?;
         // Under the caller's lock the tree says exactly what became RESERVED (a writeback
         // may have released an edge page in between): account that.
-        let set = c.tree.set_bits(from, b - 1, Bits::RESERVED);
+        let set = c.tree.set_bits(past_alloc, Bits::RESERVED);
         self.space.adjust(dev, set as i64 - need as i64, false);
         c.space.dev.store(dev, Ordering::Relaxed);
         c.space.reserved.fetch_add(set, Ordering::AcqRel);
         Ok(())
     }
 
-    /// The write of `[a, b)` failed after `reserve_space`: give back the pages holding no
-    /// dirty byte.
-    pub(crate) fn unreserve_clean(&self, c: &InodeCache, a: u64, b: u64) {
-        let mut p = a;
-        while p < b {
-            if !c.tree.test_any(p, p + P - 1, Bits::DIRTY) {
-                let n = c.tree.clear_bits(p, p + P - 1, Bits::RESERVED);
+    /// The write of the page range `pages` failed after `reserve_space`: give back the pages
+    /// holding no dirty byte.
+    pub(crate) fn unreserve_clean(&self, c: &InodeCache, pages: ByteRange) {
+        let mut p = pages.start();
+        while p < pages.end() {
+            let page = ByteRange::at(p, P);
+            if !c.tree.test_any(page, Bits::DIRTY) {
+                let n = c.tree.clear_bits(page, Bits::RESERVED);
                 c.space.account(c.key.0, -(n as i64), false);
             }
             p += P;
         }
     }
 
-    /// Writeback wrote `[s, end)`: SOURCE has blocks for its pages now.
-    pub(crate) fn space_landed(&self, c: &InodeCache, s: u64, end: u64) {
-        if end <= s {
+    /// Writeback wrote `written`: SOURCE has blocks for its pages now.
+    pub(crate) fn space_landed(&self, c: &InodeCache, written: ByteRange) {
+        if written.is_empty() {
             return;
         }
-        c.space.raise(s, end);
-        let n = c
-            .tree
-            .clear_bits(floor_page(s), ceil_page(end) - 1, Bits::RESERVED);
+        c.space.raise(written.start(), written.end());
+        let n = c.tree.clear_bits(written.page_aligned(), Bits::RESERVED);
         c.space.account(c.key.0, -(n as i64), true);
     }
 
     /// The data from `from` on is gone (truncate, deletion) and SOURCE's blocks there with it.
     pub(crate) fn space_dropped_from(&self, c: &InodeCache, from: u64) {
         c.space.lower(from);
-        let n = c.tree.clear_bits(ceil_page(from), u64::MAX, Bits::RESERVED);
+        let whole_pages = ByteRange::from_offset(ceil_page(from));
+        let n = c.tree.clear_bits(whole_pages, Bits::RESERVED);
         c.space.account(c.key.0, -(n as i64), false);
         if !from.is_multiple_of(P) {
-            self.unreserve_clean(c, floor_page(from), ceil_page(from));
+            self.unreserve_clean(c, ByteRange::at(floor_page(from), P));
         }
     }
 
-    /// A hole was punched over `[off, end)`.
-    pub(crate) fn space_punched(&self, c: &InodeCache, off: u64, end: u64) {
-        c.space.lower(off);
-        let (ia, ib) = (ceil_page(off), floor_page(end));
-        if ia < ib {
-            let n = c.tree.clear_bits(ia, ib - 1, Bits::RESERVED);
+    /// A hole was punched over `hole` (not empty).
+    pub(crate) fn space_punched(&self, c: &InodeCache, hole: ByteRange) {
+        c.space.lower(hole.start());
+        if let Some(inner) = hole.inner_pages() {
+            let n = c.tree.clear_bits(inner, Bits::RESERVED);
             c.space.account(c.key.0, -(n as i64), false);
         }
         // The edge pages, where no dirty byte is left on them.
-        let (first, last) = (floor_page(off), floor_page(end - 1));
-        self.unreserve_clean(c, first, first + P);
+        let pages = hole.page_aligned();
+        let first = ByteRange::at(pages.start(), P);
+        let last = ByteRange::new(pages.end() - P, pages.end());
+        self.unreserve_clean(c, first);
         if last != first {
-            self.unreserve_clean(c, last, last + P);
+            self.unreserve_clean(c, last);
         }
     }
 

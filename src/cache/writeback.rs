@@ -15,6 +15,7 @@ use super::inode_cache::{InodeCache, RangeGuard};
 use super::report::file_name;
 use super::{errno_of, CacheContext};
 use crate::extent::state::Bits;
+use crate::extent::ByteRange;
 use crate::stats;
 use crossbeam::channel::{self, Receiver, Sender};
 use std::io;
@@ -220,15 +221,15 @@ impl CacheContext {
             .iter()
             .map(|c| c.commit_lock.lock().unwrap_or_else(|p| p.into_inner()))
             .collect();
-        let noted: Vec<Vec<(u64, u64)>> = group
+        let noted: Vec<Vec<ByteRange>> = group
             .iter()
-            .map(|c| c.tree.ranges_with(0, u64::MAX, Bits::UNSTABLE))
+            .map(|c| c.tree.ranges_with(ByteRange::ALL, Bits::UNSTABLE))
             .collect();
         let r = group[0].file.syncfs();
         if r.is_ok() {
             for (c, ranges) in group.iter().zip(&noted) {
-                for &(s, e) in ranges {
-                    c.tree.clear_bits(s, e, Bits::UNSTABLE);
+                for &u in ranges {
+                    c.tree.clear_bits(u, Bits::UNSTABLE);
                 }
             }
             stats::add(&self.stats.commit_syncfs, 1);
@@ -261,28 +262,24 @@ impl CacheContext {
     pub(crate) fn writeback_pass(&self, c: &InodeCache, wait: bool) -> io::Result<()> {
         let mut from = 0u64;
         let mut result = Ok(());
-        while let Some((s, e)) = c
+        while let Some(run) = c
             .tree
             .find_contiguous(from, Bits::DIRTY, self.cfg.max_writeback)
         {
+            // A run is never empty, so this always moves on.
+            from = run.end();
             let guard = if wait {
-                RangeGuard::lock(&c.tree, s, e, Bits::NONE)
+                RangeGuard::lock(&c.tree, run, Bits::NONE)
             } else {
-                match RangeGuard::try_lock(&c.tree, s, e) {
+                match RangeGuard::try_lock(&c.tree, run) {
                     Some(g) => g,
-                    None => {
-                        from = match e.checked_add(1) {
-                            Some(f) => f,
-                            None => break,
-                        };
-                        continue;
-                    }
+                    None => continue,
                 }
             };
-            let ranges = self.dirty_to_writeback(c, s, e);
+            let ranges = self.dirty_to_writeback(c, run);
             drop(guard);
-            for &(rs, re) in &ranges {
-                if let Err(err) = self.write_range(c, rs, re) {
+            for &r in &ranges {
+                if let Err(err) = self.write_range(c, r) {
                     result = Err(err);
                 }
             }
@@ -290,14 +287,10 @@ impl CacheContext {
             if result.is_err() {
                 break;
             }
-            from = match e.checked_add(1) {
-                Some(f) => f,
-                None => break,
-            };
         }
         if wait && result.is_ok() {
             // Ranges that other threads had under WRITEBACK when we looked.
-            c.tree.wait_clear(0, u64::MAX, Bits::WRITEBACK);
+            c.tree.wait_clear(ByteRange::ALL, Bits::WRITEBACK);
             if let Some(errno) = c.peek_wb_error() {
                 if c.tree.dirty_bytes() > 0 {
                     result = Err(io::Error::from_raw_os_error(errno));
@@ -317,21 +310,18 @@ impl CacheContext {
     /// threads' WRITEBACK to end.
     fn write_back_all(&self, c: &InodeCache, whole_file_locked: bool) -> io::Result<()> {
         let mut from = 0;
-        while let Some((s, e)) = c
+        while let Some(run) = c
             .tree
             .find_contiguous(from, Bits::DIRTY, self.cfg.max_writeback)
         {
-            let guard = (!whole_file_locked).then(|| RangeGuard::lock(&c.tree, s, e, Bits::NONE));
-            let r = self.writeback_locked_range(c, s, e);
+            let guard = (!whole_file_locked).then(|| RangeGuard::lock(&c.tree, run, Bits::NONE));
+            let r = self.writeback_locked_range(c, run);
             drop(guard);
             r?;
-            from = match e.checked_add(1) {
-                Some(f) => f,
-                None => break,
-            };
+            from = run.end();
         }
         if !whole_file_locked {
-            c.tree.wait_clear(0, u64::MAX, Bits::WRITEBACK);
+            c.tree.wait_clear(ByteRange::ALL, Bits::WRITEBACK);
         }
         Ok(())
     }
@@ -341,41 +331,41 @@ impl CacheContext {
         self.write_back_all(c, true)
     }
 
-    fn writeback_locked_range(&self, c: &InodeCache, s: u64, e: u64) -> io::Result<()> {
-        for (rs, re) in c.tree.ranges_with(s, e, Bits::DIRTY) {
-            self.clear_dirty(c, rs, re, Bits::WRITEBACK);
-            self.write_range(c, rs, re)?;
+    fn writeback_locked_range(&self, c: &InodeCache, run: ByteRange) -> io::Result<()> {
+        for r in c.tree.ranges_with(run, Bits::DIRTY) {
+            self.clear_dirty(c, r, Bits::WRITEBACK);
+            self.write_range(c, r)?;
         }
         Ok(())
     }
 
-    /// Under the caller's lock over `[s, e]`: what in it is still DIRTY becomes WRITEBACK.
+    /// Under the caller's lock over `run`: what in it is still DIRTY becomes WRITEBACK.
     /// Returns those ranges, for the caller to write (`write_range`) once it unlocked.
-    pub(crate) fn dirty_to_writeback(&self, c: &InodeCache, s: u64, e: u64) -> Vec<(u64, u64)> {
-        let ranges = c.tree.ranges_with(s, e, Bits::DIRTY);
-        for &(rs, re) in &ranges {
-            self.clear_dirty(c, rs, re, Bits::WRITEBACK);
+    pub(crate) fn dirty_to_writeback(&self, c: &InodeCache, run: ByteRange) -> Vec<ByteRange> {
+        let ranges = c.tree.ranges_with(run, Bits::DIRTY);
+        for &r in &ranges {
+            self.clear_dirty(c, r, Bits::WRITEBACK);
         }
         ranges
     }
 
-    /// pwritev `[s, e]` (inclusive, under WRITEBACK) from pool memory, then clear WRITEBACK.
-    pub(crate) fn write_range(&self, c: &InodeCache, s: u64, e: u64) -> io::Result<()> {
+    /// pwritev `r` (under WRITEBACK) from pool memory, then clear WRITEBACK.
+    pub(crate) fn write_range(&self, c: &InodeCache, r: ByteRange) -> io::Result<()> {
         // Bytes past EOF are never dirty (truncate clears them under the lock), but clip anyway.
-        let size = c.size();
-        let end = (e + 1).min(size.max(s));
-        let r = if end > s {
-            c.with_iovecs(s, end, |iov| c.file.write_all(iov, s))
-        } else {
+        let written = r.intersect(ByteRange::new(0, c.size()));
+        let s = written.start();
+        let res = if written.is_empty() {
             Ok(())
+        } else {
+            c.with_iovecs(written, |iov| c.file.write_all(iov, s))
         };
-        match r {
+        match res {
             Ok(()) => {
                 // In SOURCE's page cache, not yet durable: UNSTABLE until SOURCE's fsync.
-                c.tree.set_clear_bits(s, e, Bits::UNSTABLE, Bits::WRITEBACK);
-                self.space_landed(c, s, end);
+                c.tree.set_clear_bits(r, Bits::UNSTABLE, Bits::WRITEBACK);
+                self.space_landed(c, written);
                 stats::add(&self.stats.writeback_ops, 1);
-                stats::add(&self.stats.writeback_bytes, end - s);
+                stats::add(&self.stats.writeback_bytes, written.len());
                 self.last_wb_errno.store(0, Ordering::Relaxed);
                 Ok(())
             }
@@ -383,12 +373,12 @@ impl CacheContext {
                 let errno = errno_of(&err);
                 tracing::error!(
                     "writeback of {} bytes at {s} of {} failed: {err}; data kept dirty",
-                    end - s,
+                    written.len(),
                     file_name(c)
                 );
                 // Back to DIRTY: the data stays in the cache for a later attempt.
-                self.set_dirty(c, s, e);
-                c.tree.clear_bits(s, e, Bits::WRITEBACK);
+                self.set_dirty(c, r);
+                c.tree.clear_bits(r, Bits::WRITEBACK);
                 self.writeback_failed(c, errno);
                 Err(err)
             }
@@ -409,7 +399,7 @@ impl CacheContext {
         always: bool,
         locked: bool,
     ) -> io::Result<()> {
-        let unstable_now = || c.tree.ranges_with(0, u64::MAX, Bits::UNSTABLE);
+        let unstable_now = || c.tree.ranges_with(ByteRange::ALL, Bits::UNSTABLE);
         let _serial = c.commit_lock.lock().unwrap();
         let unstable = unstable_now();
         if unstable.is_empty() && !always {
@@ -420,8 +410,8 @@ impl CacheContext {
         }
         match c.file.sync(datasync) {
             Ok(()) => {
-                for &(s, e) in &unstable {
-                    c.tree.clear_bits(s, e, Bits::UNSTABLE);
+                for &u in &unstable {
+                    c.tree.clear_bits(u, Bits::UNSTABLE);
                 }
                 c.close_file_if_idle();
                 Ok(())
@@ -433,20 +423,21 @@ impl CacheContext {
                     file_name(c)
                 );
                 // Everything unstable now, including what became so during the fsync.
-                for &(s, e) in &unstable_now() {
-                    let _guard = (!locked).then(|| RangeGuard::lock(&c.tree, s, e, Bits::NONE));
+                for &u in &unstable_now() {
+                    let _guard = (!locked).then(|| RangeGuard::lock(&c.tree, u, Bits::NONE));
                     // Only what is still unstable and inside the file.
-                    let size = c.size();
-                    let mut redo: Vec<(u64, u64)> = Vec::new();
-                    c.tree.for_each(s, e, |st| {
-                        if st.bits.contains(Bits::UNSTABLE) && st.start < size {
-                            redo.push((st.start, st.end.min(size - 1)));
+                    let in_file = ByteRange::new(0, c.size());
+                    let mut redo: Vec<ByteRange> = Vec::new();
+                    c.tree.for_each(u, |st| {
+                        let r = st.range.intersect(in_file);
+                        if st.bits.contains(Bits::UNSTABLE) && !r.is_empty() {
+                            redo.push(r);
                         }
                     });
-                    for (rs, re) in redo {
-                        self.set_dirty(c, rs, re);
+                    for r in redo {
+                        self.set_dirty(c, r);
                     }
-                    c.tree.clear_bits(s, e, Bits::UNSTABLE);
+                    c.tree.clear_bits(u, Bits::UNSTABLE);
                 }
                 self.writeback_failed(c, errno);
                 Err(err)

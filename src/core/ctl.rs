@@ -181,8 +181,9 @@ impl Core {
 
     fn extents_dump(c: &InodeCache) -> String {
         let mut s = String::new();
+        // Inclusive ends, as documented for `extentfs extents` (and parsed by its `--map`).
         for st in c.tree.states() {
-            writeln!(s, "{} {} {}", st.start, st.end, st.bits).unwrap();
+            writeln!(s, "{} {} {}", st.range.start(), st.last(), st.bits).unwrap();
         }
         s
     }

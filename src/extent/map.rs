@@ -13,6 +13,7 @@
 //!   entries, and scattered 4 KiB blocks cost a run each, not an extent each.
 
 use super::ptr::{ExtentBuf, ExtentPtr};
+use super::range::ByteRange;
 use crate::pool::{PagePool, Run, PAGE_SIZE};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -94,34 +95,37 @@ impl ExtentMap {
         e.0.is_mapped_at(off).then(|| e.clone())
     }
 
-    /// Visit mapped sub-ranges of `[start, end)` as (start, end), in order (pieces that touch
-    /// may be reported separately).
-    pub fn for_each_mapped(&self, start: u64, end: u64, mut f: impl FnMut(u64, u64)) {
+    /// Visit the mapped sub-ranges of `r`, in order (pieces that touch may be reported
+    /// separately).
+    pub fn for_each_mapped(&self, r: ByteRange, mut f: impl FnMut(ByteRange)) {
+        if r.is_empty() {
+            return;
+        }
         let m = self.lock();
-        let first = containing(&m, start).map(|(k, _)| k).unwrap_or(start);
-        for (_, e) in m.range(first..end) {
-            e.0.for_each_mapped(start, end, &mut f);
+        let first = containing(&m, r.start()).map_or(r.start(), |(k, _)| k);
+        for (_, e) in m.range(first..r.end()) {
+            e.0.for_each_mapped(r, &mut f);
         }
     }
 
-    /// Visit unmapped sub-ranges ("gaps") of page-aligned `[start, end)`, in order.
-    pub fn for_each_gap(&self, start: u64, end: u64, mut f: impl FnMut(u64, u64)) {
-        let mut cur = start;
-        self.for_each_mapped(start, end, |s, t| {
-            if s > cur {
-                f(cur, s);
+    /// Visit the unmapped sub-ranges ("gaps") of page-aligned `r`, in order.
+    pub fn for_each_gap(&self, r: ByteRange, mut f: impl FnMut(ByteRange)) {
+        let mut cur = r.start();
+        self.for_each_mapped(r, |piece| {
+            if piece.start() > cur {
+                f(ByteRange::new(cur, piece.start()));
             }
-            cur = cur.max(t);
+            cur = cur.max(piece.end());
         });
-        if cur < end {
-            f(cur, end);
+        if cur < r.end() {
+            f(ByteRange::new(cur, r.end()));
         }
     }
 
-    /// Map pool memory over the page-aligned gap `[start, end)` (which must be unmapped:
-    /// either inside one extent's hole or outside all extents), without waiting for memory.
-    /// All or nothing.
-    pub fn map_gap(&self, start: u64, end: u64) -> Result<(), NoMemory> {
+    /// Map pool memory over the page-aligned gap `r` (which must be unmapped: either inside
+    /// one extent's hole or outside all extents), without waiting for memory. All or nothing.
+    pub fn map_gap(&self, r: ByteRange) -> Result<(), NoMemory> {
+        let (start, end) = (r.start(), r.end());
         debug_assert!(start.is_multiple_of(P) && end.is_multiple_of(P) && start < end);
         let mut cur = start;
         while cur < end {
@@ -129,7 +133,7 @@ impl ExtentMap {
             if let Err(e) = self.map_chunk(cur, chunk_end) {
                 // All or nothing: give back what this call mapped.
                 if cur > start {
-                    self.unmap(start, cur);
+                    self.unmap(ByteRange::new(start, cur));
                 }
                 return Err(e);
             }
@@ -237,11 +241,15 @@ impl ExtentMap {
         m.insert(new.start(), ExtentPtr::new(new));
     }
 
-    /// Drop the mapping of page-aligned `[start, end)` (end may be the last page boundary
-    /// below 2^64): extents inside go, extents across an edge lose that part (a hole, or a
-    /// shorter extent). Returns bytes unmapped.
-    pub fn unmap(&self, start: u64, end: u64) -> u64 {
-        debug_assert!(start.is_multiple_of(P));
+    /// Drop the mapping of `r` (page aligned, or ending at `u64::MAX` for "to the end"):
+    /// extents inside go, extents across an edge lose that part (a hole, or a shorter
+    /// extent). Returns bytes unmapped; an empty range unmaps nothing.
+    pub fn unmap(&self, r: ByteRange) -> u64 {
+        let (start, end) = (r.start(), r.end());
+        debug_assert!(start.is_multiple_of(P) && (end.is_multiple_of(P) || end == u64::MAX));
+        if r.is_empty() {
+            return 0;
+        }
         let mut removed = 0;
         loop {
             let mut m = self.lock();
@@ -257,7 +265,7 @@ impl ExtentMap {
                 }
                 match Arc::get_mut(&mut e.0) {
                     Some(buf) => {
-                        removed += buf.punch(start, end);
+                        removed += buf.punch(r);
                         if buf.is_empty() {
                             m.remove(&k);
                         } else if buf.start() != k {
@@ -280,15 +288,15 @@ impl ExtentMap {
         removed
     }
 
-    /// Remove exactly the extent `[start, end)` if `ok(extent)` allows and nobody else
-    /// references it (eviction). Returns the bytes of memory freed.
-    pub fn remove_extent_if(&self, start: u64, ok: impl FnOnce(&ExtentPtr) -> bool) -> Option<u64> {
+    /// Remove the extent covering exactly `r` if there is one and nobody else references it
+    /// (eviction). Returns the bytes of memory freed.
+    pub fn remove_extent(&self, r: ByteRange) -> Option<u64> {
         let mut m = self.lock();
-        let e = m.get(&start)?;
-        if !e.is_unique() || !ok(e) {
+        let e = m.get(&r.start())?;
+        if !e.is_unique() || e.end() != r.end() {
             return None;
         }
-        let e = m.remove(&start).unwrap();
+        let e = m.remove(&r.start()).unwrap();
         drop(m);
         let freed = e.0.mapped_bytes();
         drop(e);
@@ -296,9 +304,9 @@ impl ExtentMap {
         Some(freed)
     }
 
-    /// (start, end) of every extent, in order (stats, eviction scans, tests).
-    pub fn extents(&self) -> Vec<(u64, u64)> {
-        self.lock().values().map(|e| (e.start(), e.end())).collect()
+    /// The range of every extent, in order (stats, eviction scans, tests).
+    pub fn extents(&self) -> Vec<ByteRange> {
+        self.lock().values().map(|e| e.range()).collect()
     }
 
     /// The pool runs of every extent (tests and the extents dump); holes have `first == HOLE`.
@@ -330,7 +338,8 @@ mod tests {
         let pool = pool(64);
         let map = ExtentMap::new(pool.clone());
         for i in 0..64u64 {
-            map.map_gap(i * 16 * P, (i + 1) * 16 * P).unwrap();
+            map.map_gap(ByteRange::new(i * 16 * P, (i + 1) * 16 * P))
+                .unwrap();
         }
         assert_eq!(map.entries(), 1, "{:?}", map.extents());
         assert_eq!(map.runs()[0].1.len(), 1);
@@ -341,10 +350,10 @@ mod tests {
     fn extents_are_capped() {
         let pool = pool(64);
         let map = ExtentMap::new(pool.clone());
-        map.map_gap(0, 32 << 20).unwrap();
+        map.map_gap(ByteRange::new(0, 32 << 20)).unwrap();
         // cap = capacity / 8 = 8 MiB
         assert_eq!(map.entries(), 4);
-        assert!(map.extents().iter().all(|(s, e)| e - s == 8 << 20));
+        assert!(map.extents().iter().all(|e| e.len() == 8 << 20));
     }
 
     #[test]
@@ -353,20 +362,22 @@ mod tests {
         let map = ExtentMap::new(pool.clone());
         // Every other page, backwards (so no in-place growth): one extent with holes.
         for i in (0..64u64).rev() {
-            map.map_gap(2 * i * P, (2 * i + 1) * P).unwrap();
+            map.map_gap(ByteRange::new(2 * i * P, (2 * i + 1) * P))
+                .unwrap();
         }
         assert_eq!(map.entries(), 1, "{:?}", map.extents());
         assert_eq!(map.mapped_bytes(), 64 * P);
         let mut gaps = 0;
-        map.for_each_gap(0, 128 * P, |_, _| gaps += 1);
+        map.for_each_gap(ByteRange::new(0, 128 * P), |_| gaps += 1);
         assert_eq!(gaps, 64);
         // Filling the holes keeps one extent.
         for i in 0..64u64 {
-            map.map_gap((2 * i + 1) * P, (2 * i + 2) * P).unwrap();
+            map.map_gap(ByteRange::new((2 * i + 1) * P, (2 * i + 2) * P))
+                .unwrap();
         }
         assert_eq!(map.entries(), 1);
         let mut gaps = 0;
-        map.for_each_gap(0, 128 * P, |_, _| gaps += 1);
+        map.for_each_gap(ByteRange::new(0, 128 * P), |_| gaps += 1);
         assert_eq!(gaps, 0);
     }
 
@@ -374,10 +385,12 @@ mod tests {
     fn gaps_and_mapped() {
         let pool = pool(16);
         let map = ExtentMap::new(pool.clone());
-        map.map_gap(2 * P, 4 * P).unwrap();
-        map.map_gap(8 * P, 9 * P).unwrap();
+        map.map_gap(ByteRange::new(2 * P, 4 * P)).unwrap();
+        map.map_gap(ByteRange::new(8 * P, 9 * P)).unwrap();
         let mut gaps = vec![];
-        map.for_each_gap(0, 10 * P, |s, e| gaps.push((s / P, e / P)));
+        map.for_each_gap(ByteRange::new(0, 10 * P), |g| {
+            gaps.push((g.start() / P, g.end() / P))
+        });
         assert_eq!(gaps, vec![(0, 2), (4, 8), (9, 10)]);
         assert!(map.get(3 * P + 7).is_some());
         assert!(map.get(4 * P).is_none());
@@ -389,16 +402,16 @@ mod tests {
         let pool = pool(16);
         let free0 = pool.free_pages();
         let map = ExtentMap::new(pool.clone());
-        map.map_gap(0, 10 * P).unwrap();
-        assert_eq!(map.unmap(3 * P, 5 * P), 2 * P);
+        map.map_gap(ByteRange::new(0, 10 * P)).unwrap();
+        assert_eq!(map.unmap(ByteRange::new(3 * P, 5 * P)), 2 * P);
         assert!(map.get(2 * P).is_some() && map.get(3 * P).is_none() && map.get(5 * P).is_some());
         assert_eq!(pool.free_pages(), free0 - 8);
-        // Unmap to the top of the range: the extent shrinks.
-        assert_eq!(map.unmap(7 * P, !(P - 1)), 3 * P);
-        assert_eq!(map.extents(), vec![(0, 7 * P)]);
+        // Unmap to the end: the extent shrinks.
+        assert_eq!(map.unmap(ByteRange::from_offset(7 * P)), 3 * P);
+        assert_eq!(map.extents(), vec![ByteRange::new(0, 7 * P)]);
         assert_eq!(map.mapped_bytes(), 5 * P);
-        assert_eq!(map.unmap(0, 3 * P), 3 * P);
-        assert_eq!(map.extents(), vec![(5 * P, 7 * P)]);
+        assert_eq!(map.unmap(ByteRange::new(0, 3 * P)), 3 * P);
+        assert_eq!(map.extents(), vec![ByteRange::new(5 * P, 7 * P)]);
         drop(map);
         assert_eq!(pool.free_pages(), free0);
     }
@@ -408,10 +421,12 @@ mod tests {
         let pool = pool(16);
         let free0 = pool.free_pages();
         let map = ExtentMap::new(pool.clone());
-        map.map_gap(0, 8 * P).unwrap();
-        let err = map.map_gap(8 * P, 8 * P + (64 << 20)).unwrap_err();
+        map.map_gap(ByteRange::new(0, 8 * P)).unwrap();
+        let err = map
+            .map_gap(ByteRange::new(8 * P, 8 * P + (64 << 20)))
+            .unwrap_err();
         assert!(err.pages > 0);
-        assert_eq!(map.extents(), vec![(0, 8 * P)]);
+        assert_eq!(map.extents(), vec![ByteRange::new(0, 8 * P)]);
         assert_eq!(pool.free_pages(), free0 - 8);
     }
 
@@ -419,11 +434,13 @@ mod tests {
     fn evict_only_unreferenced() {
         let pool = pool(16);
         let map = ExtentMap::new(pool.clone());
-        map.map_gap(0, 4 * P).unwrap();
+        map.map_gap(ByteRange::new(0, 4 * P)).unwrap();
         let held = map.get(0).unwrap();
-        assert_eq!(map.remove_extent_if(0, |_| true), None);
+        assert_eq!(map.remove_extent(ByteRange::new(0, 4 * P)), None);
         drop(held);
-        assert_eq!(map.remove_extent_if(0, |_| true), Some(4 * P));
+        // Not exactly the extent: kept.
+        assert_eq!(map.remove_extent(ByteRange::new(0, 2 * P)), None);
+        assert_eq!(map.remove_extent(ByteRange::new(0, 4 * P)), Some(4 * P));
         assert_eq!(map.entries(), 0);
     }
 }

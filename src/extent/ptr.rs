@@ -20,6 +20,7 @@
 //! - its shape (start, len, runs) only changes while the map holds the sole reference
 //!   (`Arc::get_mut`), so nobody can observe a shape change.
 
+use super::range::ByteRange;
 use crate::pool::{PagePool, Run, PAGE_SIZE};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -108,6 +109,11 @@ impl ExtentBuf {
     /// Exclusive end (file offsets are below 2^63, so this cannot overflow).
     pub fn end(&self) -> u64 {
         self.start + self.len
+    }
+
+    /// The file range the extent covers, holes included.
+    pub fn range(&self) -> ByteRange {
+        ByteRange::new(self.start, self.end())
     }
 
     pub fn runs(&self) -> &[Run] {
@@ -210,14 +216,14 @@ impl ExtentBuf {
         ((off - self.start) / P) as u32
     }
 
-    /// Free the memory of `[s, e)` (page aligned, inside the extent), leaving a hole; the
+    /// Free the memory of page-aligned `r` where it overlaps the extent, leaving a hole; the
     /// extent shrinks when the hole reaches an end. Returns bytes freed. Sole owner only.
-    pub(crate) fn punch(&mut self, s: u64, e: u64) -> u64 {
-        let s = s.max(self.start);
-        let e = e.min(self.end());
-        if s >= e {
+    pub(crate) fn punch(&mut self, r: ByteRange) -> u64 {
+        let r = r.intersect(self.range());
+        if r.is_empty() {
             return 0;
         }
+        let (s, e) = (r.start(), r.end());
         let (ps, pe) = (self.rel_pages(s), self.rel_pages(e));
         let removed = self.replace(ps, pe, &[hole(pe - ps)]);
         let mut freed = 0;
@@ -297,13 +303,13 @@ impl ExtentBuf {
         self.start + self.ends[idx] as u64 * P
     }
 
-    /// Visit memory stretches of `[s, e)` as (start, end) file offsets.
-    pub fn for_each_mapped(&self, s: u64, e: u64, mut f: impl FnMut(u64, u64)) {
-        let s = s.max(self.start);
-        let e = e.min(self.end());
-        if s >= e {
+    /// Visit the memory stretches of the extent within `r`, in order.
+    pub fn for_each_mapped(&self, r: ByteRange, mut f: impl FnMut(ByteRange)) {
+        let r = r.intersect(self.range());
+        if r.is_empty() {
             return;
         }
+        let (s, e) = (r.start(), r.end());
         let (mut idx, _) = self.locate(s);
         let mut pos = self.start
             + if idx == 0 {
@@ -315,7 +321,7 @@ impl ExtentBuf {
             let r = self.runs[idx];
             let r_end = pos + r.pages as u64 * P;
             if !is_hole(&r) {
-                f(pos.max(s), r_end.min(e));
+                f(ByteRange::new(pos.max(s), r_end.min(e)));
             }
             pos = r_end;
             idx += 1;
@@ -367,6 +373,11 @@ impl ExtentPtr {
 
     pub fn end(&self) -> u64 {
         self.0.end()
+    }
+
+    /// The file range the extent covers, holes included.
+    pub fn range(&self) -> ByteRange {
+        self.0.range()
     }
 
     pub fn runs(&self) -> &[Run] {
@@ -564,13 +575,15 @@ mod tests {
         let r = pool.alloc_run(8).unwrap();
         let mut buf = ExtentBuf::new(pool.clone(), 0, vec![r]);
         // A hole in the middle: three runs, pages freed.
-        assert_eq!(buf.punch(2 * P, 4 * P), 2 * P);
+        assert_eq!(buf.punch(ByteRange::new(2 * P, 4 * P)), 2 * P);
         assert_eq!(buf.runs().len(), 3);
         assert_eq!(buf.mapped_bytes(), 6 * P);
         assert!(buf.is_mapped_at(P) && !buf.is_mapped_at(3 * P) && buf.is_mapped_at(4 * P));
         assert_eq!(buf.piece_end(0), 2 * P);
         let mut seen = vec![];
-        buf.for_each_mapped(0, 8 * P, |s, e| seen.push((s / P, e / P)));
+        buf.for_each_mapped(ByteRange::new(0, 8 * P), |m| {
+            seen.push((m.start() / P, m.end() / P))
+        });
         assert_eq!(seen, vec![(0, 2), (4, 8)]);
         // Fill it again with other memory.
         let f = pool.alloc_run(2).unwrap();
@@ -578,9 +591,9 @@ mod tests {
         assert_eq!(buf.mapped_bytes(), 8 * P);
         assert_eq!(buf.piece_end(0), 8 * P);
         // Punching at the ends trims the extent.
-        buf.punch(0, P);
+        buf.punch(ByteRange::new(0, P));
         assert_eq!((buf.start(), buf.len()), (P, 7 * P));
-        buf.punch(6 * P, 8 * P);
+        buf.punch(ByteRange::new(6 * P, 8 * P));
         assert_eq!((buf.start(), buf.end()), (P, 6 * P));
         drop(buf);
         assert_eq!(pool.free_pages(), free0);

@@ -5,10 +5,19 @@
 //! One [`ExtentStateTree`] per file records, for every byte offset, a small
 //! set of state [`Bits`] (`UPTODATE`, `DIRTY`, `LOCKED`, `WRITEBACK`, and
 //! room for more). Instead of a per-page flag word, the states are stored as
-//! sorted, non-overlapping *inclusive* ranges `[start, end]` (an
-//! [`ExtentState`]) in a `BTreeMap<start, (end, bits)>`. A byte not covered by
-//! any state has no bits at all (a "hole"). Inclusive ends mean a range can
-//! end at `u64::MAX` with no overflow anywhere.
+//! sorted, non-overlapping ranges in a `BTreeMap<start, (end, bits)>`. A byte
+//! not covered by any state has no bits at all (a "hole").
+//!
+//! # Ranges: half-open outside, inclusive inside
+//!
+//! Every public method takes and returns half-open [`ByteRange`]s `[start, end)`
+//! (an [`ExtentState`] carries one too), like the extent map and the cache. An
+//! empty range is a no-op: setting or clearing changes 0 bytes, `test_range` is
+//! vacuously true, `test_any` false, walks visit nothing, locking it locks
+//! nothing (`try_lock_range` succeeds) and `wait_clear` returns at once.
+//! Internally the map keeps *inclusive* `[start, end]` pairs, converted once at
+//! the boundary (`incl` / `half_open`). Since no `ByteRange` names byte
+//! `u64::MAX`, no state ever holds it, so the conversion back cannot overflow.
 //!
 //! The tree also owns the *range lock*: `LOCKED` is an ordinary state bit, and
 //! [`ExtentStateTree::lock_range`] waits on the tree's `Condvar` until no byte
@@ -18,18 +27,18 @@
 //! # Invariants (checked by [`ExtentStateTree::check_invariants`])
 //!
 //! * states are sorted by `start`, `start <= end`, and never overlap;
+//! * no state holds byte `u64::MAX` (no `ByteRange` can name it);
 //! * no state has empty bits (clearing the last bit removes the state);
 //! * two *adjacent* states (`a.end + 1 == b.start`) never carry equal bits,
 //!   unless they carry `LOCKED`: a `LOCKED` state is never merged with
 //!   anything, so each locker's range stays (at least) its own state(s) and
-//!   two lockers of `[0,9]` and `[10,19]` stay visibly separate. Unlocking
+//!   two lockers of `[0, 10)` and `[10, 20)` stay visibly separate. Unlocking
 //!   merges the range back with its equal neighbours;
 //! * the byte counters (`dirty`, `uptodate`, `writeback`, `locked`) equal the
-//!   sum over the states exactly. They are kept as `u128` internally, so they
-//!   are exact even for the full `2^64`-byte space; the public getters
-//!   saturate at `u64::MAX`, which can only be reached by a bit covering all
-//!   `2^64` bytes (the one count that does not fit in a `u64`). Returned
-//!   "bytes changed" counts saturate the same way.
+//!   sum over the states exactly. They are kept as `u128` internally (the
+//!   internals were written for the full `2^64`-byte space); the public
+//!   getters and returned "bytes changed" counts saturate at `u64::MAX`, which
+//!   the reachable `2^64 - 1` bytes never exceed.
 //!
 //! # Mapping to btrfs's `extent_io_tree`
 //!
@@ -54,7 +63,7 @@
 //!
 //! # Lock strategy: whole range, atomically, once free
 //!
-//! `lock_range*` takes the mutex, checks whether any byte of `[start, end]`
+//! `lock_range*` takes the mutex, checks whether any byte of the range
 //! has `LOCKED` (or an extra waited-for bit); if none does, it sets `LOCKED`
 //! on the whole range in the same critical section and returns. Otherwise it
 //! waits on the `Condvar` (which releases the mutex) and rechecks after every
@@ -76,6 +85,7 @@
 //! from a fixed-size stack buffer, so they may call back into the tree; the
 //! price is that a walk longer than one batch is not a single atomic snapshot.
 
+use super::range::ByteRange;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::{BitAnd, BitAndAssign, BitOr, BitOrAssign, Not};
@@ -180,30 +190,36 @@ impl fmt::Display for Bits {
     }
 }
 
-/// One range of bytes `[start, end]` (inclusive) sharing the same bits.
+/// One range of bytes sharing the same bits (never empty when it comes from
+/// the tree).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExtentState {
-    pub start: u64,
-    /// Inclusive.
-    pub end: u64,
+    pub range: ByteRange,
     pub bits: Bits,
 }
 
 impl ExtentState {
-    /// Number of bytes, saturating: a `[0, u64::MAX]` range reports `u64::MAX`.
+    /// Number of bytes.
     pub fn len(&self) -> u64 {
-        (self.end - self.start).saturating_add(1)
+        self.range.len()
     }
 
     /// Never true for a state of the tree (kept for clippy's `len` rule).
     pub fn is_empty(&self) -> bool {
-        false
+        self.range.is_empty()
+    }
+
+    /// The last byte (inclusive end), for output that prints inclusive ranges
+    /// (`extentfs extents`). A state of the tree is never empty.
+    pub fn last(&self) -> u64 {
+        self.range.end() - 1
     }
 }
 
 impl fmt::Display for ExtentState {
+    /// `[start, end) BITS`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "[{}, {}] {}", self.start, self.end, self.bits)
+        write!(f, "{} {}", self.range, self.bits)
     }
 }
 
@@ -218,13 +234,18 @@ fn sat(v: u128) -> u64 {
     u64::try_from(v).unwrap_or(u64::MAX)
 }
 
+/// The API boundary, inward: a half-open range as the inclusive `(start, end)`
+/// pair the internals use, or None when it is empty (a no-op everywhere).
 #[inline]
-#[track_caller]
-fn check_range(start: u64, end: u64) {
-    assert!(
-        start <= end,
-        "extent range [{start}, {end}] has start > end"
-    );
+fn incl(r: ByteRange) -> Option<(u64, u64)> {
+    (!r.is_empty()).then(|| (r.start(), r.end() - 1))
+}
+
+/// The API boundary, outward: the inclusive `[s, e]` as a half-open range. No
+/// state holds byte `u64::MAX` (see the module docs), so `e + 1` cannot overflow.
+#[inline]
+fn half_open(s: u64, e: u64) -> ByteRange {
+    ByteRange::new(s, e + 1)
 }
 
 type Map = BTreeMap<u64, (u64, Bits)>;
@@ -449,8 +470,7 @@ impl fmt::Debug for ExtentStateTree {
         let g = self.lock();
         f.debug_list()
             .entries(g.map.iter().map(|(&s, &(e, b))| ExtentState {
-                start: s,
-                end: e,
+                range: half_open(s, e),
                 bits: b,
             }))
             .finish()
@@ -487,28 +507,28 @@ impl ExtentStateTree {
         g
     }
 
-    /// Set `bits` on `[start, end]`, splitting states at both ends, filling
-    /// holes with new states and merging with equal neighbours. Returns the
-    /// number of bytes whose bits changed (saturating). Setting `LOCKED` this
-    /// way does not wait: use [`Self::lock_range`] for locking.
-    ///
-    /// Panics if `start > end` (as do all range methods).
-    pub fn set_bits(&self, start: u64, end: u64, bits: Bits) -> u64 {
-        self.set_clear_bits(start, end, bits, Bits::NONE)
+    /// Set `bits` on `r`, splitting states at both ends, filling holes with
+    /// new states and merging with equal neighbours. Returns the number of
+    /// bytes whose bits changed. Setting `LOCKED` this way does not wait: use
+    /// [`Self::lock_range`] for locking.
+    pub fn set_bits(&self, r: ByteRange, bits: Bits) -> u64 {
+        self.set_clear_bits(r, bits, Bits::NONE)
     }
 
-    /// Clear `bits` on `[start, end]`; a state whose bits reach zero
-    /// disappears; neighbours left equal are merged. Clearing any bit wakes
-    /// waiters. Returns bytes changed (saturating).
-    pub fn clear_bits(&self, start: u64, end: u64, bits: Bits) -> u64 {
-        self.set_clear_bits(start, end, Bits::NONE, bits)
+    /// Clear `bits` on `r`; a state whose bits reach zero disappears;
+    /// neighbours left equal are merged. Clearing any bit wakes waiters.
+    /// Returns bytes changed.
+    pub fn clear_bits(&self, r: ByteRange, bits: Bits) -> u64 {
+        self.set_clear_bits(r, Bits::NONE, bits)
     }
 
-    /// Set `set` and clear `clear` over `[start, end]` in one atomic step:
-    /// each byte becomes `(old & !clear) | set` (a bit in both is set).
-    /// Returns bytes changed (saturating).
-    pub fn set_clear_bits(&self, start: u64, end: u64, set: Bits, clear: Bits) -> u64 {
-        check_range(start, end);
+    /// Set `set` and clear `clear` over `r` in one atomic step: each byte
+    /// becomes `(old & !clear) | set` (a bit in both is set). Returns bytes
+    /// changed (0 for an empty range).
+    pub fn set_clear_bits(&self, r: ByteRange, set: Bits, clear: Bits) -> u64 {
+        let Some((start, end)) = incl(r) else {
+            return 0;
+        };
         let mut g = self.lock();
         let (changed, cleared) = g.modify(start, end, set, clear);
         let wake = cleared && g.waiters > 0;
@@ -519,17 +539,21 @@ impl ExtentStateTree {
         sat(changed)
     }
 
-    /// True if every byte of `[start, end]` has all of `bits` (a hole fails;
-    /// `bits == NONE` is vacuously true).
-    pub fn test_range(&self, start: u64, end: u64, bits: Bits) -> bool {
-        check_range(start, end);
-        all_in(&self.lock().map, start, end, bits)
+    /// True if every byte of `r` has all of `bits` (a hole fails; an empty
+    /// range or `bits == NONE` is vacuously true).
+    pub fn test_range(&self, r: ByteRange, bits: Bits) -> bool {
+        match incl(r) {
+            None => true,
+            Some((start, end)) => all_in(&self.lock().map, start, end, bits),
+        }
     }
 
-    /// True if any byte of `[start, end]` has any of `bits`.
-    pub fn test_any(&self, start: u64, end: u64, bits: Bits) -> bool {
-        check_range(start, end);
-        any_in(&self.lock().map, start, end, bits)
+    /// True if any byte of `r` has any of `bits` (never for an empty range).
+    pub fn test_any(&self, r: ByteRange, bits: Bits) -> bool {
+        match incl(r) {
+            None => false,
+            Some((start, end)) => any_in(&self.lock().map, start, end, bits),
+        }
     }
 
     /// First state ending at or after `from` that has any of `bits`, clipped
@@ -541,16 +565,15 @@ impl ExtentStateTree {
         let g = self.lock();
         let found = overlapping(&g.map, from, u64::MAX).find(|(_, _, b)| b.intersects(bits));
         found.map(|(s, e, b)| ExtentState {
-            start: s.max(from),
-            end: e,
+            range: half_open(s.max(from), e),
             bits: b,
         })
     }
 
     /// Like [`Self::find_first`], then extend over following adjacent states
-    /// (no hole between) that also have any of `bits`. Returns `(start, end)`
-    /// of the run; `max_len` caps its length in bytes (0 = no cap).
-    pub fn find_contiguous(&self, from: u64, bits: Bits, max_len: u64) -> Option<(u64, u64)> {
+    /// (no hole between) that also have any of `bits`. Returns the run (never
+    /// empty); `max_len` caps its length in bytes (0 = no cap).
+    pub fn find_contiguous(&self, from: u64, bits: Bits, max_len: u64) -> Option<ByteRange> {
         if bits.is_empty() {
             return None;
         }
@@ -564,7 +587,7 @@ impl ExtentStateTree {
         };
         let mut re = e;
         if re >= cap_end {
-            return Some((rs, cap_end));
+            return Some(half_open(rs, cap_end));
         }
         for (s, e, b) in it {
             // re < cap_end <= u64::MAX here, so re + 1 cannot overflow.
@@ -577,14 +600,16 @@ impl ExtentStateTree {
                 break;
             }
         }
-        Some((rs, re))
+        Some(half_open(rs, re))
     }
 
-    /// Call `f(start, end)` for each maximal sub-range of `[start, end]` whose
-    /// bytes do not all have every bit of `bits` (holes included), in order.
-    /// `f` runs outside the mutex (batches of 32 runs per lock hold).
-    pub fn for_each_missing(&self, start: u64, end: u64, bits: Bits, mut f: impl FnMut(u64, u64)) {
-        check_range(start, end);
+    /// Call `f` with each maximal sub-range of `r` whose bytes do not all
+    /// have every bit of `bits` (holes included), in order. `f` runs outside
+    /// the mutex (batches of 32 runs per lock hold).
+    pub fn for_each_missing(&self, r: ByteRange, bits: Bits, mut f: impl FnMut(ByteRange)) {
+        let Some((start, end)) = incl(r) else {
+            return;
+        };
         if bits.is_empty() {
             return;
         }
@@ -619,7 +644,7 @@ impl ExtentStateTree {
                 acc.finish();
             }
             for &(a, b) in &acc.buf[..acc.n] {
-                f(a, b);
+                f(half_open(a, b));
             }
             match acc.resume {
                 Some(p) => pos = p,
@@ -628,25 +653,26 @@ impl ExtentStateTree {
         }
     }
 
-    /// The (inclusive) ranges within `[start, end]` whose states carry all of `bits`, in order
-    /// (neighbouring states are separate ranges).
-    pub fn ranges_with(&self, start: u64, end: u64, bits: Bits) -> Vec<(u64, u64)> {
+    /// The ranges within `r` whose states carry all of `bits`, in order
+    /// (neighbouring states are separate ranges). Allocates: not for hot paths.
+    pub fn ranges_with(&self, r: ByteRange, bits: Bits) -> Vec<ByteRange> {
         let mut v = Vec::new();
-        self.for_each(start, end, |st| {
+        self.for_each(r, |st| {
             if st.bits.contains(bits) {
-                v.push((st.start, st.end));
+                v.push(st.range);
             }
         });
         v
     }
 
-    /// Visit the states overlapping `[start, end]`, clipped to it, in order.
+    /// Visit the states overlapping `r`, clipped to it, in order.
     /// `f` runs outside the mutex (batches of 32 states per lock hold).
-    pub fn for_each(&self, start: u64, end: u64, mut f: impl FnMut(ExtentState)) {
-        check_range(start, end);
+    pub fn for_each(&self, r: ByteRange, mut f: impl FnMut(ExtentState)) {
+        let Some((start, end)) = incl(r) else {
+            return;
+        };
         let empty = ExtentState {
-            start: 0,
-            end: 0,
+            range: ByteRange::default(),
             bits: Bits::NONE,
         };
         let mut pos = start;
@@ -662,8 +688,7 @@ impl ExtentStateTree {
                         break;
                     }
                     buf[n] = ExtentState {
-                        start: s.max(pos),
-                        end: e.min(end),
+                        range: half_open(s.max(pos), e.min(end)),
                         bits: b,
                     };
                     n += 1;
@@ -685,24 +710,25 @@ impl ExtentStateTree {
         g.map
             .iter()
             .map(|(&s, &(e, b))| ExtentState {
-                start: s,
-                end: e,
+                range: half_open(s, e),
                 bits: b,
             })
             .collect()
     }
 
-    /// Exclusive range lock: waits until no byte of `[start, end]` is
-    /// `LOCKED`, then sets `LOCKED` on the whole range atomically (see the
-    /// module docs for why this is deadlock-free).
-    pub fn lock_range(&self, start: u64, end: u64) {
-        self.lock_range_waiting(start, end, Bits::NONE);
+    /// Exclusive range lock: waits until no byte of `r` is `LOCKED`, then
+    /// sets `LOCKED` on the whole range atomically (see the module docs for
+    /// why this is deadlock-free). An empty range locks nothing, at once.
+    pub fn lock_range(&self, r: ByteRange) {
+        self.lock_range_waiting(r, Bits::NONE);
     }
 
     /// Like [`Self::lock_range`], but also waits until no byte of the range
     /// has any of `also_wait_for` (e.g. `WRITEBACK`).
-    pub fn lock_range_waiting(&self, start: u64, end: u64, also_wait_for: Bits) {
-        check_range(start, end);
+    pub fn lock_range_waiting(&self, r: ByteRange, also_wait_for: Bits) {
+        let Some((start, end)) = incl(r) else {
+            return;
+        };
         let conflict = Bits::LOCKED | also_wait_for;
         let mut g = self.lock();
         loop {
@@ -710,14 +736,17 @@ impl ExtentStateTree {
                 g.modify(start, end, Bits::LOCKED, Bits::NONE);
                 return;
             }
-            tracing::trace!(start, end, bits = %conflict, "lock_range: waiting");
+            tracing::trace!(range = %r, bits = %conflict, "lock_range: waiting");
             g = self.wait(g);
         }
     }
 
-    /// Lock `[start, end]` if no byte of it is `LOCKED`; never waits.
-    pub fn try_lock_range(&self, start: u64, end: u64) -> bool {
-        check_range(start, end);
+    /// Lock `r` if no byte of it is `LOCKED`; never waits. True for an empty
+    /// range (which locks nothing).
+    pub fn try_lock_range(&self, r: ByteRange) -> bool {
+        let Some((start, end)) = incl(r) else {
+            return true;
+        };
         let mut g = self.lock();
         if any_in(&g.map, start, end, Bits::LOCKED) {
             return false;
@@ -726,21 +755,24 @@ impl ExtentStateTree {
         true
     }
 
-    /// Clear `LOCKED` on `[start, end]` and wake waiters. The caller must hold
-    /// the lock on the whole range (checked in debug builds).
-    pub fn unlock_range(&self, start: u64, end: u64) {
-        self.unlock_range_with(start, end, Bits::NONE, Bits::NONE);
+    /// Clear `LOCKED` on `r` and wake waiters. The caller must hold the lock
+    /// on the whole range (checked in debug builds).
+    pub fn unlock_range(&self, r: ByteRange) {
+        self.unlock_range_with(r, Bits::NONE, Bits::NONE);
     }
 
     /// Unlock and, in the same atomic step, set `set` and clear `clear`
     /// (`LOCKED` is always cleared, even if named in `set`). Returns the change
-    /// in `DIRTY` bytes (for the caller's accounting; saturating).
-    pub fn unlock_range_with(&self, start: u64, end: u64, set: Bits, clear: Bits) -> i64 {
-        check_range(start, end);
+    /// in `DIRTY` bytes (for the caller's accounting; saturating; 0 for an
+    /// empty range).
+    pub fn unlock_range_with(&self, r: ByteRange, set: Bits, clear: Bits) -> i64 {
+        let Some((start, end)) = incl(r) else {
+            return 0;
+        };
         let mut g = self.lock();
         debug_assert!(
             all_in(&g.map, start, end, Bits::LOCKED),
-            "unlock_range({start}, {end}) on a range that is not wholly locked"
+            "unlock_range({r}) on a range that is not wholly locked"
         );
         let dirty_before = g.dirty;
         g.modify(start, end, set & !Bits::LOCKED, clear | Bits::LOCKED);
@@ -757,12 +789,14 @@ impl ExtentStateTree {
         delta
     }
 
-    /// Block until no byte of `[start, end]` has any of `bits`.
-    pub fn wait_clear(&self, start: u64, end: u64, bits: Bits) {
-        check_range(start, end);
+    /// Block until no byte of `r` has any of `bits` (at once for an empty range).
+    pub fn wait_clear(&self, r: ByteRange, bits: Bits) {
+        let Some((start, end)) = incl(r) else {
+            return;
+        };
         let mut g = self.lock();
         while any_in(&g.map, start, end, bits) {
-            tracing::trace!(start, end, bits = %bits, "wait_clear: waiting");
+            tracing::trace!(range = %r, bits = %bits, "wait_clear: waiting");
             g = self.wait(g);
         }
     }
@@ -808,6 +842,7 @@ impl ExtentStateTree {
         let (mut up, mut di, mut lo, mut wb) = (0u128, 0u128, 0u128, 0u128);
         for (&s, &(e, b)) in &g.map {
             assert!(s <= e, "state [{s}, {e}] has start > end");
+            assert!(e < u64::MAX, "state [{s}, {e}] holds byte u64::MAX");
             assert!(!b.is_empty(), "state [{s}, {e}] has no bits");
             if let Some((ps, pe, pb)) = prev {
                 assert!(pe < s, "[{ps}, {pe}] overlaps [{s}, {e}]");
@@ -897,17 +932,17 @@ mod tests {
         let total = Arc::new(AtomicU64::new(0));
         let a = ExtentStateTree::with_dirty_total(total.clone());
         let b = ExtentStateTree::with_dirty_total(total.clone());
-        a.set_bits(0, 99, Bits::DIRTY | Bits::UPTODATE);
-        b.set_bits(10, 19, Bits::DIRTY);
+        a.set_bits(r(0, 100), Bits::DIRTY | Bits::UPTODATE);
+        b.set_bits(r(10, 20), Bits::DIRTY);
         assert_eq!(total.load(Ordering::Relaxed), 110);
         // Overlapping set: only the new bytes count; a split clear removes its part.
-        a.set_bits(50, 149, Bits::DIRTY);
+        a.set_bits(r(50, 150), Bits::DIRTY);
         assert_eq!(total.load(Ordering::Relaxed), 160);
-        a.clear_bits(40, 59, Bits::DIRTY);
+        a.clear_bits(r(40, 60), Bits::DIRTY);
         assert_eq!(total.load(Ordering::Relaxed), 140);
         // DIRTY turned into WRITEBACK under a lock, in the unlocking step.
-        a.lock_range_waiting(0, 9, Bits::NONE);
-        a.unlock_range_with(0, 9, Bits::WRITEBACK, Bits::DIRTY);
+        a.lock_range_waiting(r(0, 10), Bits::NONE);
+        a.unlock_range_with(r(0, 10), Bits::WRITEBACK, Bits::DIRTY);
         assert_eq!(total.load(Ordering::Relaxed), 130);
         assert_eq!(a.dirty_bytes() + b.dirty_bytes(), 130);
         drop(a);
@@ -929,11 +964,16 @@ mod tests {
     const W: Bits = Bits::WRITEBACK;
     const MAX: u64 = u64::MAX;
 
+    fn r(start: u64, end: u64) -> ByteRange {
+        ByteRange::new(start, end)
+    }
+
+    /// The states as half-open `(start, end, bits)`, after checking the invariants.
     fn st(t: &ExtentStateTree) -> Vec<(u64, u64, Bits)> {
         t.check_invariants();
         t.states()
             .iter()
-            .map(|s| (s.start, s.end, s.bits))
+            .map(|s| (s.range.start(), s.range.end(), s.bits))
             .collect()
     }
 
@@ -962,56 +1002,77 @@ mod tests {
     }
 
     #[test]
-    fn state_len_saturates() {
+    fn state_len_and_last() {
         let s = |a, b| ExtentState {
-            start: a,
-            end: b,
+            range: r(a, b),
             bits: U,
         };
-        assert_eq!(s(5, 5).len(), 1);
-        assert_eq!(s(0, 9).len(), 10);
-        assert_eq!(s(1, MAX).len(), MAX);
+        assert_eq!(s(5, 6).len(), 1);
+        assert_eq!((s(5, 6).last(), s(0, 10).last()), (5, 9));
+        assert_eq!(s(0, 10).len(), 10);
+        assert_eq!(s(1, MAX).len(), MAX - 1);
         assert_eq!(s(0, MAX).len(), MAX);
-        assert_eq!(s(MAX, MAX).len(), 1);
+        assert_eq!(s(0, 10).to_string(), "[0, 10) UPTODATE");
     }
 
     #[test]
     fn set_on_empty_and_noop() {
         let t = ExtentStateTree::new();
-        assert_eq!(t.set_bits(10, 19, U), 10);
-        assert_eq!(st(&t), vec![(10, 19, U)]);
+        assert_eq!(t.set_bits(r(10, 20), U), 10);
+        assert_eq!(st(&t), vec![(10, 20, U)]);
         // Already set: no change, no split.
-        assert_eq!(t.set_bits(12, 15, U), 0);
-        assert_eq!(st(&t), vec![(10, 19, U)]);
-        assert_eq!(t.set_bits(10, 19, Bits::NONE), 0);
+        assert_eq!(t.set_bits(r(12, 16), U), 0);
+        assert_eq!(st(&t), vec![(10, 20, U)]);
+        assert_eq!(t.set_bits(r(10, 20), Bits::NONE), 0);
         assert_eq!(t.entries(), 1);
     }
 
     #[test]
-    #[should_panic(expected = "start > end")]
-    fn inverted_range_panics() {
-        ExtentStateTree::new().set_bits(5, 4, U);
+    fn empty_ranges_are_no_ops() {
+        let t = ExtentStateTree::new();
+        t.set_bits(r(0, 10), U | D);
+        let e = r(5, 5);
+        assert_eq!(t.set_bits(e, W), 0);
+        assert_eq!(t.clear_bits(e, U), 0);
+        assert_eq!(t.set_clear_bits(e, W, U), 0);
+        assert!(t.test_range(e, W)); // vacuously
+        assert!(t.test_range(r(20, 20), U));
+        assert!(!t.test_any(e, U));
+        assert!(missing(&t, e, W).is_empty());
+        assert!(t.ranges_with(e, U).is_empty());
+        t.for_each(e, |_| panic!("visited a state of an empty range"));
+        // Locking nothing happens at once and excludes nobody.
+        t.lock_range(e);
+        assert!(t.try_lock_range(e));
+        t.lock_range(r(0, 10));
+        assert!(t.try_lock_range(e));
+        t.lock_range_waiting(e, L | W);
+        assert_eq!(t.unlock_range_with(e, W, D), 0);
+        t.unlock_range(e);
+        t.wait_clear(e, L);
+        t.unlock_range(r(0, 10));
+        assert_eq!(st(&t), vec![(0, 10, U | D)]);
     }
 
     #[test]
     fn split_both_ends_middle_of_state() {
         let t = ExtentStateTree::new();
-        t.set_bits(0, 99, U);
-        assert_eq!(t.set_bits(10, 19, D), 10);
-        assert_eq!(st(&t), vec![(0, 9, U), (10, 19, U | D), (20, 99, U)]);
+        t.set_bits(r(0, 100), U);
+        assert_eq!(t.set_bits(r(10, 20), D), 10);
+        assert_eq!(st(&t), vec![(0, 10, U), (10, 20, U | D), (20, 100, U)]);
         assert_eq!(t.dirty_bytes(), 10);
         assert_eq!(t.uptodate_bytes(), 100);
         // Split exactly at a state's first / last byte.
-        assert_eq!(t.set_bits(0, 0, W), 1);
-        assert_eq!(t.set_bits(99, 99, W), 1);
+        assert_eq!(t.set_bits(r(0, 1), W), 1);
+        assert_eq!(t.set_bits(r(99, 100), W), 1);
         assert_eq!(
             st(&t),
             vec![
-                (0, 0, U | W),
-                (1, 9, U),
-                (10, 19, U | D),
-                (20, 98, U),
-                (99, 99, U | W)
+                (0, 1, U | W),
+                (1, 10, U),
+                (10, 20, U | D),
+                (20, 99, U),
+                (99, 100, U | W)
             ]
         );
         assert_eq!(t.writeback_bytes(), 2);
@@ -1020,124 +1081,127 @@ mod tests {
     #[test]
     fn merge_left_right_both() {
         let t = ExtentStateTree::new();
-        t.set_bits(0, 9, U);
-        t.set_bits(10, 19, U); // merge on the left
-        assert_eq!(st(&t), vec![(0, 19, U)]);
+        t.set_bits(r(0, 10), U);
+        t.set_bits(r(10, 20), U); // merge on the left
+        assert_eq!(st(&t), vec![(0, 20, U)]);
 
         let t = ExtentStateTree::new();
-        t.set_bits(10, 19, U);
-        t.set_bits(0, 9, U); // merge on the right
-        assert_eq!(st(&t), vec![(0, 19, U)]);
+        t.set_bits(r(10, 20), U);
+        t.set_bits(r(0, 10), U); // merge on the right
+        assert_eq!(st(&t), vec![(0, 20, U)]);
 
         let t = ExtentStateTree::new();
-        t.set_bits(0, 9, U);
-        t.set_bits(20, 29, U);
-        assert_eq!(t.set_bits(10, 19, U), 10); // both sides
-        assert_eq!(st(&t), vec![(0, 29, U)]);
+        t.set_bits(r(0, 10), U);
+        t.set_bits(r(20, 30), U);
+        assert_eq!(t.set_bits(r(10, 20), U), 10); // both sides
+        assert_eq!(st(&t), vec![(0, 30, U)]);
 
         // Merge after a clear makes neighbours equal.
-        t.set_bits(10, 19, D);
+        t.set_bits(r(10, 20), D);
         assert_eq!(t.entries(), 3);
-        assert_eq!(t.clear_bits(10, 19, D), 10);
-        assert_eq!(st(&t), vec![(0, 29, U)]);
+        assert_eq!(t.clear_bits(r(10, 20), D), 10);
+        assert_eq!(st(&t), vec![(0, 30, U)]);
 
         // Non-adjacent equal states do not merge.
-        t.set_bits(31, 40, U);
-        assert_eq!(st(&t), vec![(0, 29, U), (31, 40, U)]);
+        t.set_bits(r(31, 41), U);
+        assert_eq!(st(&t), vec![(0, 30, U), (31, 41, U)]);
     }
 
     #[test]
     fn holes_filled() {
         let t = ExtentStateTree::new();
-        t.set_bits(10, 19, D);
-        t.set_bits(30, 39, D);
-        assert_eq!(t.set_bits(0, 49, U), 50);
+        t.set_bits(r(10, 20), D);
+        t.set_bits(r(30, 40), D);
+        assert_eq!(t.set_bits(r(0, 50), U), 50);
         assert_eq!(
             st(&t),
             vec![
-                (0, 9, U),
-                (10, 19, U | D),
-                (20, 29, U),
-                (30, 39, U | D),
-                (40, 49, U)
+                (0, 10, U),
+                (10, 20, U | D),
+                (20, 30, U),
+                (30, 40, U | D),
+                (40, 50, U)
             ]
         );
         // Setting D fills holes and merges everything.
-        assert_eq!(t.set_bits(0, 49, D), 30);
-        assert_eq!(st(&t), vec![(0, 49, U | D)]);
+        assert_eq!(t.set_bits(r(0, 50), D), 30);
+        assert_eq!(st(&t), vec![(0, 50, U | D)]);
     }
 
     #[test]
     fn clear_vanish_and_holes() {
         let t = ExtentStateTree::new();
-        t.set_bits(0, 9, D);
-        assert_eq!(t.clear_bits(3, 5, D), 3);
-        assert_eq!(st(&t), vec![(0, 2, D), (6, 9, D)]);
-        assert_eq!(t.clear_bits(0, 100, D), 7);
+        t.set_bits(r(0, 10), D);
+        assert_eq!(t.clear_bits(r(3, 6), D), 3);
+        assert_eq!(st(&t), vec![(0, 3, D), (6, 10, D)]);
+        assert_eq!(t.clear_bits(r(0, 101), D), 7);
         assert_eq!(st(&t), vec![]);
         assert_eq!(t.dirty_bytes(), 0);
-        assert_eq!(t.clear_bits(0, 100, D), 0);
+        assert_eq!(t.clear_bits(r(0, 101), D), 0);
         // Clearing a bit the state lacks changes nothing.
-        t.set_bits(0, 9, U);
-        assert_eq!(t.clear_bits(0, 9, D), 0);
-        assert_eq!(st(&t), vec![(0, 9, U)]);
+        t.set_bits(r(0, 10), U);
+        assert_eq!(t.clear_bits(r(0, 10), D), 0);
+        assert_eq!(st(&t), vec![(0, 10, U)]);
         // Clear everything but LOCKED.
-        t.set_bits(5, 14, L | D);
-        assert_eq!(t.clear_bits(0, 20, Bits::ALL & !L), 15);
+        t.set_bits(r(5, 15), L | D);
+        assert_eq!(t.clear_bits(r(0, 21), Bits::ALL & !L), 15);
         // LOCKED states are never merged, even when left equal.
-        assert_eq!(st(&t), vec![(5, 9, L), (10, 14, L)]);
+        assert_eq!(st(&t), vec![(5, 10, L), (10, 15, L)]);
     }
 
     #[test]
     fn set_clear_atomic() {
         let t = ExtentStateTree::new();
-        t.set_bits(0, 9, U | D);
-        t.set_bits(20, 29, U);
+        t.set_bits(r(0, 10), U | D);
+        t.set_bits(r(20, 30), U);
         // Dirty -> writeback over a range with a hole.
-        assert_eq!(t.set_clear_bits(0, 29, W, D), 30);
-        assert_eq!(st(&t), vec![(0, 9, U | W), (10, 19, W), (20, 29, U | W)]);
+        assert_eq!(t.set_clear_bits(r(0, 30), W, D), 30);
+        assert_eq!(st(&t), vec![(0, 10, U | W), (10, 20, W), (20, 30, U | W)]);
         assert_eq!(t.dirty_bytes(), 0);
         assert_eq!(t.writeback_bytes(), 30);
         // A bit in both set and clear is set.
-        assert_eq!(t.set_clear_bits(0, 29, D, D | W), 30);
-        assert_eq!(st(&t), vec![(0, 9, U | D), (10, 19, D), (20, 29, U | D)]);
+        assert_eq!(t.set_clear_bits(r(0, 30), D, D | W), 30);
+        assert_eq!(st(&t), vec![(0, 10, U | D), (10, 20, D), (20, 30, U | D)]);
     }
 
     #[test]
     fn test_range_and_any() {
         let t = ExtentStateTree::new();
-        t.set_bits(0, 9, U | D);
-        t.set_bits(10, 19, U);
-        t.set_bits(30, 39, U);
-        assert!(t.test_range(0, 19, U));
-        assert!(!t.test_range(0, 19, U | D));
-        assert!(t.test_range(2, 7, U | D));
-        assert!(!t.test_range(0, 39, U)); // hole 20..29
-        assert!(!t.test_range(35, 45, U)); // hole at the end
-        assert!(!t.test_range(25, 35, U)); // hole at the start
-        assert!(!t.test_range(100, 200, U));
-        assert!(t.test_range(100, 200, Bits::NONE));
-        assert!(t.test_any(0, 100, D));
-        assert!(t.test_any(9, 9, D));
-        assert!(!t.test_any(10, 100, D));
-        assert!(!t.test_any(20, 29, U));
-        assert!(!t.test_any(0, 100, Bits::NONE));
+        t.set_bits(r(0, 10), U | D);
+        t.set_bits(r(10, 20), U);
+        t.set_bits(r(30, 40), U);
+        assert!(t.test_range(r(0, 20), U));
+        assert!(!t.test_range(r(0, 20), U | D));
+        assert!(t.test_range(r(2, 8), U | D));
+        assert!(!t.test_range(r(0, 40), U)); // hole 20..29
+        assert!(!t.test_range(r(35, 46), U)); // hole at the end
+        assert!(!t.test_range(r(25, 36), U)); // hole at the start
+        assert!(!t.test_range(r(100, 201), U));
+        assert!(t.test_range(r(100, 201), Bits::NONE));
+        assert!(t.test_any(r(0, 101), D));
+        assert!(t.test_any(r(9, 10), D));
+        assert!(!t.test_any(r(10, 101), D));
+        assert!(!t.test_any(r(20, 30), U));
+        assert!(!t.test_any(r(0, 101), Bits::NONE));
     }
 
     #[test]
     fn find_first_clips_and_skips() {
         let t = ExtentStateTree::new();
         assert_eq!(t.find_first(0, U), None);
-        t.set_bits(10, 19, U);
-        t.set_bits(20, 29, U | D);
-        t.set_bits(40, 49, D);
-        let f = |from, bits| t.find_first(from, bits).map(|s| (s.start, s.end, s.bits));
-        assert_eq!(f(0, D), Some((20, 29, U | D)));
-        assert_eq!(f(25, D), Some((25, 29, U | D)));
-        assert_eq!(f(29, D), Some((29, 29, U | D)));
-        assert_eq!(f(30, D), Some((40, 49, D)));
-        assert_eq!(f(0, U), Some((10, 19, U)));
-        assert_eq!(f(0, W | D), Some((20, 29, U | D)));
+        t.set_bits(r(10, 20), U);
+        t.set_bits(r(20, 30), U | D);
+        t.set_bits(r(40, 50), D);
+        let f = |from, bits| {
+            t.find_first(from, bits)
+                .map(|s| (s.range.start(), s.range.end(), s.bits))
+        };
+        assert_eq!(f(0, D), Some((20, 30, U | D)));
+        assert_eq!(f(25, D), Some((25, 30, U | D)));
+        assert_eq!(f(29, D), Some((29, 30, U | D)));
+        assert_eq!(f(30, D), Some((40, 50, D)));
+        assert_eq!(f(0, U), Some((10, 20, U)));
+        assert_eq!(f(0, W | D), Some((20, 30, U | D)));
         assert_eq!(f(50, D), None);
         assert_eq!(f(0, W), None);
         assert_eq!(f(0, Bits::NONE), None);
@@ -1146,75 +1210,78 @@ mod tests {
     #[test]
     fn find_contiguous_runs() {
         let t = ExtentStateTree::new();
-        t.set_bits(10, 19, D);
-        t.set_bits(20, 29, D | U);
-        t.set_bits(30, 39, U); // no D: stops a D run
-        t.set_bits(40, 49, D);
-        t.set_bits(60, 69, D); // hole 50..59 stops the run
-        assert_eq!(t.find_contiguous(0, D, 0), Some((10, 29)));
-        assert_eq!(t.find_contiguous(15, D, 0), Some((15, 29)));
-        assert_eq!(t.find_contiguous(0, D | U, 0), Some((10, 49)));
-        assert_eq!(t.find_contiguous(30, D, 0), Some((40, 49)));
-        assert_eq!(t.find_contiguous(50, D, 0), Some((60, 69)));
+        t.set_bits(r(10, 20), D);
+        t.set_bits(r(20, 30), D | U);
+        t.set_bits(r(30, 40), U); // no D: stops a D run
+        t.set_bits(r(40, 50), D);
+        t.set_bits(r(60, 70), D); // hole 50..59 stops the run
+        assert_eq!(t.find_contiguous(0, D, 0), Some(r(10, 30)));
+        assert_eq!(t.find_contiguous(15, D, 0), Some(r(15, 30)));
+        assert_eq!(t.find_contiguous(0, D | U, 0), Some(r(10, 50)));
+        assert_eq!(t.find_contiguous(30, D, 0), Some(r(40, 50)));
+        assert_eq!(t.find_contiguous(50, D, 0), Some(r(60, 70)));
         assert_eq!(t.find_contiguous(70, D, 0), None);
         // max_len caps inside the first state and across states.
-        assert_eq!(t.find_contiguous(0, D, 5), Some((10, 14)));
-        assert_eq!(t.find_contiguous(0, D, 15), Some((10, 24)));
-        assert_eq!(t.find_contiguous(0, D, 20), Some((10, 29)));
-        assert_eq!(t.find_contiguous(0, D, 1000), Some((10, 29)));
-        assert_eq!(t.find_contiguous(12, D, 1), Some((12, 12)));
+        assert_eq!(t.find_contiguous(0, D, 5), Some(r(10, 15)));
+        assert_eq!(t.find_contiguous(0, D, 15), Some(r(10, 25)));
+        assert_eq!(t.find_contiguous(0, D, 20), Some(r(10, 30)));
+        assert_eq!(t.find_contiguous(0, D, 1000), Some(r(10, 30)));
+        assert_eq!(t.find_contiguous(12, D, 1), Some(r(12, 13)));
         assert_eq!(t.find_contiguous(0, Bits::NONE, 0), None);
     }
 
-    fn missing(t: &ExtentStateTree, s: u64, e: u64, b: Bits) -> Vec<(u64, u64)> {
+    fn missing(t: &ExtentStateTree, q: ByteRange, b: Bits) -> Vec<(u64, u64)> {
         let mut v = Vec::new();
-        t.for_each_missing(s, e, b, |a, b| v.push((a, b)));
+        t.for_each_missing(q, b, |m| v.push((m.start(), m.end())));
         v
     }
 
     #[test]
     fn for_each_missing_merges_holes_and_partials() {
         let t = ExtentStateTree::new();
-        assert_eq!(missing(&t, 0, 99, U), vec![(0, 99)]);
-        t.set_bits(10, 19, U);
-        t.set_bits(20, 29, D); // lacks U: merges with the hole before it
-        t.set_bits(40, 49, U | D);
-        assert_eq!(missing(&t, 0, 99, U), vec![(0, 9), (20, 39), (50, 99)]);
-        assert_eq!(missing(&t, 12, 45, U), vec![(20, 39)]);
-        assert_eq!(missing(&t, 10, 19, U), vec![]);
-        assert_eq!(missing(&t, 0, 99, U | D), vec![(0, 39), (50, 99)]);
-        assert_eq!(missing(&t, 0, 99, Bits::NONE), vec![]);
-        assert_eq!(missing(&t, 25, 25, U), vec![(25, 25)]);
+        assert_eq!(missing(&t, r(0, 100), U), vec![(0, 100)]);
+        t.set_bits(r(10, 20), U);
+        t.set_bits(r(20, 30), D); // lacks U: merges with the hole before it
+        t.set_bits(r(40, 50), U | D);
+        assert_eq!(
+            missing(&t, r(0, 100), U),
+            vec![(0, 10), (20, 40), (50, 100)]
+        );
+        assert_eq!(missing(&t, r(12, 46), U), vec![(20, 40)]);
+        assert_eq!(missing(&t, r(10, 20), U), vec![]);
+        assert_eq!(missing(&t, r(0, 100), U | D), vec![(0, 40), (50, 100)]);
+        assert_eq!(missing(&t, r(0, 100), Bits::NONE), vec![]);
+        assert_eq!(missing(&t, r(25, 26), U), vec![(25, 26)]);
     }
 
     #[test]
     fn for_each_missing_and_for_each_batches() {
         let t = ExtentStateTree::new();
         for i in 0..100u64 {
-            t.set_bits(i * 10, i * 10 + 4, U);
+            t.set_bits(r(i * 10, i * 10 + 5), U);
         }
-        let m = missing(&t, 0, 1000, U);
+        let m = missing(&t, r(0, 1001), U);
         assert_eq!(m.len(), 100);
         for (i, &(a, b)) in m.iter().enumerate() {
             let i = i as u64;
             assert_eq!(
                 (a, b),
-                (i * 10 + 5, if i == 99 { 1000 } else { i * 10 + 9 })
+                (i * 10 + 5, if i == 99 { 1001 } else { i * 10 + 10 })
             );
         }
         let mut v = Vec::new();
-        t.for_each(2, 993, |s| v.push((s.start, s.end)));
+        t.for_each(r(2, 994), |s| v.push((s.range.start(), s.range.end())));
         assert_eq!(v.len(), 100);
-        assert_eq!(v[0], (2, 4));
-        assert_eq!(v[1], (10, 14));
-        assert_eq!(v[99], (990, 993));
+        assert_eq!(v[0], (2, 5));
+        assert_eq!(v[1], (10, 15));
+        assert_eq!(v[99], (990, 994));
         // Callbacks run outside the mutex: re-entering the tree is fine.
-        t.for_each(0, 1000, |s| {
-            t.set_bits(s.start, s.end, D);
+        t.for_each(r(0, 1001), |s| {
+            t.set_bits(s.range, D);
         });
         assert_eq!(t.dirty_bytes(), 500);
-        t.for_each_missing(0, 1000, U, |a, b| {
-            t.set_bits(a, b, U);
+        t.for_each_missing(r(0, 1001), U, |m| {
+            t.set_bits(m, U);
         });
         assert_eq!(t.uptodate_bytes(), 1001);
         t.check_invariants();
@@ -1223,124 +1290,134 @@ mod tests {
     #[test]
     fn for_each_clips() {
         let t = ExtentStateTree::new();
-        t.set_bits(0, 9, U);
-        t.set_bits(20, 29, D);
+        t.set_bits(r(0, 10), U);
+        t.set_bits(r(20, 30), D);
         let mut v = Vec::new();
-        t.for_each(5, 25, |s| v.push((s.start, s.end, s.bits)));
-        assert_eq!(v, vec![(5, 9, U), (20, 25, D)]);
+        t.for_each(r(5, 26), |s| {
+            v.push((s.range.start(), s.range.end(), s.bits))
+        });
+        assert_eq!(v, vec![(5, 10, U), (20, 26, D)]);
         v.clear();
-        t.for_each(10, 19, |s| v.push((s.start, s.end, s.bits)));
+        t.for_each(r(10, 20), |s| {
+            v.push((s.range.start(), s.range.end(), s.bits))
+        });
         assert!(v.is_empty());
     }
 
     #[test]
     fn adjacent_locks_stay_separate() {
         let t = ExtentStateTree::new();
-        t.lock_range(0, 9);
-        t.lock_range(10, 19);
-        assert_eq!(st(&t), vec![(0, 9, L), (10, 19, L)]);
+        t.lock_range(r(0, 10));
+        t.lock_range(r(10, 20));
+        assert_eq!(st(&t), vec![(0, 10, L), (10, 20, L)]);
         assert_eq!(t.locked_bytes(), 20);
         // Over an existing uptodate state.
-        t.set_bits(20, 39, U);
-        t.lock_range(20, 29);
-        t.lock_range(30, 39);
+        t.set_bits(r(20, 40), U);
+        t.lock_range(r(20, 30));
+        t.lock_range(r(30, 40));
         assert_eq!(t.entries(), 4);
-        t.unlock_range(0, 9);
-        t.unlock_range(10, 19);
-        assert_eq!(st(&t), vec![(20, 29, U | L), (30, 39, U | L)]);
+        t.unlock_range(r(0, 10));
+        t.unlock_range(r(10, 20));
+        assert_eq!(st(&t), vec![(20, 30, U | L), (30, 40, U | L)]);
         assert_eq!(
-            t.unlock_range_with(20, 29, D, Bits::NONE),
+            t.unlock_range_with(r(20, 30), D, Bits::NONE),
             10,
             "dirty delta"
         );
-        assert_eq!(t.unlock_range_with(30, 39, D, Bits::NONE), 10);
-        assert_eq!(st(&t), vec![(20, 39, U | D)]);
+        assert_eq!(t.unlock_range_with(r(30, 40), D, Bits::NONE), 10);
+        assert_eq!(st(&t), vec![(20, 40, U | D)]);
         assert_eq!(t.locked_bytes(), 0);
         // Already dirty: no change; clearing DIRTY: negative.
-        t.lock_range(20, 29);
-        assert_eq!(t.unlock_range_with(20, 29, D, Bits::NONE), 0);
-        t.lock_range(25, 39);
-        assert_eq!(t.unlock_range_with(25, 39, Bits::NONE, D), -15);
+        t.lock_range(r(20, 30));
+        assert_eq!(t.unlock_range_with(r(20, 30), D, Bits::NONE), 0);
+        t.lock_range(r(25, 40));
+        assert_eq!(t.unlock_range_with(r(25, 40), Bits::NONE, D), -15);
         assert_eq!(t.dirty_bytes(), 5);
     }
 
     #[test]
     fn try_lock_conflicts() {
         let t = ExtentStateTree::new();
-        assert!(t.try_lock_range(10, 19));
-        assert!(!t.try_lock_range(10, 19));
-        assert!(!t.try_lock_range(0, 10));
-        assert!(!t.try_lock_range(19, 30));
-        assert!(!t.try_lock_range(0, 100));
-        assert!(t.try_lock_range(0, 9));
-        assert!(t.try_lock_range(20, 29));
+        assert!(t.try_lock_range(r(10, 20)));
+        assert!(!t.try_lock_range(r(10, 20)));
+        assert!(!t.try_lock_range(r(0, 11)));
+        assert!(!t.try_lock_range(r(19, 31)));
+        assert!(!t.try_lock_range(r(0, 101)));
+        assert!(t.try_lock_range(r(0, 10)));
+        assert!(t.try_lock_range(r(20, 30)));
         // WRITEBACK does not block try_lock (only LOCKED does).
-        t.set_bits(40, 49, W);
-        assert!(t.try_lock_range(40, 49));
+        t.set_bits(r(40, 50), W);
+        assert!(t.try_lock_range(r(40, 50)));
         assert_eq!(t.locked_bytes(), 40);
-        t.unlock_range(0, 9);
-        t.unlock_range(10, 19);
-        t.unlock_range(20, 29);
-        t.unlock_range_with(40, 49, Bits::NONE, W);
+        t.unlock_range(r(0, 10));
+        t.unlock_range(r(10, 20));
+        t.unlock_range(r(20, 30));
+        t.unlock_range_with(r(40, 50), Bits::NONE, W);
         assert_eq!(st(&t), vec![]);
     }
 
     #[test]
     fn top_of_range() {
+        // The last byte a ByteRange can name is MAX - 1.
         let t = ExtentStateTree::new();
-        assert_eq!(t.set_bits(MAX - 9, MAX, U), 10);
-        assert_eq!(t.set_bits(MAX, MAX, D), 1);
-        assert_eq!(st(&t), vec![(MAX - 9, MAX - 1, U), (MAX, MAX, U | D)]);
-        assert!(t.test_range(MAX - 9, MAX, U));
-        assert!(t.test_range(MAX, MAX, U | D));
-        assert!(!t.test_range(MAX - 10, MAX, U));
-        assert_eq!(t.find_first(MAX, D).map(|s| s.start), Some(MAX));
-        assert_eq!(t.find_contiguous(0, U, 0), Some((MAX - 9, MAX)));
-        assert_eq!(t.find_contiguous(MAX - 3, U, 100), Some((MAX - 3, MAX)));
-        assert_eq!(t.find_contiguous(MAX - 3, U, 2), Some((MAX - 3, MAX - 2)));
-        assert_eq!(missing(&t, MAX - 20, MAX, U), vec![(MAX - 20, MAX - 10)]);
-        assert_eq!(missing(&t, MAX - 20, MAX, D), vec![(MAX - 20, MAX - 1)]);
-        assert_eq!(t.clear_bits(MAX, MAX, D), 1);
-        assert_eq!(st(&t), vec![(MAX - 9, MAX, U)]);
+        assert_eq!(t.set_bits(r(MAX - 10, MAX), U), 10);
+        assert_eq!(t.set_bits(r(MAX - 1, MAX), D), 1);
+        assert_eq!(st(&t), vec![(MAX - 10, MAX - 1, U), (MAX - 1, MAX, U | D)]);
+        assert!(t.test_range(r(MAX - 10, MAX), U));
+        assert!(t.test_range(r(MAX - 1, MAX), U | D));
+        assert!(!t.test_range(r(MAX - 11, MAX), U));
+        assert_eq!(
+            t.find_first(MAX - 1, D).map(|s| s.range),
+            Some(r(MAX - 1, MAX))
+        );
+        assert_eq!(t.find_first(MAX, D), None);
+        assert_eq!(t.find_contiguous(0, U, 0), Some(r(MAX - 10, MAX)));
+        assert_eq!(t.find_contiguous(MAX - 4, U, 100), Some(r(MAX - 4, MAX)));
+        assert_eq!(t.find_contiguous(MAX - 4, U, 2), Some(r(MAX - 4, MAX - 2)));
+        assert_eq!(t.find_contiguous(MAX, U, 0), None);
+        assert_eq!(missing(&t, r(MAX - 21, MAX), U), vec![(MAX - 21, MAX - 10)]);
+        assert_eq!(missing(&t, r(MAX - 21, MAX), D), vec![(MAX - 21, MAX - 1)]);
+        assert_eq!(t.clear_bits(r(MAX - 1, MAX), D), 1);
+        assert_eq!(st(&t), vec![(MAX - 10, MAX, U)]);
 
-        // Whole space: counters saturate, exact internally.
-        assert_eq!(t.set_bits(0, MAX, U), MAX - 9);
+        // Every representable byte: 2^64 - 1 of them, counted exactly.
+        assert_eq!(t.set_bits(ByteRange::ALL, U), MAX - 10);
         assert_eq!(st(&t), vec![(0, MAX, U)]);
         assert_eq!(t.uptodate_bytes(), MAX);
-        assert_eq!(t.set_bits(0, MAX, D), MAX); // 2^64 bytes changed, saturated
-        assert_eq!(t.clear_bits(5, 5, D), 1);
-        assert_eq!(t.dirty_bytes(), MAX); // 2^64 - 1, exact
-        assert_eq!(t.clear_bits(0, MAX, D), MAX); // 2^64 - 1 bytes
+        assert_eq!(t.set_bits(ByteRange::ALL, D), MAX);
+        assert_eq!(t.clear_bits(r(5, 6), D), 1);
+        assert_eq!(t.dirty_bytes(), MAX - 1);
+        assert_eq!(t.clear_bits(ByteRange::ALL, D), MAX - 1);
         assert_eq!(t.dirty_bytes(), 0);
-        assert_eq!(t.clear_bits(1, MAX, U), MAX);
-        assert_eq!(st(&t), vec![(0, 0, U)]);
+        assert_eq!(t.clear_bits(ByteRange::from_offset(1), U), MAX - 1);
+        assert_eq!(st(&t), vec![(0, 1, U)]);
         assert_eq!(t.uptodate_bytes(), 1);
 
         // Locks at the top.
-        t.lock_range(MAX - 1, MAX);
-        assert!(!t.try_lock_range(MAX, MAX));
-        assert!(t.try_lock_range(MAX - 5, MAX - 2));
+        t.lock_range(r(MAX - 2, MAX));
+        assert!(!t.try_lock_range(r(MAX - 1, MAX)));
+        assert!(t.try_lock_range(r(MAX - 6, MAX - 2)));
         assert_eq!(t.locked_bytes(), 6);
-        t.unlock_range(MAX - 1, MAX);
-        t.unlock_range(MAX - 5, MAX - 2);
-        t.wait_clear(0, MAX, L);
-        assert_eq!(st(&t), vec![(0, 0, U)]);
+        t.unlock_range(r(MAX - 2, MAX));
+        t.unlock_range(r(MAX - 6, MAX - 2));
+        t.wait_clear(ByteRange::ALL, L);
+        assert_eq!(st(&t), vec![(0, 1, U)]);
     }
 
     #[test]
     fn counters_exact_through_splits_and_merges() {
         let t = ExtentStateTree::new();
-        t.set_bits(0, 999, U);
+        t.set_bits(r(0, 1000), U);
         for i in 0..50u64 {
-            t.set_bits(i * 20, i * 20 + 9, D);
+            t.set_bits(r(i * 20, i * 20 + 10), D);
             t.check_invariants();
         }
         assert_eq!(t.dirty_bytes(), 500);
         assert_eq!(t.entries(), 100);
-        t.set_clear_bits(0, 999, W, D);
+        t.set_clear_bits(r(0, 1000), W, D);
         assert_eq!((t.dirty_bytes(), t.writeback_bytes()), (0, 1000));
         assert_eq!(t.entries(), 1);
-        t.clear_bits(100, 199, W | U);
+        t.clear_bits(r(100, 200), W | U);
         assert_eq!((t.uptodate_bytes(), t.writeback_bytes()), (900, 900));
         assert_eq!(t.entries(), 2);
         t.check_invariants();
@@ -1351,7 +1428,7 @@ mod tests {
         let t = ExtentStateTree::new();
         let base = t.metadata_bytes();
         for i in 0..10u64 {
-            t.set_bits(i * 2, i * 2, U);
+            t.set_bits(r(i * 2, i * 2 + 1), U);
         }
         assert_eq!(t.metadata_bytes(), base + 10 * METADATA_BYTES_PER_ENTRY);
     }
@@ -1404,22 +1481,22 @@ mod tests {
         let at = |i: usize| base + i as u64;
         for sp in steps {
             let s = sp.a;
-            let e = (sp.a + sp.len - 1).min(N - 1);
+            let e = (sp.a + sp.len).min(N);
             let (set, clear) = match sp.kind {
                 0 => (sp.b1, 0),
                 1 => (0, sp.b1),
                 _ => (sp.b1, sp.b2),
             };
             let mut want = 0u64;
-            for x in &mut m[s..=e] {
+            for x in &mut m[s..e] {
                 let nv = (*x & !clear) | set;
                 want += (nv != *x) as u64;
                 *x = nv;
             }
             let got = match sp.kind {
-                0 => t.set_bits(at(s), at(e), Bits(set)),
-                1 => t.clear_bits(at(s), at(e), Bits(clear)),
-                _ => t.set_clear_bits(at(s), at(e), Bits(set), Bits(clear)),
+                0 => t.set_bits(r(at(s), at(e)), Bits(set)),
+                1 => t.clear_bits(r(at(s), at(e)), Bits(clear)),
+                _ => t.set_clear_bits(r(at(s), at(e)), Bits(set), Bits(clear)),
             };
             assert_eq!(got, want, "changed bytes for {sp:?}");
             compare(&t, base, &m, sp);
@@ -1434,8 +1511,8 @@ mod tests {
         let mut got = vec![0u32; N];
         let states = t.states();
         for s in &states {
-            assert!(s.start >= base);
-            for g in &mut got[idx(s.start)..=idx(s.end)] {
+            assert!(s.range.start() >= base);
+            for g in &mut got[idx(s.range.start())..idx(s.range.end())] {
                 *g = s.bits.0;
             }
         }
@@ -1462,58 +1539,60 @@ mod tests {
             None => assert_eq!(ff, None),
             Some(i) => {
                 let f = ff.expect("find_first missed");
-                assert_eq!((f.start, f.bits.0), (at(i), m[i]));
-                let run_end = (i..N).take_while(|&j| m[j] == m[i]).last().unwrap();
+                assert_eq!((f.range.start(), f.bits.0), (at(i), m[i]));
+                let run_end = i + (i..N).take_while(|&j| m[j] == m[i]).count();
                 if m[i] & L.0 == 0 {
-                    assert_eq!(f.end, at(run_end));
+                    assert_eq!(f.range.end(), at(run_end));
                 } else {
-                    assert!(f.end <= at(run_end));
+                    assert!(f.range.end() <= at(run_end));
                 }
             }
         }
         // find_contiguous.
         let fc = t.find_contiguous(at(sp.from), qb, sp.max_len);
         let want = (sp.from..N).find(|&i| m[i] & sp.qb != 0).map(|i| {
-            let mut j = i;
-            while j + 1 < N && m[j + 1] & sp.qb != 0 {
+            let mut j = i + 1;
+            while j < N && m[j] & sp.qb != 0 {
                 j += 1;
             }
             if sp.max_len > 0 {
-                j = j.min(i + sp.max_len as usize - 1);
+                j = j.min(i + sp.max_len as usize);
             }
-            (at(i), at(j))
+            r(at(i), at(j))
         });
         assert_eq!(fc, want, "find_contiguous {sp:?}");
-        // for_each_missing, test_range, test_any, for_each over [qs, qe].
+        // for_each_missing, test_range, test_any, for_each over [qs, qe).
         let qs = sp.qs;
-        let qe = (sp.qs + sp.ql - 1).min(N - 1);
+        let qe = (sp.qs + sp.ql).min(N);
+        let q = r(at(qs), at(qe));
         let mut want = Vec::new();
-        for (i, &x) in m.iter().enumerate().take(qe + 1).skip(qs) {
+        for (i, &x) in m.iter().enumerate().take(qe).skip(qs) {
             if x & sp.qb != sp.qb {
                 match want.last_mut() {
-                    Some((_, e)) if *e + 1 == at(i) => *e = at(i),
-                    _ => want.push((at(i), at(i))),
+                    Some((_, e)) if *e == at(i) => *e = at(i + 1),
+                    _ => want.push((at(i), at(i + 1))),
                 }
             }
         }
         let mut got = Vec::new();
-        t.for_each_missing(at(qs), at(qe), qb, |a, b| got.push((a, b)));
+        t.for_each_missing(q, qb, |g| got.push((g.start(), g.end())));
         assert_eq!(got, want, "for_each_missing {sp:?}");
-        assert_eq!(t.test_range(at(qs), at(qe), qb), want.is_empty());
-        let any = m[qs..=qe].iter().any(|&x| x & sp.qb != 0);
-        assert_eq!(t.test_any(at(qs), at(qe), qb), any);
+        assert_eq!(t.test_range(q, qb), want.is_empty());
+        let any = m[qs..qe].iter().any(|&x| x & sp.qb != 0);
+        assert_eq!(t.test_any(q, qb), any);
         let mut seen = vec![0u32; N];
         let mut last: Option<u64> = None;
-        t.for_each(at(qs), at(qe), |s| {
-            assert!(s.start >= at(qs) && s.end <= at(qe) && s.start <= s.end);
-            assert!(last.is_none_or(|l| l < s.start));
-            last = Some(s.end);
-            for x in &mut seen[idx(s.start)..=idx(s.end)] {
+        t.for_each(q, |s| {
+            let sr = s.range;
+            assert!(sr.start() >= q.start() && sr.end() <= q.end() && !sr.is_empty());
+            assert!(last.is_none_or(|l| l <= sr.start()));
+            last = Some(sr.end());
+            for x in &mut seen[idx(sr.start())..idx(sr.end())] {
                 *x = s.bits.0;
             }
         });
         for i in 0..N {
-            let w = if (qs..=qe).contains(&i) { m[i] } else { 0 };
+            let w = if (qs..qe).contains(&i) { m[i] } else { 0 };
             assert_eq!(seen[i], w);
         }
     }
@@ -1528,7 +1607,8 @@ mod tests {
 
         #[test]
         fn prop_matches_byte_model_near_top(steps in prop::collection::vec(step(), 1..40)) {
-            run_model(u64::MAX - (N as u64 - 1), &steps);
+            // The top N bytes a ByteRange can name: the last is u64::MAX - 1.
+            run_model(u64::MAX - N as u64, &steps);
         }
     }
 
@@ -1581,36 +1661,36 @@ mod tests {
                         let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (id as u64) << 32);
                         for _ in 0..ITERS {
                             let s = rng.below(SPACE);
-                            let e = (s + rng.below(64)).min(SPACE - 1);
+                            let q = r(s, (s + 1 + rng.below(64)).min(SPACE));
                             match rng.below(3) {
-                                0 => t.lock_range(s, e),
-                                1 => t.lock_range_waiting(s, e, W),
+                                0 => t.lock_range(q),
+                                1 => t.lock_range_waiting(q, W),
                                 _ => {
-                                    if !t.try_lock_range(s, e) {
+                                    if !t.try_lock_range(q) {
                                         continue;
                                     }
                                 }
                             }
-                            for o in &owner[s as usize..=e as usize] {
+                            for o in &owner[q.start() as usize..q.end() as usize] {
                                 assert_eq!(
                                     o.compare_exchange(0, id, Ordering::AcqRel, Ordering::Acquire),
                                     Ok(0),
                                     "byte locked twice"
                                 );
                             }
-                            assert!(t.test_range(s, e, L));
+                            assert!(t.test_range(q, L));
                             if rng.below(4) == 0 {
                                 thread::yield_now();
                             }
-                            for o in &owner[s as usize..=e as usize] {
+                            for o in &owner[q.start() as usize..q.end() as usize] {
                                 assert_eq!(
                                     o.compare_exchange(id, 0, Ordering::AcqRel, Ordering::Acquire),
                                     Ok(id)
                                 );
                             }
                             // Start "writeback" while unlocking, end it right after.
-                            t.unlock_range_with(s, e, W, D);
-                            t.clear_bits(s, e, W);
+                            t.unlock_range_with(q, W, D);
+                            t.clear_bits(q, W);
                         }
                     })
                 })
@@ -1629,31 +1709,31 @@ mod tests {
     fn lock_waiting_for_writeback() {
         with_watchdog(60, || {
             let t = Arc::new(ExtentStateTree::new());
-            t.set_bits(0, 99, U | W);
+            t.set_bits(r(0, 100), U | W);
             let got = Arc::new(AtomicBool::new(false));
             let h = {
                 let (t, got) = (Arc::clone(&t), Arc::clone(&got));
                 thread::spawn(move || {
-                    t.lock_range_waiting(50, 60, W);
+                    t.lock_range_waiting(r(50, 61), W);
                     got.store(true, Ordering::SeqCst);
                 })
             };
             // A plain lock_range on the same bytes does not wait for WRITEBACK.
-            assert!(t.try_lock_range(0, 9));
+            assert!(t.try_lock_range(r(0, 10)));
             thread::sleep(Duration::from_millis(100));
             assert!(!got.load(Ordering::SeqCst), "locked while under writeback");
             // Setting bits does not release it; clearing an unrelated range neither.
-            t.set_bits(50, 60, D);
-            t.clear_bits(0, 40, W);
+            t.set_bits(r(50, 61), D);
+            t.clear_bits(r(0, 41), W);
             thread::sleep(Duration::from_millis(50));
             assert!(!got.load(Ordering::SeqCst));
-            t.clear_bits(41, 99, W);
+            t.clear_bits(r(41, 100), W);
             h.join().unwrap();
             assert!(got.load(Ordering::SeqCst));
-            assert!(t.test_range(50, 60, L | D | U));
-            t.unlock_range(50, 60);
-            t.unlock_range(0, 9);
-            assert_eq!(st(&t), vec![(0, 49, U), (50, 60, U | D), (61, 99, U)]);
+            assert!(t.test_range(r(50, 61), L | D | U));
+            t.unlock_range(r(50, 61));
+            t.unlock_range(r(0, 10));
+            assert_eq!(st(&t), vec![(0, 50, U), (50, 61, U | D), (61, 100, U)]);
         });
     }
 
@@ -1661,25 +1741,25 @@ mod tests {
     fn wait_clear_and_blocking_lock() {
         with_watchdog(60, || {
             let t = Arc::new(ExtentStateTree::new());
-            t.lock_range(0, 9);
-            t.set_bits(100, 109, W);
+            t.lock_range(r(0, 10));
+            t.set_bits(r(100, 110), W);
             let h1 = {
                 let t = Arc::clone(&t);
                 thread::spawn(move || {
-                    t.lock_range(5, 14);
-                    t.unlock_range(5, 14);
+                    t.lock_range(r(5, 15));
+                    t.unlock_range(r(5, 15));
                 })
             };
             let h2 = {
                 let t = Arc::clone(&t);
-                thread::spawn(move || t.wait_clear(0, 200, W))
+                thread::spawn(move || t.wait_clear(r(0, 201), W))
             };
             thread::sleep(Duration::from_millis(50));
             assert!(!h1.is_finished() && !h2.is_finished());
-            t.unlock_range(0, 9);
+            t.unlock_range(r(0, 10));
             h1.join().unwrap();
             assert!(!h2.is_finished());
-            t.clear_bits(100, 109, W);
+            t.clear_bits(r(100, 110), W);
             h2.join().unwrap();
             assert_eq!(t.entries(), 0);
         });
