@@ -97,6 +97,9 @@ pub struct CacheContext {
     /// errno of the most recent failed writeback anywhere (0 = none since the last success).
     last_wb_errno: AtomicU64,
     clock_hand: AtomicUsize,
+    /// The flusher's latest pass was forced (`kick(true)`: a throttled writer, reclaim):
+    /// background writeback goes on below the background threshold too.
+    wb_forced: AtomicBool,
     /// When `prune` last checked that the files of forgotten caches still exist (ms).
     forgotten_checked_ms: AtomicU64,
     flusher: writeback::Flusher,
@@ -141,6 +144,7 @@ impl CacheContext {
             progress_cv: Condvar::new(),
             last_wb_errno: AtomicU64::new(0),
             clock_hand: AtomicUsize::new(0),
+            wb_forced: AtomicBool::new(false),
             forgotten_checked_ms: AtomicU64::new(0),
             flusher: writeback::Flusher::new(),
             started: Instant::now(),

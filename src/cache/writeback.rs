@@ -145,6 +145,7 @@ impl CacheContext {
         let now = self.now_ms();
         let expire = self.cfg.dirty_expire.as_millis() as u64;
         let pressure = all || self.dirty_bytes() > self.cfg.dirty_limit / 2;
+        self.wb_forced.store(all, Ordering::Relaxed);
         let mut to_commit: Vec<Arc<InodeCache>> = Vec::new();
         for c in self.all_caches() {
             if c.tree.dirty_bytes() == 0 {
@@ -266,6 +267,9 @@ impl CacheContext {
             .tree
             .find_contiguous(from, Bits::DIRTY, self.cfg.max_writeback)
         {
+            if !wait && !self.background_goes_on(c) {
+                break;
+            }
             // A run is never empty, so this always moves on.
             from = run.end();
             let guard = if wait {
@@ -303,6 +307,20 @@ impl CacheContext {
             }
         }
         result
+    }
+
+    /// Whether a background pass over `c` goes on with its next run: while the file is due
+    /// (dirty for `dirty_expire`, or asked for at close), while a forced pass (a throttled
+    /// writer, reclaim) runs, or while more than half the dirty limit is dirty. Below that,
+    /// what is left waits for its expiry, so pages rewritten meanwhile are written once, not
+    /// at every pass.
+    fn background_goes_on(&self, c: &InodeCache) -> bool {
+        let since = c.dirty_since.load(Ordering::Relaxed);
+        let due = since == WRITEBACK_NOW
+            || (since != 0
+                && self.now_ms().saturating_sub(since) >= self.cfg.dirty_expire.as_millis() as u64);
+        due || self.wb_forced.load(Ordering::Relaxed)
+            || self.dirty_bytes() > self.cfg.dirty_limit / 2
     }
 
     /// Write back everything dirty, range by range: locking each range, or, with
@@ -553,5 +571,71 @@ mod commit_tests {
         assert_eq!(ctx.stats.commit_syncfs.load(Ordering::Relaxed), 1);
         assert!(ctx.commit_many(&files, true).is_empty());
         assert_eq!(ctx.stats.commit_syncfs.load(Ordering::Relaxed), 2);
+    }
+}
+
+#[cfg(test)]
+mod background_tests {
+    use super::*;
+    use crate::cache::backing::mem::MemBacking;
+    use crate::cache::{test_util, WriteKind};
+
+    const MIB: u64 = 1 << 20;
+
+    fn file(ctx: &CacheContext, dev: u64) -> Arc<InodeCache> {
+        let b = MemBacking::new(b"");
+        ctx.get_or_create((dev, 2), || Ok(b)).unwrap()
+    }
+
+    #[test]
+    fn a_background_pass_under_the_threshold_leaves_data_to_its_expiry() {
+        let ctx = test_util::context();
+        let c = file(&ctx, 1 << 41);
+        ctx.write(&c, 0, &vec![7; MIB as usize], WriteKind::At)
+            .unwrap();
+        assert!(MIB <= ctx.cfg.dirty_limit / 2);
+        ctx.writeback_pass(&c, false).unwrap();
+        assert_eq!(
+            c.dirty_bytes(),
+            MIB,
+            "not due, under the threshold: left to coalesce"
+        );
+        // A close asks for it: written now.
+        ctx.queue_writeback(&c);
+        ctx.writeback_pass(&c, false).unwrap();
+        assert_eq!(c.dirty_bytes(), 0);
+        // A forced pass (a throttled writer, reclaim) writes everything too.
+        ctx.write(&c, 0, &vec![8; MIB as usize], WriteKind::At)
+            .unwrap();
+        ctx.wb_forced.store(true, Ordering::Relaxed);
+        ctx.writeback_pass(&c, false).unwrap();
+        assert_eq!(c.dirty_bytes(), 0);
+        // And fsync's pass (wait) whatever the threshold.
+        ctx.wb_forced.store(false, Ordering::Relaxed);
+        ctx.write(&c, 0, &vec![9; MIB as usize], WriteKind::At)
+            .unwrap();
+        ctx.writeback_pass(&c, true).unwrap();
+        assert_eq!(c.dirty_bytes(), 0);
+    }
+
+    #[test]
+    fn a_background_pass_over_the_threshold_writes_back_down_to_it() {
+        let ctx = test_util::context();
+        let c = file(&ctx, (1 << 41) + 1);
+        let half = ctx.cfg.dirty_limit / 2;
+        assert_eq!(half % MIB, 0);
+        // Separate 1 MiB runs (a hole between each), more than the threshold in all.
+        let runs = half / MIB + 2;
+        for i in 0..runs {
+            ctx.write(&c, i * 2 * MIB, &vec![5; MIB as usize], WriteKind::At)
+                .unwrap();
+        }
+        assert!(ctx.dirty_bytes() > half);
+        ctx.writeback_pass(&c, false).unwrap();
+        assert_eq!(
+            ctx.dirty_bytes(),
+            half,
+            "written back run by run until at the threshold"
+        );
     }
 }
