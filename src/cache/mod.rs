@@ -152,9 +152,10 @@ impl CacheContext {
         })
     }
 
-    /// Milliseconds since the cache started (monotonic; never 0 for a real time stamp).
+    /// Milliseconds since the cache started, as a `dirty_since` stamp (monotonic): never 0
+    /// (clean) nor [`writeback::WRITEBACK_NOW`].
     pub(crate) fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64 + 1
+        self.started.elapsed().as_millis() as u64 + writeback::WRITEBACK_NOW + 1
     }
 
     pub fn uptime(&self) -> Duration {
