@@ -1042,3 +1042,65 @@ fn created_objects_belong_to_their_creator() {
     assert_eq!(r, libc::EACCES);
     assert!(!m.src_path("grp/g").exists());
 }
+
+/// Under `cache=kernel` an O_DIRECT open is a direct-I/O open: a shared mapping of it works
+/// and sees what was written; after fcntl turns O_DIRECT off, writes through it still reach
+/// readers that hold the file in the kernel's page cache.
+fn direct_open_mapped_and_fcntl_cleared(opts: &str) {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let m = Mount::new(&format!("cache_size=16M,{opts}"));
+    const N: usize = 16 * 1024;
+    let p = m.path("f");
+    std::fs::write(&p, vec![b'a'; N]).unwrap();
+    let buffered = std::fs::File::open(&p).unwrap();
+    assert_eq!(read_at_full(&buffered, 0, N), vec![b'a'; N]);
+    let direct = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&p)
+        .unwrap();
+    let mut want = vec![b'a'; N];
+    {
+        let mut map = Mapping::new(&direct, N);
+        assert_eq!(
+            map.bytes(),
+            &want[..],
+            "[{opts}] mapping of an O_DIRECT open"
+        );
+        map.bytes_mut()[100..200].fill(b'm');
+        map.sync();
+        want[100..200].fill(b'm');
+    }
+    check_bytes(
+        &format!("[{opts}] buffered read after stores through the mapping"),
+        &read_at_full(&buffered, 0, N),
+        &want,
+    );
+    // O_DIRECT off: an unaligned write through the same descriptor.
+    // SAFETY: F_GETFL/F_SETFL on a descriptor we own; no memory is passed.
+    let fl = unsafe { libc::fcntl(direct.as_raw_fd(), libc::F_GETFL) };
+    // SAFETY: as above.
+    let r = unsafe { libc::fcntl(direct.as_raw_fd(), libc::F_SETFL, fl & !libc::O_DIRECT) };
+    assert_eq!(r, 0, "fcntl: {}", std::io::Error::last_os_error());
+    direct.write_at(&[b'z'; 10], 5000).unwrap();
+    want[5000..5010].fill(b'z');
+    check_bytes(
+        &format!("[{opts}] buffered read after a write with O_DIRECT turned off"),
+        &read_at_full(&buffered, 0, N),
+        &want,
+    );
+    drop((buffered, direct));
+    crate::posix::sync_mount(&m);
+    assert_eq!(std::fs::read(m.src_path("f")).unwrap(), want);
+}
+
+#[test]
+fn direct_open_mapped_and_fcntl_cleared_kernel() {
+    direct_open_mapped_and_fcntl_cleared("cache=kernel");
+}
+
+#[test]
+fn direct_open_mapped_and_fcntl_cleared_pool() {
+    direct_open_mapped_and_fcntl_cleared("cache=pool");
+}

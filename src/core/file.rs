@@ -40,14 +40,23 @@ pub enum WriteFrom {
 }
 
 impl Core {
-    /// The flags of an open; `changed`: the file changed in SOURCE since the kernel cached
-    /// its pages (cache=kernel then opens without keeping them, so the kernel drops them).
-    pub fn open_reply(&self, changed: bool) -> OpenReply {
+    /// The flags of an open with open flags `flags`; `changed`: the file changed in SOURCE
+    /// since the kernel cached its pages (cache=kernel then opens without keeping them, so
+    /// the kernel drops them). Under cache=kernel an O_DIRECT open is a direct-I/O open too,
+    /// as every open is under cache=pool: its reads and writes take the kernel's direct path
+    /// straight to the pool instead of the page-cache file's O_DIRECT path (which costs more
+    /// per request), and a mapping of it still works (`FUSE_DIRECT_IO_ALLOW_MMAP`).
+    pub fn open_reply(&self, changed: bool, flags: i32) -> OpenReply {
         match self.cfg.cache {
             CacheMode::Pool => OpenReply {
                 direct_io: true,
                 parallel_direct_writes: true,
                 keep_cache: false,
+            },
+            CacheMode::Kernel if flags & libc::O_DIRECT != 0 => OpenReply {
+                direct_io: true,
+                parallel_direct_writes: true,
+                keep_cache: !changed,
             },
             CacheMode::Kernel => OpenReply {
                 keep_cache: !changed,
@@ -89,7 +98,7 @@ impl Core {
             self.ctx.truncate(&c, 0)?;
         }
         c.opened();
-        Ok(self.open_reply(changed))
+        Ok(self.open_reply(changed, flags))
     }
 
     /// CREATE (and open) `name` in `parent` as the caller; an existing file is opened unless
@@ -151,7 +160,7 @@ impl Core {
                 attr,
                 generation: entry.generation,
             },
-            self.open_reply(false),
+            self.open_reply(false, flags),
         ))
     }
 

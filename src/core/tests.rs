@@ -178,13 +178,22 @@ fn create_lookup_getattr_and_open_flags() {
 fn cache_kernel_keeps_the_page_cache_unless_changed() {
     let f = Fixture::with(config(CacheMode::Kernel, Coherence::Cto));
     assert_eq!(
-        f.core.open_reply(false),
+        f.core.open_reply(false, 0),
         OpenReply {
             keep_cache: true,
             ..Default::default()
         }
     );
-    assert_eq!(f.core.open_reply(true), OpenReply::default());
+    assert_eq!(f.core.open_reply(true, 0), OpenReply::default());
+    // An O_DIRECT open takes the direct path, as under cache=pool.
+    let direct = f.core.open_reply(false, libc::O_DIRECT | libc::O_RDWR);
+    assert!(direct.direct_io && direct.parallel_direct_writes && direct.keep_cache);
+    assert!(f.core.open_reply(true, libc::O_DIRECT).direct_io);
+    let p = Fixture::with(config(CacheMode::Pool, Coherence::Cto));
+    assert_eq!(
+        p.core.open_reply(false, 0),
+        p.core.open_reply(false, libc::O_DIRECT)
+    );
 }
 
 #[test]

@@ -150,6 +150,14 @@ fn time_set(t: Option<TimeOrNow>) -> Option<TimeSet> {
     })
 }
 
+/// The handle of a file opened with direct I/O (every open under cache=pool, an O_DIRECT one
+/// under cache=kernel); other opens get 0. The kernel hands it back with each request.
+const DIRECT_IO_HANDLE: u64 = 1;
+
+fn file_handle(o: OpenReply) -> FileHandle {
+    FileHandle(if o.direct_io { DIRECT_IO_HANDLE } else { 0 })
+}
+
 fn fopen_flags(o: OpenReply) -> FopenFlags {
     let mut f = FopenFlags::empty();
     if o.direct_io {
@@ -275,12 +283,13 @@ impl Filesystem for ExtentFs {
             | InitFlags::FUSE_DONT_MASK
             // POSIX ACLs (stored as xattrs in SOURCE) take part in the kernel's permission
             // checks, and ACL changes update the mode the kernel caches.
-            | InitFlags::FUSE_POSIX_ACL;
+            | InitFlags::FUSE_POSIX_ACL
+            | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
         if self.core.exportable() {
             caps |= InitFlags::FUSE_EXPORT_SUPPORT;
         }
         match self.core.config().cache {
-            CacheMode::Pool => caps |= InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
+            CacheMode::Pool => {}
             // With other writers the kernel must take sizes and times from extentfs: in
             // writeback-cache mode it trusts its own for regular files. Instead it drops its
             // pages of a file whose mtime or size changed (and at an open that revalidated).
@@ -500,7 +509,7 @@ impl Filesystem for ExtentFs {
                 ino.0,
                 reply,
                 self.core.open(ino.0, flags.0),
-                |reply, o| reply.opened(FileHandle(0), fopen_flags(o)),
+                |reply, o| reply.opened(file_handle(o), fopen_flags(o)),
             )
         });
     }
@@ -539,7 +548,7 @@ impl Filesystem for ExtentFs {
         &self,
         req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         data: &[u8],
         write_flags: WriteFlags,
@@ -553,8 +562,16 @@ impl Filesystem for ExtentFs {
             let from = if write_flags.contains(WriteFlags::FUSE_WRITE_CACHE) {
                 WriteFrom::PageCache
             } else {
+                // A write through a direct-I/O handle is a direct write even when the
+                // caller turned O_DIRECT off with fcntl since: the kernel did not put it
+                // in its page cache.
+                let direct = if fh.0 == DIRECT_IO_HANDLE {
+                    libc::O_DIRECT
+                } else {
+                    0
+                };
                 WriteFrom::Call {
-                    open_flags: flags.0,
+                    open_flags: flags.0 | direct,
                 }
             };
             let r = self.core.write(&ctx_of(req), ino.0, offset, data, from);
@@ -837,7 +854,7 @@ impl Filesystem for ExtentFs {
                     self.ttl(),
                     &file_attr(&e.attr),
                     Generation(e.generation),
-                    FileHandle(0),
+                    file_handle(o),
                     fopen_flags(o),
                 )
             })
