@@ -334,3 +334,20 @@ fn prune_drops_the_data_of_a_forgotten_file_deleted_in_source() {
     ctx.prune();
     assert!(ctx.get(key).is_none(), "its space is SOURCE's again");
 }
+
+#[test]
+fn forgotten_caches_are_capped() {
+    let ctx = test_util::context();
+    let dev = NEXT_DEV.fetch_add(1, Ordering::Relaxed);
+    for ino in 0..8 {
+        let b = MemBacking::new(&pattern(4096, ino as u8));
+        let c = ctx.get_or_create((dev, ino), || Ok(b)).unwrap();
+        read(&ctx, &c, 0, 4096).unwrap();
+        drop(c);
+        ctx.forget((dev, ino));
+    }
+    ctx.cap_forgotten(8);
+    assert_eq!(ctx.all_caches().len(), 8, "at the cap: all kept");
+    ctx.cap_forgotten(4);
+    assert_eq!(ctx.all_caches().len(), 3, "past it: down to three quarters");
+}

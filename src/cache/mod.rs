@@ -107,6 +107,9 @@ pub struct CacheContext {
     pub shutting_down: AtomicBool,
 }
 
+/// Caches of forgotten files kept with their data, at most (see [`CacheContext::cap_forgotten`]).
+const MAX_FORGOTTEN_CACHES: usize = 65_536;
+
 /// How often `prune` checks that the files of forgotten caches still exist in SOURCE.
 const FORGOTTEN_CHECK_MS: u64 = 5_000;
 
@@ -285,6 +288,28 @@ impl CacheContext {
         }
         let pressure = self.descriptor_pressure();
         self.registry().retain(|_, c| !may_drop(c, pressure));
+        self.cap_forgotten(MAX_FORGOTTEN_CACHES);
+    }
+
+    /// Keep at most `cap` caches of forgotten files (each costs its trees and a descriptor
+    /// or a handle): past it, clean ones go, data and all, down to three quarters of `cap`.
+    pub(crate) fn cap_forgotten(&self, cap: usize) {
+        let mut m = self.registry();
+        let forgotten = m
+            .values()
+            .filter(|c| c.forgotten.load(Ordering::Relaxed))
+            .count();
+        if forgotten <= cap {
+            return;
+        }
+        let mut excess = forgotten - cap * 3 / 4;
+        m.retain(|_, c| {
+            if excess > 0 && may_drop(c, true) {
+                excess -= 1;
+                return false;
+            }
+            true
+        });
     }
 
     /// Whether the descriptors the files keep on SOURCE are running low.
