@@ -52,10 +52,23 @@ pub fn mount_entry(path: &Path) -> Option<(String, String)> {
     })
 }
 
+/// Unmount `path`; false if it stays busy. EBUSY can be fleeting here: a child another test
+/// forks holds copies of all of this process's descriptors (some of them on this mount) until
+/// it execs, so a busy mount is tried again for up to 5 s.
 pub fn umount(path: &Path) -> bool {
     let c = CString::new(path.as_os_str().as_bytes()).unwrap();
-    // SAFETY: `c` is a NUL-terminated CString alive across the call; umount2 only reads it.
-    unsafe { libc::umount2(c.as_ptr(), 0) == 0 }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        // SAFETY: `c` is a NUL-terminated CString alive across the call; umount2 only reads it.
+        if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+            return true;
+        }
+        let busy = std::io::Error::last_os_error().raw_os_error() == Some(libc::EBUSY);
+        if !busy || std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 pub fn umount_lazy(path: &Path) {

@@ -639,7 +639,14 @@ fn cache_kernel_keeps_what_a_full_source_refuses_and_saves_it() {
 fn space_reservations_are_released_with_the_data() {
     let (_d, src, mnt) = dirs("space-release");
     let _tmpfs = Tmpfs::mount(&src, "20m");
-    let _daemon = Detached::start(&src, &mnt, "cache_size=128M,dirty_expire=60s", &[]);
+    // coherence=none: under close-to-open a process forked by another test closes its copy
+    // of `t`'s descriptor at exec, and that close writes `t` back (its reservations with it).
+    let _daemon = Detached::start(
+        &src,
+        &mnt,
+        "cache_size=128M,dirty_expire=60s,coherence=none",
+        &[],
+    );
     let reserved = || {
         stat(
             &getxattr(&mnt, "user.extentfs.stats").unwrap(),
