@@ -216,7 +216,14 @@ fn extentfs_umount_of_a_busy_mount_keeps_it_mounted() {
 #[test]
 fn extentfs_sync_writes_back_while_mounted() {
     let (_d, src, mnt) = dirs("sync");
-    let _daemon = Detached::start(&src, &mnt, "cache_size=64M,dirty_expire=60s", &[]);
+    // coherence=none: under close-to-open a process forked by another test closes its copy
+    // of the open file's descriptor at exec, and that close writes the data back early.
+    let _daemon = Detached::start(
+        &src,
+        &mnt,
+        "cache_size=64M,dirty_expire=60s,coherence=none",
+        &[],
+    );
     let name = "p";
     let f = OpenOptions::new()
         .create(true)
@@ -396,10 +403,12 @@ fn detached_daemon_logs_errors_to_syslog_by_path() {
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
+    // coherence=none: under close-to-open a process forked by another test closes its copy
+    // of the open file's descriptor at exec, and that close writes the data back early.
     let _daemon = Detached::start(
         &src,
         &mnt,
-        "cache_size=64M,dirty_expire=60s",
+        "cache_size=64M,dirty_expire=60s,coherence=none",
         &[("EXTENTFS_SYSLOG_SOCKET", sock_path.to_str().unwrap())],
     );
     std::fs::create_dir(mnt.join("sub")).unwrap();
