@@ -114,13 +114,16 @@ const MAX_FORGOTTEN_CACHES: usize = 65_536;
 const FORGOTTEN_CHECK_MS: u64 = 5_000;
 
 /// Whether a cache may leave the registry: the kernel forgot its inode, no handle is open,
-/// nobody else holds it, it is clean, and it holds no data (or descriptors are short).
-fn may_drop(c: &Arc<InodeCache>, descriptor_pressure: bool) -> bool {
+/// nobody else holds it, it is clean, and it holds no data, or SOURCE descriptors run low
+/// (each kept cache holds its inode's), or `even_with_data`.
+fn may_drop(c: &Arc<InodeCache>, even_with_data: bool) -> bool {
     c.forgotten.load(Ordering::Relaxed)
         && c.is_clean()
         && c.open_handles.load(Ordering::Relaxed) == 0
         && Arc::strong_count(c) == 1
-        && (descriptor_pressure || c.map.mapped_bytes() == 0)
+        && (even_with_data
+            || c.map.mapped_bytes() == 0
+            || c.file.descriptors() != backing::IoDescriptors::Ample)
 }
 
 /// Whether the cache's file is gone from SOURCE: its last link was deleted, or its handle
@@ -243,9 +246,8 @@ impl CacheContext {
             self.discard_if_deleted(&c);
         }
         drop(c);
-        let pressure = self.descriptor_pressure();
         let mut m = self.registry();
-        if m.get(&key).is_some_and(|c| may_drop(c, pressure)) {
+        if m.get(&key).is_some_and(|c| may_drop(c, false)) {
             m.remove(&key);
         }
     }
@@ -286,8 +288,7 @@ impl CacheContext {
                 }
             }
         }
-        let pressure = self.descriptor_pressure();
-        self.registry().retain(|_, c| !may_drop(c, pressure));
+        self.registry().retain(|_, c| !may_drop(c, false));
         self.cap_forgotten(MAX_FORGOTTEN_CACHES);
     }
 
@@ -310,14 +311,6 @@ impl CacheContext {
             }
             true
         });
-    }
-
-    /// Whether the descriptors the files keep on SOURCE are running low.
-    fn descriptor_pressure(&self) -> bool {
-        self.registry()
-            .values()
-            .next()
-            .is_some_and(|c| c.file.descriptors() != backing::IoDescriptors::Ample)
     }
 
     pub(crate) fn bump_progress(&self) {
