@@ -165,7 +165,7 @@ impl CacheContext {
             if c.peek_wb_error().is_some() && !all && now.saturating_sub(since) < expire * 2 {
                 continue;
             }
-            if (pressure || since == WRITEBACK_NOW || now.saturating_sub(since) >= expire)
+            if (pressure || self.writeback_due(since, now))
                 && !c.wb_queued.swap(true, Ordering::AcqRel)
                 && tx.send(c.clone()).is_err()
             {
@@ -309,6 +309,13 @@ impl CacheContext {
         result
     }
 
+    /// Whether a file dirty since `since` (a `dirty_since` stamp, not 0) is due for
+    /// writeback at `now`: asked for at close, or dirty for `dirty_expire`.
+    fn writeback_due(&self, since: u64, now: u64) -> bool {
+        since == WRITEBACK_NOW
+            || now.saturating_sub(since) >= self.cfg.dirty_expire.as_millis() as u64
+    }
+
     /// Whether a background pass over `c` goes on with its next run: while the file is due
     /// (dirty for `dirty_expire`, or asked for at close), while a forced pass (a throttled
     /// writer, reclaim) runs, or while more than half the dirty limit is dirty. Below that,
@@ -316,10 +323,8 @@ impl CacheContext {
     /// at every pass.
     fn background_goes_on(&self, c: &InodeCache) -> bool {
         let since = c.dirty_since.load(Ordering::Relaxed);
-        let due = since == WRITEBACK_NOW
-            || (since != 0
-                && self.now_ms().saturating_sub(since) >= self.cfg.dirty_expire.as_millis() as u64);
-        due || self.wb_forced.load(Ordering::Relaxed)
+        (since != 0 && self.writeback_due(since, self.now_ms()))
+            || self.wb_forced.load(Ordering::Relaxed)
             || self.dirty_bytes() > self.cfg.dirty_limit / 2
     }
 
