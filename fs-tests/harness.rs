@@ -348,6 +348,17 @@ pub fn stat(text: &str, key: &str) -> u64 {
         .unwrap()
 }
 
+/// `p` opened for reading and writing with O_DIRECT.
+pub fn open_direct_rw(p: &Path) -> File {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(p)
+        .unwrap_or_else(|e| panic!("open {} with O_DIRECT: {e}", p.display()))
+}
+
 /// A 4096-aligned heap buffer: for O_DIRECT, and because direct-io requests are split at
 /// user-page boundaries.
 pub struct AlignedBuf {

@@ -705,7 +705,7 @@ fn aio_pwrite(ctx: libc::c_ulong, fd: i32, buf: &AlignedBuf, off: u64) -> i64 {
 /// and the other way round, an O_DIRECT read sees what a buffered write left in the kernel's
 /// pages.
 fn buffered_read_after_direct_write(opts: &str) {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    use std::os::unix::fs::FileExt;
     let m = Mount::new(&format!("cache_size=16M,{opts}"));
     const N: usize = 64 * 1024;
     const ROUNDS: u32 = 500;
@@ -716,12 +716,7 @@ fn buffered_read_after_direct_write(opts: &str) {
         .write(true)
         .open(&p)
         .unwrap();
-    let direct = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(&p)
-        .unwrap();
+    let direct = open_direct_rw(&p);
     // Synchronous: pages cached by a buffered read, then 4 KiB written directly.
     assert_eq!(read_at_full(&buffered, 0, N), vec![b'a'; N]);
     let mut buf = AlignedBuf::new(4096);
@@ -1047,19 +1042,14 @@ fn created_objects_belong_to_their_creator() {
 /// and sees what was written; after fcntl turns O_DIRECT off, writes through it still reach
 /// readers that hold the file in the kernel's page cache.
 fn direct_open_mapped_and_fcntl_cleared(opts: &str) {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    use std::os::unix::fs::FileExt;
     let m = Mount::new(&format!("cache_size=16M,{opts}"));
     const N: usize = 16 * 1024;
     let p = m.path("f");
     std::fs::write(&p, vec![b'a'; N]).unwrap();
     let buffered = std::fs::File::open(&p).unwrap();
     assert_eq!(read_at_full(&buffered, 0, N), vec![b'a'; N]);
-    let direct = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(&p)
-        .unwrap();
+    let direct = open_direct_rw(&p);
     let mut want = vec![b'a'; N];
     {
         let mut map = Mapping::new(&direct, N);

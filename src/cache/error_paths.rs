@@ -6,7 +6,7 @@
 
 use super::backing::mem::MemBacking;
 use super::backing::Backing;
-use super::inode_cache::InodeCache;
+use super::inode_cache::{InodeCache, InodeKey};
 use super::{test_util, CacheContext, WriteKind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -291,13 +291,19 @@ fn a_forgotten_file_keeps_its_cached_data_and_is_found_again_with_it() {
     );
 }
 
-#[test]
-fn a_forgotten_cache_goes_once_it_holds_nothing() {
-    let (ctx, c, b) = setup(&pattern(8192, 4));
+/// A file read into the cache, then forgotten by the kernel (nobody holds its cache).
+fn cached_then_forgotten(content: &[u8]) -> (Arc<CacheContext>, InodeKey, Arc<MemBacking>) {
+    let (ctx, c, b) = setup(content);
     let key = c.key;
-    read(&ctx, &c, 0, 8192).unwrap();
+    read(&ctx, &c, 0, content.len() as u32).unwrap();
     drop(c);
     ctx.forget(key);
+    (ctx, key, b)
+}
+
+#[test]
+fn a_forgotten_cache_goes_once_it_holds_nothing() {
+    let (ctx, key, b) = cached_then_forgotten(&pattern(8192, 4));
     assert!(ctx.get(key).is_some(), "kept while it holds data");
     ctx.evict(1 << 20);
     ctx.evict(1 << 20);
@@ -309,11 +315,7 @@ fn a_forgotten_cache_goes_once_it_holds_nothing() {
 
 #[test]
 fn a_forgotten_file_deleted_in_source_is_not_served_again() {
-    let (ctx, c, b) = setup(&pattern(8192, 5));
-    let key = c.key;
-    read(&ctx, &c, 0, 8192).unwrap();
-    drop(c);
-    ctx.forget(key);
+    let (ctx, key, b) = cached_then_forgotten(&pattern(8192, 5));
     // Deleted behind extentfs's back while forgotten; the inode number is then found again
     // (another file, or a stale handle): nothing of the old file's data may be served.
     b.faults(|f| f.unlinked = true);
@@ -325,11 +327,7 @@ fn a_forgotten_file_deleted_in_source_is_not_served_again() {
 
 #[test]
 fn prune_drops_the_data_of_a_forgotten_file_deleted_in_source() {
-    let (ctx, c, b) = setup(&pattern(8192, 6));
-    let key = c.key;
-    read(&ctx, &c, 0, 8192).unwrap();
-    drop(c);
-    ctx.forget(key);
+    let (ctx, key, b) = cached_then_forgotten(&pattern(8192, 6));
     b.faults(|f| f.unlinked = true);
     ctx.prune();
     assert!(ctx.get(key).is_none(), "its space is SOURCE's again");
