@@ -92,7 +92,7 @@ pub struct CacheContext {
     /// Bytes the files may keep for shared mappings (see [`mapped`]).
     bases: Arc<mapped::Budget>,
     /// Bumped whenever writeback or eviction makes progress; waiters sleep on `progress_cv`.
-    progress: Mutex<u64>,
+    progress: Mutex<Progress>,
     progress_cv: Condvar,
     /// errno of the most recent failed writeback anywhere (0 = none since the last success).
     last_wb_errno: AtomicU64,
@@ -105,6 +105,13 @@ pub struct CacheContext {
     flusher: writeback::Flusher,
     started: Instant,
     pub shutting_down: AtomicBool,
+}
+
+/// The progress counter writers and reclaimers wait on.
+#[derive(Default)]
+struct Progress {
+    generation: u64,
+    waiters: usize,
 }
 
 /// Caches of forgotten files kept with their data, at most (see [`CacheContext::cap_forgotten`]).
@@ -146,7 +153,7 @@ impl CacheContext {
             dirty: Arc::new(AtomicU64::new(0)),
             space: Arc::default(),
             bases: Arc::new(mapped::Budget::new(mapped::BASES_LIMIT)),
-            progress: Mutex::new(0),
+            progress: Mutex::new(Progress::default()),
             progress_cv: Condvar::new(),
             last_wb_errno: AtomicU64::new(0),
             clock_hand: AtomicUsize::new(0),
@@ -314,17 +321,23 @@ impl CacheContext {
     }
 
     pub(crate) fn bump_progress(&self) {
-        *self.progress.lock().unwrap() += 1;
-        self.progress_cv.notify_all();
+        let mut g = self.progress.lock().unwrap();
+        g.generation += 1;
+        // A notify is a system call even with nobody waiting: writeback bumps once per run.
+        if g.waiters > 0 {
+            self.progress_cv.notify_all();
+        }
     }
 
     fn wait_progress(&self, timeout: Duration) {
-        let g = self.progress.lock().unwrap();
-        let gen = *g;
-        let _ = self
+        let mut g = self.progress.lock().unwrap();
+        let gen = g.generation;
+        g.waiters += 1;
+        let (mut g, _) = self
             .progress_cv
-            .wait_timeout_while(g, timeout, |g| *g == gen)
+            .wait_timeout_while(g, timeout, |g| g.generation == gen)
             .unwrap();
+        g.waiters -= 1;
     }
 
     // ---- DIRTY: the trees count the bytes; these two also keep each file's dirty clock ----
@@ -346,17 +359,12 @@ impl CacheContext {
         }
     }
 
-    /// Clear DIRTY over `r` and then set `set` there (e.g. WRITEBACK). The caller holds
-    /// LOCKED over the range, so nobody sees the moment in between.
-    pub(crate) fn clear_dirty(&self, c: &InodeCache, r: ByteRange, set: Bits) -> u64 {
-        let removed = c.tree.clear_bits(r, Bits::DIRTY);
-        if !set.is_empty() {
-            c.tree.set_bits(r, set);
-        }
+    /// Clear DIRTY over `r` and set `set` there (e.g. WRITEBACK), in one step.
+    pub(crate) fn clear_dirty(&self, c: &InodeCache, r: ByteRange, set: Bits) {
+        c.tree.set_clear_bits(r, set, Bits::DIRTY);
         if c.tree.dirty_bytes() == 0 {
             c.dirty_since.store(0, Ordering::Relaxed);
         }
-        removed
     }
 
     // ---- reads ----

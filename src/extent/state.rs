@@ -478,8 +478,20 @@ impl Inner {
 
     /// Whether `[start, end]` has any of `bits`, `LOCKED` meaning a held lock.
     fn any(&self, start: u64, end: u64, bits: Bits) -> bool {
+        let mut in_map = bits & !Bits::LOCKED;
+        // Bits the tree counts and has none of need no walk (a writer waiting for WRITEBACK
+        // while nothing of the file is being written back: the common case).
+        for (bit, n) in [
+            (Bits::UPTODATE, self.uptodate),
+            (Bits::DIRTY, self.dirty),
+            (Bits::WRITEBACK, self.writeback),
+        ] {
+            if n == 0 {
+                in_map &= !bit;
+            }
+        }
         (bits.intersects(Bits::LOCKED) && self.lock_overlaps(start, end))
-            || any_in(&self.map, start, end, bits & !Bits::LOCKED)
+            || any_in(&self.map, start, end, in_map)
     }
 
     fn take_lock(&mut self, start: u64, end: u64) {
