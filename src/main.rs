@@ -396,6 +396,7 @@ fn serve(
         },
         nodiratime: cfg.nodiratime,
         spin: cfg.spin,
+        request_threads: cfg.threads,
     };
     let mounted = match session::mount(cfg, source, mountpoint, ctx.clone(), fscfg) {
         Ok(m) => m,

@@ -8,7 +8,8 @@
 //! caller, set-ID clearing, the victim of an unlink or rename held open, ACLs: [`names`],
 //! [`attr`], [`file`](mod@file), [`xattr`]); the cache policy (revalidation against SOURCE, write back
 //! before a punch, discard at unlink and release: [`file`](mod@file)); directory streams ([`dir`]);
-//! `user.extentfs.*` ([`ctl`]).
+//! `user.extentfs.*` ([`ctl`]); the thread that drops the kernel's pages after direct writes
+//! ([`inval`]).
 //!
 //! Invariants: nothing here names `fuser` or `crate::fs`, calls libc or holds an `unsafe`
 //! block (the one file read is the caller's `/proc` status); SOURCE is reached only through
@@ -23,6 +24,7 @@ pub mod error;
 pub mod file;
 pub mod fileattr;
 pub mod inodes;
+pub(crate) mod inval;
 pub mod names;
 pub mod xattr;
 
@@ -83,6 +85,8 @@ pub struct Config {
     pub spin: crate::options::SpinMode,
     /// How changes others make to SOURCE are followed.
     pub coherence: Coherence,
+    /// Threads serving FUSE requests (the adapter's `threads`).
+    pub request_threads: usize,
 }
 
 /// What the core tells the kernel's caches of a node: the adapter implements it with the
@@ -116,6 +120,8 @@ pub struct Core {
     /// Set once the session exists: tells the kernel when attributes or pages it caches
     /// changed behind its back (set-ID bits dropped by a write, a file changed in SOURCE).
     kernel: KernelSlot,
+    /// Drops the kernel's pages after direct writes, started at the first one.
+    page_dropper: OnceLock<inval::PageDropper>,
     am_root: bool,
 }
 
@@ -135,6 +141,7 @@ impl Core {
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             kernel: Arc::new(OnceLock::new()),
+            page_dropper: OnceLock::new(),
             am_root: source::running_as_root(),
         })
     }
@@ -264,30 +271,27 @@ impl Core {
     /// Drop the kernel's cached pages of `[off, off + len)` of `ino` after a direct write to
     /// them (`cache=kernel`), before the write is answered, so nothing read once it completed
     /// can come from a page cached before it reached the pool. The kernel locks each page to
-    /// drop it, so this runs on another thread and is waited for only a bounded time: a page
-    /// locked by a request that waits for this one must not block it forever.
+    /// drop it, so this runs on the [`inval::PageDropper`]'s thread and is waited for only a
+    /// bounded time: a page locked by a request that waits for this one must not block it
+    /// forever.
     fn invalidate_written(&self, ino: u64, off: u64, len: u64) {
         let Some(n) = self.kernel.get() else { return };
         if len == 0 {
             return;
         }
-        let n = n.clone();
-        let (done, wait) = std::sync::mpsc::sync_channel::<()>(1);
-        let spawned = std::thread::Builder::new()
-            .name("inval".into())
-            .spawn(move || {
-                if let Err(e) = n.inval_inode(ino, off as i64, len as i64) {
-                    tracing::debug!("invalidating the kernel's pages of node {ino}: {e}");
+        let dropper = match self.page_dropper.get() {
+            Some(d) => d,
+            None => match inval::PageDropper::start(n.clone(), self.cfg.request_threads) {
+                // Two first writers may both start one: the loser's ends at once.
+                Ok(d) => self.page_dropper.get_or_init(|| d),
+                Err(e) => {
+                    tracing::warn!("kernel pages of node {ino} not invalidated: {e}");
+                    return;
                 }
-                let _ = done.send(());
-            });
-        match spawned {
-            Ok(_) => {
-                if wait.recv_timeout(INVAL_WAIT).is_err() {
-                    tracing::debug!("node {ino}: pages after a direct write still being dropped");
-                }
-            }
-            Err(e) => tracing::warn!("kernel pages of node {ino} not invalidated: {e}"),
+            },
+        };
+        if !dropper.drop_pages(ino, off, len, INVAL_WAIT) {
+            tracing::debug!("node {ino}: pages after a direct write still being dropped");
         }
     }
 

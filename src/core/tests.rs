@@ -34,6 +34,7 @@ fn config(cache: CacheMode, coherence: Coherence) -> Config {
         nodiratime: false,
         spin: crate::options::SpinMode::Off,
         coherence,
+        request_threads: 2,
     }
 }
 
