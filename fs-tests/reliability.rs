@@ -62,11 +62,14 @@ fn run_cmd(args: &[&str]) -> Result<String, String> {
 
 /// A filesystem the test mounted (tmpfs, ext4) plus the loop device under it: unmounted and
 /// detached on drop, also when the test failed. Declare it *before* the `Mount` over it, so
-/// that the extentfs mount is dropped first.
+/// that the extentfs mount is dropped first. The `Mount`'s temporary directory cannot be
+/// removed while these are mounted in it, so the guard removes it after unmounting them
+/// (`remove_after`).
 #[derive(Default)]
 struct FsGuard {
     mounts: Vec<PathBuf>,
     loops: Vec<String>,
+    remove: Vec<PathBuf>,
 }
 
 impl FsGuard {
@@ -84,6 +87,11 @@ impl FsGuard {
         .unwrap();
         self.mounts.push(dir.to_path_buf());
     }
+
+    /// Remove `dir` (a `Mount`'s temporary directory holding these mounts) once they are gone.
+    fn remove_after(&mut self, dir: &Path) {
+        self.remove.push(dir.to_path_buf());
+    }
 }
 
 impl Drop for FsGuard {
@@ -95,6 +103,9 @@ impl Drop for FsGuard {
         }
         for l in &self.loops {
             let _ = run_cmd(&["losetup", "-d", l]);
+        }
+        for d in &self.remove {
+            let _ = std::fs::remove_dir_all(d);
         }
     }
 }
@@ -778,6 +789,7 @@ fn source_full_enospc_then_recovers() {
         std::fs::write(src.join("filler"), vec![7u8; (12 * MIB) as usize]).unwrap();
         std::fs::write(src.join("other"), b"other file").unwrap();
     });
+    guard.remove_after(m.dir.path());
     let mut rng = Rng(31337);
     let mut model: Vec<u8> = Vec::new();
     let f = OpenOptions::new()
@@ -938,6 +950,7 @@ fn source_io_error_reaches_fsync() {
             }
         },
     );
+    guard.remove_after(m.dir.path());
     if let Some(e) = setup_err {
         panic!("building the failing SOURCE: {e}");
     }
@@ -1739,6 +1752,7 @@ fn unlink_through_mount_frees_source_space_promptly() {
         guard.tmpfs(src, "16M");
         std::fs::write(src.join("big"), vec![1u8; (8 * MIB) as usize]).unwrap();
     });
+    guard.remove_after(m.dir.path());
     let free_kib = |p: &Path| {
         let s = statvfs(p);
         s.f_bavail * s.f_frsize / KIB
