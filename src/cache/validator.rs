@@ -63,6 +63,9 @@ pub struct Seen {
     recorded: Validator,
     in_flight: u32,
     foreign: bool,
+    /// Checks waiting for the own changes in flight to end (the owner's condvar is
+    /// notified only when there are some: a notify is a system call).
+    pub waiters: u32,
 }
 
 impl Seen {

@@ -703,7 +703,9 @@ impl Backing for DataFile {
             if let Ok(st) = self.stat() {
                 s.record(Validator::of(&st));
             }
-            self.seen_idle.notify_all();
+            if s.waiters > 0 {
+                self.seen_idle.notify_all();
+            }
         }
     }
 
@@ -718,11 +720,13 @@ impl Backing for DataFile {
             if left.is_zero() {
                 break;
             }
+            s.waiters += 1;
             s = self
                 .seen_idle
                 .wait_timeout(s, left)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+            s.waiters -= 1;
         }
         let st = self.stat()?;
         Ok((s.check(Validator::of(&st)), st))
