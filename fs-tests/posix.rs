@@ -1405,6 +1405,42 @@ fn mtime_of_a_write_survives_fsync_and_remount() {
 }
 
 #[test]
+fn a_write_is_timed_in_order_with_what_changed_before_and_after_it() {
+    // As generic/423 checks. SOURCE's kernel gives a fine-grained timestamp to a file whose
+    // times were looked at, and stamps everything after it no earlier (multigrain
+    // timestamps); the coarse clock a write is timed with runs behind such a stamp for up to
+    // a tick. Under close-to-open the writeback at close is SOURCE's own stamp of the write.
+    let m = Mount::new("cache_size=16M");
+    for i in 0..50 {
+        let before = m.src_path(&format!("before{i}"));
+        std::fs::write(&before, b"1").unwrap();
+        std::fs::metadata(&before).unwrap();
+        std::fs::write(&before, b"2").unwrap();
+        let f = m.path(&format!("f{i}"));
+        std::fs::write(&f, b"written through the mount").unwrap();
+        std::fs::write(m.path(&format!("after{i}")), b"").unwrap();
+        let (tb, tf, ta) = (
+            times(&before)[1],
+            times(&f)[1],
+            times(&m.path(&format!("after{i}")))[1],
+        );
+        assert!(
+            tb <= tf,
+            "round {i}: the write's mtime {tf:?} is before {tb:?}"
+        );
+        assert!(
+            tf <= ta,
+            "round {i}: the write's mtime {tf:?} is after {ta:?}"
+        );
+        assert_eq!(
+            times(&m.src_path(&format!("f{i}")))[1],
+            tf,
+            "round {i}: SOURCE's mtime"
+        );
+    }
+}
+
+#[test]
 fn close_starts_writeback() {
     // close (FUSE flush) queues the file's dirty data at once, not after dirty_expire.
     let m = Mount::new("cache_size=16M,dirty_expire=60s");

@@ -46,6 +46,9 @@ pub trait Backing: Send + Sync + std::fmt::Debug {
     fn chmod(&self, mode: u32) -> io::Result<()>;
     /// Set mtime, atime left alone.
     fn set_mtime(&self, mtime: libc::timespec) -> io::Result<()>;
+    /// The file's mtime in SOURCE as recorded after extentfs's own last change to it (no
+    /// system call), if known.
+    fn recorded_mtime(&self) -> Option<libc::timespec>;
     /// Let the backing record a read access (reads are served from the pool).
     fn touch_atime(&self) -> io::Result<()>;
     /// Whether writes can reach the file at all (follows the last open of the I/O
@@ -392,6 +395,14 @@ pub(crate) mod mem {
             s.mode = (s.mode & libc::S_IFMT) | (mode & 0o7777);
             self.tick(&mut s, false);
             Ok(())
+        }
+
+        fn recorded_mtime(&self) -> Option<libc::timespec> {
+            let (s, ns) = self.state().mtime;
+            Some(libc::timespec {
+                tv_sec: s,
+                tv_nsec: ns,
+            })
         }
 
         fn set_mtime(&self, mtime: libc::timespec) -> io::Result<()> {

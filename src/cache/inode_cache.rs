@@ -109,6 +109,37 @@ impl Drop for RangeGuard<'_> {
 /// Identity of a SOURCE inode.
 pub type InodeKey = (u64, u64);
 
+/// How long after a write SOURCE's own stamp of its writeback may stand for the write's
+/// mtime: longer than a step of the coarse clock writes are timed with (a timer tick, 1 to
+/// 10 ms), far shorter than any time a user compares.
+pub const SOURCE_STAMP_WINDOW_NS: i128 = 50_000_000;
+
+/// The mtime the cache knows better than SOURCE.
+///
+/// A write's time is stamped on SOURCE (utimensat) once its data is there, since the
+/// writeback may come long after the write. When the writeback came within
+/// [`SOURCE_STAMP_WINDOW_NS`] of it (close-to-open writes back at close) and nobody was shown
+/// the recorded time, SOURCE's own stamp of the writeback stands instead: it is the write's
+/// time to within the window and is ordered with every other timestamp of SOURCE by SOURCE's
+/// kernel (the coarse clock a write is timed with can run behind a fine-grained timestamp
+/// SOURCE gave an object changed just before), and it needs no system call. Kept once
+/// stamped: a getattr that read SOURCE between a writeback's pwrite and the stamp would
+/// otherwise show the pwrite's time.
+#[derive(Clone, Copy, Debug)]
+struct PendingMtime {
+    time: libc::timespec,
+    /// In SOURCE already.
+    stamped: bool,
+    /// Recorded by a write and not yet shown (getattr): SOURCE's stamp may replace it.
+    replaceable: bool,
+}
+
+/// Whether `source` is `t` or later by at most the window.
+fn within_stamp_window(t: libc::timespec, source: libc::timespec) -> bool {
+    let ns = |x: libc::timespec| x.tv_sec as i128 * 1_000_000_000 + x.tv_nsec as i128;
+    (0..=SOURCE_STAMP_WINDOW_NS).contains(&(ns(source) - ns(t)))
+}
+
 pub struct InodeCache {
     pub key: InodeKey,
     pub tree: ExtentStateTree,
@@ -122,10 +153,8 @@ pub struct InodeCache {
     wb_error: Mutex<Option<i32>>,
     /// errno of the last failed writeback ever (stats).
     pub last_wb_error: AtomicU64,
-    /// mtime of the last write, and whether it is stamped on SOURCE yet (after writeback).
-    /// Kept once stamped: a getattr that read SOURCE between a writeback's pwrite (which
-    /// stamps the time of the pwrite) and the stamp would otherwise show the pwrite's time.
-    pending_mtime: Mutex<Option<(libc::timespec, bool)>>,
+    /// mtime of the last write or utimens not yet (or just) in SOURCE; see [`PendingMtime`].
+    pending_mtime: Mutex<Option<PendingMtime>>,
     pub(crate) wb_queued: AtomicBool,
     /// The file's mode may carry set-user-ID or set-group-ID (checked before writes).
     pub(crate) may_have_setid: AtomicBool,
@@ -286,45 +315,72 @@ impl InodeCache {
         self.tree.metadata_bytes() + self.map.metadata_bytes()
     }
 
-    /// The mtime the cache knows better than SOURCE (from writes or an explicit utimens).
+    /// The mtime the cache knows better than SOURCE (from writes or an explicit utimens), as
+    /// shown to a getattr: from now on it is the one SOURCE gets.
     pub fn mtime_override(&self) -> Option<libc::timespec> {
-        self.pending_mtime.lock().unwrap().map(|(t, _)| t)
+        let mut g = self.pending_mtime.lock().unwrap();
+        g.as_mut().map(|p| {
+            p.replaceable = false;
+            p.time
+        })
     }
 
+    /// An explicit mtime (utimens) writeback must stamp, or None.
     pub(crate) fn set_pending_mtime(&self, t: Option<libc::timespec>) {
-        *self.pending_mtime.lock().unwrap() = t.map(|t| (t, false));
+        *self.pending_mtime.lock().unwrap() = t.map(|time| PendingMtime {
+            time,
+            stamped: false,
+            replaceable: false,
+        });
     }
 
     /// SOURCE stamped its own mtime (fallocate, punch): it is the one to show, unless writes
     /// are still waiting to stamp theirs.
     pub fn source_stamped(&self) {
         let mut g = self.pending_mtime.lock().unwrap();
-        if matches!(*g, Some((_, true))) {
+        if g.is_some_and(|p| p.stamped) {
             *g = None;
         }
     }
 
     /// Stamp "modified now" with the coarse clock, as the kernel stamps files (SOURCE's own
-    /// mtimes then never run behind ours for objects changed later).
+    /// mtimes then never run behind ours for objects changed later; see [`PendingMtime`] for
+    /// when SOURCE's stamp of the writeback stands instead).
     pub(crate) fn record_write_time(&self) {
         let ts = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
         let ts = libc::timespec {
             tv_sec: ts.tv_sec,
             tv_nsec: ts.tv_nsec,
         };
-        *self.pending_mtime.lock().unwrap() = Some((ts, false));
+        *self.pending_mtime.lock().unwrap() = Some(PendingMtime {
+            time: ts,
+            stamped: false,
+            replaceable: true,
+        });
     }
 
     /// Once all written data is in SOURCE (nothing dirty or under writeback; it may still
     /// await its fsync, which then covers the stamp too): stamp the recorded mtime on SOURCE.
     pub(crate) fn apply_pending_mtime(&self) {
         let mut g = self.pending_mtime.lock().unwrap();
-        if let Some((t, false)) = *g {
-            let written = self.tree.dirty_bytes() == 0 && self.tree.writeback_bytes() == 0;
-            if written && self.file.set_mtime(t).is_ok() {
-                *g = Some((t, true));
-            }
+        let Some(p) = *g else { return };
+        if p.stamped || self.tree.dirty_bytes() > 0 || self.tree.writeback_bytes() > 0 {
+            return;
         }
+        let by_source = self
+            .file
+            .recorded_mtime()
+            .filter(|&m| p.replaceable && within_stamp_window(p.time, m));
+        let time = match by_source {
+            Some(m) => m,
+            None if self.file.set_mtime(p.time).is_ok() => p.time,
+            None => return,
+        };
+        *g = Some(PendingMtime {
+            time,
+            stamped: true,
+            replaceable: false,
+        });
     }
 
     pub(crate) fn record_wb_error(&self, errno: i32) {
@@ -594,5 +650,31 @@ impl InodeCache {
             // from the pool may hold old data).
         }
         Ok(read)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(tv_sec: i64, tv_nsec: i64) -> libc::timespec {
+        libc::timespec { tv_sec, tv_nsec }
+    }
+
+    #[test]
+    fn source_stamps_stand_for_a_write_only_just_after_it() {
+        let t = ts(100, 999_000_000);
+        assert!(within_stamp_window(t, t));
+        assert!(
+            within_stamp_window(t, ts(101, 40_000_000)),
+            "41 ms later, across a second"
+        );
+        assert!(within_stamp_window(t, ts(101, 49_000_000)));
+        assert!(!within_stamp_window(t, ts(101, 49_000_001)), "past 50 ms");
+        assert!(
+            !within_stamp_window(t, ts(100, 998_999_999)),
+            "before the write"
+        );
+        assert!(!within_stamp_window(t, ts(99, 999_000_000)));
     }
 }

@@ -894,6 +894,11 @@ impl Backing for DataFile {
         Ok(rustix::io::pread(&fd, &mut b, 0).map(drop)?)
     }
 
+    fn recorded_mtime(&self) -> Option<libc::timespec> {
+        let (tv_sec, tv_nsec) = self.lock_seen().recorded().mtime;
+        Some(libc::timespec { tv_sec, tv_nsec })
+    }
+
     /// Set mtime (and atime omitted) on the file.
     fn set_mtime(&self, mtime: libc::timespec) -> io::Result<()> {
         let _own = OwnChange::begin(self);
