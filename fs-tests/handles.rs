@@ -141,13 +141,20 @@ fn handles_open_after_forget_and_remount() {
     );
 }
 
-/// Unmounts a tmpfs when dropped (declared before the Mount on it, so dropped after).
+/// A tmpfs mounted on a Mount's SOURCE (declared before the Mount, so dropped after it):
+/// unmounted on drop, and then the Mount's temporary directory removed, which the Mount could
+/// not do while the tmpfs was mounted in it.
 struct TmpfsOn(Option<PathBuf>);
 
 impl Drop for TmpfsOn {
     fn drop(&mut self) {
         if let Some(p) = &self.0 {
-            umount(p);
+            if !umount(p) {
+                umount_lazy(p);
+            }
+            if let Some(tmp) = p.parent() {
+                let _ = std::fs::remove_dir_all(tmp);
+            }
         }
     }
 }
