@@ -144,7 +144,7 @@ impl CacheContext {
     fn flusher_pass(&self, tx: &Sender<Arc<InodeCache>>, all: bool) -> bool {
         let now = self.now_ms();
         let expire = self.cfg.dirty_expire.as_millis() as u64;
-        let pressure = all || self.dirty_bytes() > self.cfg.dirty_limit / 2;
+        let pressure = all || self.over_background_threshold();
         self.wb_forced.store(all, Ordering::Relaxed);
         let mut to_commit: Vec<Arc<InodeCache>> = Vec::new();
         for c in self.all_caches() {
@@ -325,7 +325,12 @@ impl CacheContext {
         let since = c.dirty_since.load(Ordering::Relaxed);
         (since != 0 && self.writeback_due(since, self.now_ms()))
             || self.wb_forced.load(Ordering::Relaxed)
-            || self.dirty_bytes() > self.cfg.dirty_limit / 2
+            || self.over_background_threshold()
+    }
+
+    /// More than half the dirty limit is dirty: background writeback runs whatever is due.
+    fn over_background_threshold(&self) -> bool {
+        self.dirty_bytes() > self.cfg.dirty_limit / 2
     }
 
     /// Write back everything dirty, range by range: locking each range, or, with
