@@ -47,6 +47,55 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
     v
 }
 
+/// Read `path` front to back in 1 MiB requests and compare it with `want`.
+fn scan(path: &std::path::Path, want: &[u8], what: &str) {
+    let f = std::fs::File::open(path).unwrap();
+    for at in (0..want.len()).step_by(1 << 20) {
+        let end = (at + (1 << 20)).min(want.len());
+        let got = read_at_full(&f, at as u64, end - at);
+        check_bytes(&format!("{what} at {at}"), &got, &want[at..end]);
+    }
+}
+
+/// A file 3x the pool read front to back, twice: once the file holds half the pool, the
+/// first scan reads the rest past the pool; the second hits the head the pool kept; a small
+/// file read before stays cached. SOURCE holds both files from the start (nothing dirty).
+#[test]
+fn a_scan_of_a_file_larger_than_the_pool_reads_past_it() {
+    let big = pattern(48 << 20, 21);
+    let small = pattern(1 << 20, 22);
+    let m = Mount::with_source("cache_size=16M", |src| {
+        std::fs::write(src.join("big"), &big).unwrap();
+        std::fs::write(src.join("small"), &small).unwrap();
+    });
+    scan(&m.path("small"), &small, "small file");
+    let small_misses = stat(&file_stats(&m, "small"), "read_miss_bytes");
+    scan(&m.path("big"), &big, "first scan");
+    let s1 = root_stats(&m);
+    let around = stat(&s1, "read_around_bytes");
+    assert!(
+        around >= 24 << 20,
+        "first scan read {around} bytes past the pool\n{s1}"
+    );
+    scan(&m.path("big"), &big, "second scan");
+    let s2 = root_stats(&m);
+    let hits = stat(&s2, "read_hit_bytes") - stat(&s1, "read_hit_bytes");
+    assert!(hits >= 4 << 20, "second scan hit {hits} bytes\n{s2}");
+    assert!(stat(&s2, "read_around_bytes") > around, "{s2}");
+    assert_eq!(
+        stat(&s2, "evicted_bytes"),
+        stat(&s1, "evicted_bytes"),
+        "{s2}"
+    );
+    scan(&m.path("small"), &small, "small file after the scans");
+    let f = file_stats(&m, "small");
+    assert_eq!(
+        stat(&f, "read_miss_bytes"),
+        small_misses,
+        "the scans evicted it\n{f}"
+    );
+}
+
 #[test]
 fn cold_read_misses_then_hits() {
     let len = 3 << 20;

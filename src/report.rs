@@ -74,6 +74,7 @@ pub const MOUNT_FIGURES: &[FigureDoc] = &[
     fig("read_miss_bytes", "read_miss_bytes", Counter, Bytes, "Read bytes read from SOURCE."),
     fig("source_read_ops", "source_read_ops", Counter, Count, "Reads that went to SOURCE."),
     fig("readahead_bytes", "readahead_bytes", Counter, Bytes, "Bytes read ahead of readers."),
+    fig("read_around_bytes", "read_around_bytes", Counter, Bytes, "Read bytes read past the pool (files larger than it)."),
     fig("write_requests", "write_requests", Counter, Count, "Write requests accepted."),
     fig("write_bytes", "write_bytes", Counter, Bytes, "Bytes accepted into the pool by writes."),
     fig("writeback_ops", "writeback_ops", Counter, Count, "Writes to SOURCE by writeback."),

@@ -29,6 +29,7 @@ counters!(
     read_miss_bytes,
     source_read_ops,
     readahead_bytes,
+    read_around_bytes,
     write_requests,
     write_bytes,
     writeback_ops,

@@ -17,6 +17,7 @@ use proptest::prelude::*;
 use std::ffi::CString;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 const P: u64 = 4096;
@@ -55,10 +56,23 @@ fn bytes(seed: u64, len: usize) -> Vec<u8> {
     v
 }
 
+/// The cache of the existing file `dir/name` in `ctx`.
+fn open_cache(ctx: &CacheContext, dir: &tempfile::TempDir, name: &str) -> Arc<InodeCache> {
+    let root = source::open_root(dir.path()).unwrap();
+    let cname = CString::new(name).unwrap();
+    let fd = source::open_path(root.as_fd(), &cname).unwrap();
+    let st = source::fstat(fd.as_fd()).unwrap();
+    let pfd = PathFd::fixed(fd).unwrap();
+    ctx.get_or_create((st.st_dev, st.st_ino), || {
+        DataFile::open(pfd.clone(), false)
+    })
+    .unwrap()
+}
+
 /// One cache over one SOURCE file; stops the writeback threads when dropped (also on panic, so
 /// proptest's shrinking does not leak threads).
 struct Fixture {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     path: PathBuf,
     ctx: Arc<CacheContext>,
     c: Arc<InodeCache>,
@@ -79,24 +93,21 @@ impl Fixture {
         let mut cfg = CacheConfig::new(pool_bytes, 0.5);
         cfg.dirty_expire = std::time::Duration::from_millis(200);
         let ctx = CacheContext::new(Arc::new(pool), cfg);
-        let root = source::open_root(dir.path()).unwrap();
-        let cname = CString::new(name).unwrap();
-        let fd = source::open_path(root.as_fd(), &cname).unwrap();
-        let st = source::fstat(fd.as_fd()).unwrap();
-        let pfd = PathFd::fixed(fd).unwrap();
-        let c = ctx
-            .get_or_create((st.st_dev, st.st_ino), || {
-                DataFile::open(pfd.clone(), false)
-            })
-            .unwrap();
+        let c = open_cache(&ctx, &dir, name);
         let wb = writeback_threads.then(|| ctx.start_writeback().unwrap());
         Fixture {
-            _dir: dir,
+            dir,
             path,
             ctx,
             c,
             wb,
         }
+    }
+
+    /// Another file of the same SOURCE directory, holding `content`, in the same cache.
+    fn other_file(&self, name: &str, content: &[u8]) -> Arc<InodeCache> {
+        std::fs::write(self.dir.path().join(name), content).unwrap();
+        open_cache(&self.ctx, &self.dir, name)
     }
 
     fn read(&self, off: u64, len: u32) -> Vec<u8> {
@@ -536,6 +547,87 @@ fn working_set_three_times_the_pool() {
         let l = 1 + r.below(300_000) as u32;
         apply(&f, &mut m, &Op::Read { off: o, len: l });
     }
+    f.check_source(&m);
+}
+
+/// `f`'s file made `len` bytes long in 1 MiB writes, written back, and dropped from the pool.
+fn written_back_file(f: &Fixture, m: &mut Vec<u8>, len: u64) {
+    let chunk = 1 << 20;
+    for off in (0..len).step_by(chunk) {
+        let write = Op::Write {
+            off,
+            len: chunk,
+            seed: off + 1,
+            append: false,
+        };
+        apply(f, m, &write);
+    }
+    apply(f, m, &Op::Sync);
+    apply(f, m, &Op::DropClean);
+}
+
+/// A file 3x the pool read round and round in 1 MiB requests (a scan): every pass reads what
+/// was written; once the file holds half the pool the scan reads the rest past the pool instead
+/// of evicting, so later passes hit the head it kept, and a small file read between passes
+/// stays cached.
+#[test]
+fn a_scan_of_a_file_larger_than_the_pool_keeps_what_the_pool_holds() {
+    let f = Fixture::new(POOL, true);
+    let mut m = Vec::new();
+    written_back_file(&f, &mut m, SPAN);
+    let small_data = bytes(5, 2 << 20);
+    let small = f.other_file("small", &small_data);
+    let read_small = || {
+        f.ctx
+            .read(&small, 0, small_data.len() as u32, false, |b| b.to_vec())
+            .unwrap()
+    };
+    assert_bytes_eq(&read_small(), &small_data, "the small file");
+    for pass in 0..3 {
+        let hits = f.c.hit_bytes.load(Ordering::Relaxed);
+        assert_bytes_eq(&f.read_all(SPAN), &m, &format!("pass {pass}"));
+        let hit = f.c.hit_bytes.load(Ordering::Relaxed) - hits;
+        if pass > 0 {
+            assert!(hit >= POOL / 4, "pass {pass} hit only {hit} bytes");
+        }
+        let misses = small.miss_bytes.load(Ordering::Relaxed);
+        assert_bytes_eq(&read_small(), &small_data, "the small file");
+        assert_eq!(
+            small.miss_bytes.load(Ordering::Relaxed),
+            misses,
+            "pass {pass} pushed the small file out of the pool"
+        );
+        f.check_quiescent();
+    }
+    assert!(f.ctx.stats.read_around_bytes.load(Ordering::Relaxed) >= SPAN);
+}
+
+/// The scan of a file larger than the pool with pages rewritten between passes, some still
+/// dirty and some under writeback when it passes: it never serves SOURCE's older bytes.
+#[test]
+fn a_scan_past_the_pool_reads_what_was_written_since() {
+    let f = Fixture::new(POOL, true);
+    let mut m = Vec::new();
+    written_back_file(&f, &mut m, SPAN);
+    let mut r = Rng(11);
+    for pass in 0..4 {
+        for k in 0..6 {
+            let write = Op::Write {
+                off: r.below(SPAN),
+                len: 1 + r.below(3 * P) as usize,
+                seed: 100 * pass + k,
+                append: false,
+            };
+            apply(&f, &mut m, &write);
+        }
+        if pass == 2 {
+            apply(&f, &mut m, &Op::Writeback);
+        }
+        assert_bytes_eq(&f.read_all(m.len() as u64), &m, &format!("pass {pass}"));
+    }
+    assert!(f.ctx.stats.read_around_bytes.load(Ordering::Relaxed) > 0);
+    apply(&f, &mut m, &Op::Sync);
+    f.check_quiescent();
     f.check_source(&m);
 }
 

@@ -65,6 +65,15 @@ thread_local! {
     static BOUNCE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// The first `len` bytes of a per-thread buffer, grown (never shrunk, never cleared: callers
+/// overwrite what they use) to hold them.
+fn bounce_slice(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    &mut buf[..len]
+}
+
 /// LOCKED over a range of a state tree, released on drop (also when a bug unwinds through
 /// the holder, so a panic cannot leave a range locked forever).
 pub(crate) struct RangeGuard<'a> {
@@ -575,6 +584,29 @@ impl InodeCache {
         self.mapped_any.store(true, Ordering::Release);
     }
 
+    /// Read `[off, off+len)` of SOURCE into this thread's buffer, past the pool, and call `f`
+    /// with it; what lies past SOURCE's EOF reads as zeros (as [`Self::fill`] gives). Caller
+    /// holds LOCKED over the range and has checked that none of it is cached, so SOURCE holds
+    /// its bytes.
+    pub(crate) fn read_around<R>(
+        &self,
+        off: u64,
+        len: usize,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> io::Result<R> {
+        BOUNCE.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            let b = bounce_slice(&mut buf, len);
+            let mut iov = [libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: len,
+            }];
+            let n = self.file.read_full(&mut iov, off)?.min(len);
+            b[n..].fill(0);
+            Ok(f(b))
+        })
+    }
+
     /// Call `f` with the bytes `[off, off+len)`, straight from pool memory when they lie in one
     /// contiguous run, else gathered into a per-thread buffer. Caller holds LOCKED.
     pub(crate) fn with_bytes<R>(&self, off: u64, len: usize, f: impl FnOnce(&[u8]) -> R) -> R {
@@ -592,8 +624,7 @@ impl InodeCache {
         }
         BOUNCE.with(|cell| {
             let mut buf = cell.borrow_mut();
-            buf.clear();
-            buf.resize(len, 0);
+            let buf = bounce_slice(&mut buf, len);
             let mut cur = off;
             let mut done = 0usize;
             while done < len {
@@ -606,7 +637,7 @@ impl InodeCache {
                 done += n;
                 cur += n as u64;
             }
-            f(&buf)
+            f(buf)
         })
     }
 

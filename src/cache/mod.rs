@@ -388,18 +388,35 @@ impl CacheContext {
         let want_end = off.saturating_add(size as u64).min(fsize);
         let wanted = ByteRange::new(off, want_end).page_aligned();
         let mut pages = wanted;
+        let sequential = c.is_sequential(off);
         // Sequential reader: read ahead while we are at it.
         let mut ra = 0;
-        if self.cfg.readahead > 0
-            && c.is_sequential(off)
-            && !c.tree.test_range(pages, Bits::UPTODATE)
-        {
+        if self.cfg.readahead > 0 && sequential && !c.tree.test_range(pages, Bits::UPTODATE) {
             let nb = ceil_page(fsize).min(pages.end().saturating_add(self.cfg.readahead));
             ra = nb - pages.end();
             pages = ByteRange::new(pages.start(), nb);
         }
+        // The fill found no room (with no read-ahead to give up): the read must evict.
+        let mut must_evict = false;
         loop {
             let guard = RangeGuard::lock(&c.tree, pages, Bits::NONE);
+            if sequential && self.reads_around(c, wanted, must_evict) {
+                let len = (want_end.min(c.size()).max(off) - off) as usize;
+                // Noted before the reply goes out: the reader's next request may come first.
+                c.note_read_end(off + len as u64);
+                let r = c.read_around(off, len, out);
+                if into_page_cache && r.is_ok() {
+                    c.note_page_cache_read(pages.start(), ceil_page(off + len as u64));
+                }
+                drop(guard);
+                let r = r?;
+                stats::add(&self.stats.read_bytes, len as u64);
+                stats::add(&self.stats.source_read_ops, 1);
+                stats::add(&self.stats.read_miss_bytes, len as u64);
+                stats::add(&self.stats.read_around_bytes, len as u64);
+                stats::add(&c.miss_bytes, len as u64);
+                return Ok(r);
+            }
             match c.fill(pages) {
                 Ok(read) => {
                     let len = (want_end.min(c.size()).max(off) - off) as usize;
@@ -420,9 +437,10 @@ impl CacheContext {
                     if into_page_cache {
                         c.note_page_cache_read(pages.start(), ceil_page(off + len as u64));
                     }
+                    // Noted before the reply goes out: the reader's next request may come first.
+                    c.note_read_end(off + len as u64);
                     let r = c.with_bytes(off, len, out);
                     drop(guard);
-                    c.note_read_end(off + len as u64);
                     return Ok(r);
                 }
                 Err(Again::NoMemory(short)) => {
@@ -433,11 +451,30 @@ impl CacheContext {
                         ra = 0;
                         continue;
                     }
+                    if sequential && !must_evict {
+                        // Before evicting for it, see whether a scan should read past the pool.
+                        must_evict = true;
+                        continue;
+                    }
                     self.reclaim(short)?;
+                    must_evict = false;
                 }
                 Err(Again::Io(e)) => return Err(e),
             }
         }
+    }
+
+    /// Should this sequential read of `wanted` (page-aligned, range locked) go past the pool?
+    /// See [`reads_around`]; the read must evict when `must_evict` (a fill found no room) or
+    /// the pool has less free than `wanted`, and the range must hold nothing cached (so SOURCE
+    /// has its bytes).
+    fn reads_around(&self, c: &InodeCache, wanted: ByteRange, must_evict: bool) -> bool {
+        let capacity = self.pool.capacity_pages() as u64 * P;
+        let must_evict = must_evict || (self.pool.free_pages() as u64 * P) < wanted.len();
+        reads_around(c.size(), capacity, c.map.mapped_bytes(), must_evict)
+            && !c
+                .tree
+                .test_any(wanted, Bits::UPTODATE | Bits::DIRTY | Bits::WRITEBACK)
     }
 
     // ---- writes ----
@@ -834,12 +871,47 @@ impl CacheContext {
     }
 }
 
+/// The scan rule: a sequential reader of a file larger than the pool reads past the pool
+/// (from SOURCE, caching nothing) when its read would have to evict and the file already holds
+/// half the pool. Evicting would only make room for bytes the scan itself evicts before they are
+/// read again (CLOCK, like LRU, keeps nothing of a file read round and round that does not
+/// fit), and would push every other file out. So the pool keeps what it holds of the file
+/// (the first pass's head) and other files keep the rest. A file that fits is always cached.
+pub(crate) fn reads_around(
+    file_size: u64,
+    pool_capacity: u64,
+    file_resident: u64,
+    must_evict: bool,
+) -> bool {
+    must_evict && file_size > pool_capacity && file_resident >= pool_capacity / 2
+}
+
 pub(crate) fn errno_of(e: &io::Error) -> i32 {
     e.raw_os_error().unwrap_or(libc::EIO)
 }
 
 /// For the cache's unit tests (no mount): a context over a small pool, and the cache of a file
 /// in a directory, opened as the FUSE layer opens it.
+#[cfg(test)]
+mod tests {
+    use super::reads_around;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn only_a_scan_of_a_file_larger_than_the_pool_reads_past_it() {
+        // A 256 MiB file over a full 128 MiB pool of which it holds 100 MiB: past the pool.
+        assert!(reads_around(256 * MIB, 128 * MIB, 100 * MIB, true));
+        // A file that fits is cached, whatever else the pool holds.
+        assert!(!reads_around(128 * MIB, 128 * MIB, 10 * MIB, true));
+        // Room for the read: no eviction, so it is cached.
+        assert!(!reads_around(256 * MIB, 128 * MIB, 100 * MIB, false));
+        // The file holds less than half the pool: it may still evict to grow to half.
+        assert!(!reads_around(256 * MIB, 128 * MIB, 64 * MIB - 4096, true));
+        assert!(reads_around(256 * MIB, 128 * MIB, 64 * MIB, true));
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod test_util {
     use super::{CacheConfig, CacheContext, InodeCache};
