@@ -20,7 +20,10 @@
 //! what writeback has written since that figure was read, minus what is reserved. The figure
 //! is read again at most once a second, and on every reservation while less than
 //! [`NEAR_FULL`] is left; someone else filling SOURCE meanwhile is seen late, and then the
-//! error comes at writeback (reported by `fsync`/`close`, the data kept).
+//! error comes at writeback (reported by `fsync`/`close`, the data kept). The `fstatvfs`
+//! (a network round trip over NFS or sshfs) runs outside the accounts' lock: the first writer to
+//! find the figure a second old reads it while the others go on with the old one, and a figure
+//! is only replaced by one whose read started later.
 
 use super::inode_cache::{ceil_page, floor_page, InodeCache, P};
 use super::CacheContext;
@@ -57,10 +60,43 @@ impl DevSpace {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct DevEntry {
     space: DevSpace,
+    /// When the last read of the figure started (None: never).
     read_at: Option<Instant>,
+    /// Reads started so far, and the number of the one `space.avail` came from.
+    reads: u64,
+    applied: u64,
+    /// Every reserved byte that ever landed (`space.landed` counts those since the figure).
+    landed_total: u64,
+}
+
+/// A read of SOURCE's figure started under the lock and run outside it.
+#[derive(Clone, Copy, Debug)]
+struct FigureRead {
+    number: u64,
+    landed_total: u64,
+}
+
+impl DevEntry {
+    fn start_read(&mut self) -> FigureRead {
+        self.reads += 1;
+        self.read_at = Some(Instant::now());
+        FigureRead {
+            number: self.reads,
+            landed_total: self.landed_total,
+        }
+    }
+
+    /// Take `avail`, read by `read`, unless a read started later was taken already.
+    fn apply(&mut self, read: FigureRead, avail: u64) {
+        if read.number > self.applied {
+            self.applied = read.number;
+            self.space.avail = avail;
+            self.space.landed = self.landed_total - read.landed_total;
+        }
+    }
 }
 
 /// One mount's accounting of every SOURCE filesystem it writes to, by st_dev. Shared by the
@@ -88,34 +124,32 @@ impl SpaceAccounts {
         need: u64,
         statvfs: impl Fn() -> io::Result<u64>,
     ) -> io::Result<()> {
-        self.with_devs(|devs| {
-            let e = devs.entry(dev).or_insert(DevEntry {
-                space: DevSpace::default(),
-                read_at: None,
-            });
-            let refresh = |e: &mut DevEntry| -> io::Result<()> {
-                e.space.avail = statvfs()?;
-                e.space.landed = 0;
-                e.read_at = Some(Instant::now());
-                Ok(())
-            };
-            let stale = e.read_at.is_none_or(|t| t.elapsed() >= REFRESH);
-            let mut fresh = false;
-            if stale || e.space.free() < NEAR_FULL.saturating_add(need) {
-                refresh(e)?;
-                fresh = true;
-            }
-            if need > e.space.free() {
-                if !fresh {
-                    refresh(e)?;
+        // A figure this call read (outside the lock), to take on the next pass.
+        let mut got: Option<(FigureRead, u64)> = None;
+        loop {
+            let read = self.with_devs(|devs| {
+                let e = devs.entry(dev).or_default();
+                let fresh = got
+                    .take()
+                    .map(|(read, avail)| e.apply(read, avail))
+                    .is_some();
+                let stale = e.read_at.is_none_or(|t| t.elapsed() >= REFRESH);
+                let free = e.space.free();
+                // Near full (or short): decide on a figure read for this reservation.
+                if !fresh && (stale || free < NEAR_FULL.saturating_add(need)) {
+                    return Ok(Some(e.start_read()));
                 }
-                if need > e.space.free() {
+                if need > free {
                     return Err(io::Error::from_raw_os_error(libc::ENOSPC));
                 }
-            }
-            e.space.reserved += need;
-            Ok(())
-        })
+                e.space.reserved += need;
+                Ok(None)
+            })?;
+            let Some(read) = read else {
+                return Ok(());
+            };
+            got = Some((read, statvfs()?));
+        }
     }
 
     /// Adjust `dev`'s reservation by `delta` without checking (the state tree decided).
@@ -132,6 +166,7 @@ impl SpaceAccounts {
                     e.space.reserved -= d;
                     if landed {
                         e.space.landed += d;
+                        e.landed_total += d;
                     }
                 }
             }
@@ -374,6 +409,51 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EIO));
         assert_eq!(a.dev_space(dev).unwrap().reserved, 0);
+    }
+
+    #[test]
+    fn statvfs_runs_outside_the_lock_and_others_go_on_with_the_old_figure() {
+        let a = Arc::new(SpaceAccounts::default());
+        let dev = 0xdead_0004;
+        a.reserve(dev, 4096, || Ok(1 << 30)).unwrap();
+        // Make the figure a second old, then have one writer's read of it hang.
+        a.with_devs(|d| d.get_mut(&dev).unwrap().read_at = Some(Instant::now() - REFRESH));
+        let (entered, wait_entered) = std::sync::mpsc::channel();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let slow = {
+            let a = a.clone();
+            std::thread::spawn(move || {
+                a.reserve(dev, 4096, || {
+                    // The accounts are not locked while SOURCE is asked.
+                    let reserved = a.dev_space(dev).unwrap().reserved;
+                    entered.send(reserved).unwrap();
+                    held.recv().unwrap();
+                    Ok(1 << 29)
+                })
+            })
+        };
+        assert_eq!(wait_entered.recv().unwrap(), 4096);
+        // Another writer reserves meanwhile, on the figure already there.
+        a.reserve(dev, 8192, || panic!("read again while a read is under way"))
+            .unwrap();
+        release.send(()).unwrap();
+        slow.join().unwrap().unwrap();
+        let s = a.dev_space(dev).unwrap();
+        assert_eq!((s.reserved, s.avail), (16384, 1 << 29));
+    }
+
+    #[test]
+    fn an_older_figure_does_not_replace_a_newer_one() {
+        let mut e = DevEntry::default();
+        let first = e.start_read();
+        e.landed_total += 4096;
+        e.space.landed += 4096;
+        let second = e.start_read();
+        e.apply(second, 100 << 20);
+        e.apply(first, 200 << 20);
+        assert_eq!(e.space.avail, 100 << 20);
+        // The second figure was read after the 4 KiB landed: it counts them already.
+        assert_eq!(e.space.landed, 0);
     }
 
     #[test]
