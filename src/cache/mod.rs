@@ -400,8 +400,8 @@ impl CacheContext {
         let mut must_evict = false;
         loop {
             let guard = RangeGuard::lock(&c.tree, pages, Bits::NONE);
+            let len = (want_end.min(c.size()).max(off) - off) as usize;
             if sequential && self.reads_around(c, wanted, must_evict) {
-                let len = (want_end.min(c.size()).max(off) - off) as usize;
                 // Noted before the reply goes out: the reader's next request may come first.
                 c.note_read_end(off + len as u64);
                 let r = c.read_around(off, len, out);
@@ -410,30 +410,13 @@ impl CacheContext {
                 }
                 drop(guard);
                 let r = r?;
-                stats::add(&self.stats.read_bytes, len as u64);
-                stats::add(&self.stats.source_read_ops, 1);
-                stats::add(&self.stats.read_miss_bytes, len as u64);
+                self.count_read(c, len as u64, len as u64, 0);
                 stats::add(&self.stats.read_around_bytes, len as u64);
-                stats::add(&c.miss_bytes, len as u64);
                 return Ok(r);
             }
             match c.fill(pages) {
                 Ok(read) => {
-                    let len = (want_end.min(c.size()).max(off) - off) as usize;
-                    let hit = (len as u64).saturating_sub(read.min(len as u64));
-                    stats::add(&self.stats.read_bytes, len as u64);
-                    stats::add(&self.stats.read_hit_bytes, hit);
-                    stats::add(&c.hit_bytes, hit);
-                    if read > 0 {
-                        stats::add(&self.stats.source_read_ops, 1);
-                        let miss = read.min(len as u64);
-                        stats::add(&self.stats.read_miss_bytes, miss);
-                        stats::add(&c.miss_bytes, miss);
-                        stats::add(
-                            &self.stats.readahead_bytes,
-                            read.saturating_sub(miss).min(ra),
-                        );
-                    }
+                    self.count_read(c, len as u64, read, ra);
                     if into_page_cache {
                         c.note_page_cache_read(pages.start(), ceil_page(off + len as u64));
                     }
@@ -461,6 +444,25 @@ impl CacheContext {
                 }
                 Err(Again::Io(e)) => return Err(e),
             }
+        }
+    }
+
+    /// Count a read of `len` bytes for which `read` bytes came from SOURCE, up to `ra` of
+    /// them read ahead.
+    fn count_read(&self, c: &InodeCache, len: u64, read: u64, ra: u64) {
+        let hit = len.saturating_sub(read.min(len));
+        stats::add(&self.stats.read_bytes, len);
+        stats::add(&self.stats.read_hit_bytes, hit);
+        stats::add(&c.hit_bytes, hit);
+        if read > 0 {
+            stats::add(&self.stats.source_read_ops, 1);
+            let miss = read.min(len);
+            stats::add(&self.stats.read_miss_bytes, miss);
+            stats::add(&c.miss_bytes, miss);
+            stats::add(
+                &self.stats.readahead_bytes,
+                read.saturating_sub(miss).min(ra),
+            );
         }
     }
 
