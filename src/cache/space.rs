@@ -62,14 +62,17 @@ impl DevSpace {
 
 #[derive(Debug, Default)]
 struct DevEntry {
-    space: DevSpace,
+    reserved: u64,
+    /// SOURCE's figure, and how many landed bytes there were when its read started.
+    avail: u64,
+    landed_at_figure: u64,
+    /// Every reserved byte that ever landed.
+    landed_total: u64,
     /// When the last read of the figure started (None: never).
     read_at: Option<Instant>,
-    /// Reads started so far, and the number of the one `space.avail` came from.
+    /// Reads started so far, and the number of the one `avail` came from.
     reads: u64,
     applied: u64,
-    /// Every reserved byte that ever landed (`space.landed` counts those since the figure).
-    landed_total: u64,
 }
 
 /// A read of SOURCE's figure started under the lock and run outside it.
@@ -80,6 +83,14 @@ struct FigureRead {
 }
 
 impl DevEntry {
+    fn space(&self) -> DevSpace {
+        DevSpace {
+            reserved: self.reserved,
+            avail: self.avail,
+            landed: self.landed_total - self.landed_at_figure,
+        }
+    }
+
     fn start_read(&mut self) -> FigureRead {
         self.reads += 1;
         self.read_at = Some(Instant::now());
@@ -93,8 +104,8 @@ impl DevEntry {
     fn apply(&mut self, read: FigureRead, avail: u64) {
         if read.number > self.applied {
             self.applied = read.number;
-            self.space.avail = avail;
-            self.space.landed = self.landed_total - read.landed_total;
+            self.avail = avail;
+            self.landed_at_figure = read.landed_total;
         }
     }
 }
@@ -134,7 +145,7 @@ impl SpaceAccounts {
                     .map(|(read, avail)| e.apply(read, avail))
                     .is_some();
                 let stale = e.read_at.is_none_or(|t| t.elapsed() >= REFRESH);
-                let free = e.space.free();
+                let free = e.space().free();
                 // Near full (or short): decide on a figure read for this reservation.
                 if !fresh && (stale || free < NEAR_FULL.saturating_add(need)) {
                     return Ok(Some(e.start_read()));
@@ -142,7 +153,7 @@ impl SpaceAccounts {
                 if need > free {
                     return Err(io::Error::from_raw_os_error(libc::ENOSPC));
                 }
-                e.space.reserved += need;
+                e.reserved += need;
                 Ok(None)
             })?;
             let Some(read) = read else {
@@ -160,12 +171,11 @@ impl SpaceAccounts {
         self.with_devs(|devs| {
             if let Some(e) = devs.get_mut(&dev) {
                 if delta > 0 {
-                    e.space.reserved += delta as u64;
+                    e.reserved += delta as u64;
                 } else {
-                    let d = delta.unsigned_abs().min(e.space.reserved);
-                    e.space.reserved -= d;
+                    let d = delta.unsigned_abs().min(e.reserved);
+                    e.reserved -= d;
                     if landed {
-                        e.space.landed += d;
                         e.landed_total += d;
                     }
                 }
@@ -175,12 +185,12 @@ impl SpaceAccounts {
 
     /// The accounting of `dev` (stats and tests).
     pub fn dev_space(&self, dev: u64) -> Option<DevSpace> {
-        self.with_devs(|devs| devs.get(&dev).map(|e| e.space))
+        self.with_devs(|devs| devs.get(&dev).map(DevEntry::space))
     }
 
     /// Bytes reserved on every SOURCE filesystem.
     pub fn reserved_total(&self) -> u64 {
-        self.with_devs(|devs| devs.values().map(|e| e.space.reserved).sum())
+        self.with_devs(|devs| devs.values().map(|e| e.reserved).sum())
     }
 }
 
@@ -447,13 +457,12 @@ mod tests {
         let mut e = DevEntry::default();
         let first = e.start_read();
         e.landed_total += 4096;
-        e.space.landed += 4096;
         let second = e.start_read();
         e.apply(second, 100 << 20);
         e.apply(first, 200 << 20);
-        assert_eq!(e.space.avail, 100 << 20);
+        assert_eq!(e.space().avail, 100 << 20);
         // The second figure was read after the 4 KiB landed: it counts them already.
-        assert_eq!(e.space.landed, 0);
+        assert_eq!(e.space().landed, 0);
     }
 
     #[test]
