@@ -616,26 +616,19 @@ if has_job net-write; then
     # pages, rclone's cache) is touched once before the timed writes. On a KVM guest whose free
     # memory the host takes back (free page reporting), a first touch of it costs about 3.5 ms
     # per MiB, which made the first repetition up to 5x slower than the next.
+    # record NAME START END: a figure of repetition $r on $fs (none for the warm-up)
+    record() { [ "$r" = 0 ] || extra net-write "$fs" "$1" "$r" "$(bc_secs "$2" "$3")"; }
     for (( r=0; r<=nw; r++ )); do
         for fs in wtmp wnet wtmp-none wnet-none sshfs rclone; do
             d=${WDIR[$fs]}
-            if [ $r = 0 ]; then
-                dd if="$WORK/backing/write.src" of="$d/w0.dat" bs=1M status=none
-                case $fs in
-                    w*) "$EXTENTFS_BIN" sync "$d" >/dev/null || log "sync $d failed" ;;
-                    *) sync "$d/w0.dat" || true ;;
-                esac
-                rm -f "$d/w0.dat"
-                continue
-            fi
             s=$(bc_now)
             # shellcheck disable=SC2046
             $(cpu_prefix) dd if="$WORK/backing/write.src" of="$d/w$r.dat" bs=1M status=none
             e=$(bc_now)
-            extra net-write "$fs" seconds "$r" "$(bc_secs "$s" "$e")"
+            record seconds "$s" "$e"
             case $fs in
                 w*) s=$(bc_now); "$EXTENTFS_BIN" sync "$d" >/dev/null || log "sync $d failed"; e=$(bc_now)
-                    extra net-write "$fs" sync_seconds "$r" "$(bc_secs "$s" "$e")" ;;
+                    record sync_seconds "$s" "$e" ;;
                 *) sync "$d/w$r.dat" || true ;;
             esac
             rm -f "$d/w$r.dat"
